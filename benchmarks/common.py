@@ -1,0 +1,76 @@
+"""Shared helpers for the benchmark scripts (run from the repository root)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+
+def machine() -> str:
+    import onnx
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
+            f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Fastest wall time of ``repeat`` calls (the least disturbed run)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def ort_latency(model, feeds, threads: int = 1, warmup: int = 5, runs: int = 30) -> dict:
+    """Median/p90/min latency in ms on the ORT CPU EP, graph optimizations on (ALL)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return {"median": statistics.median(samples), "p90": float(np.percentile(samples, 90)),
+            "min": min(samples)}
+
+
+def torchvision_at(name: str, size: int) -> str:
+    """A torchvision model (random weights) exported at ``size``×``size`` into the zoo cache:
+    the zoo's test models are tiny (64×64), too small for latency to mean much."""
+    from models import zoo
+
+    path = zoo.cache_dir() / f"{name}.torchscript.{size}px.onnx"
+    if not path.exists():
+        import torch
+        import torchvision
+
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(name, weights=None).eval()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(tmp), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["output"])
+        os.replace(tmp, path)
+    return str(path)

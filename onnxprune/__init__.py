@@ -1,0 +1,11 @@
+"""onnxprune: structural pruning of ONNX graphs.
+
+    import onnxprune
+    pruned, report = onnxprune.prune("model.onnx", ratio=0.5)
+"""
+
+from .api import inspect, prune
+from .errors import OnnxPruneError, UserError, VerificationError
+
+__all__ = ["OnnxPruneError", "UserError", "VerificationError", "inspect", "prune"]
+__version__ = "0.1.0"

@@ -1,0 +1,203 @@
+"""The Python API: ``inspect`` a model's channel groups, ``prune`` it with a verified result.
+
+Both take a path or a ModelProto and never modify it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .allocation import Plan, allocate
+from .errors import UserError, VerificationError
+from .graph import ModelGraph
+from .groups import Analysis, Group, analyze, find_groups
+from .importance import l2_magnitude
+from .io import load_model
+from .rewrite import apply_plan
+from .verify import compare_outputs, count_cost, make_inputs
+from .verify.cost import Cost, count_params, node_macs
+
+DEFAULT_ROUND_TO = 8
+
+
+@dataclass
+class Analyzed:
+    """A loaded model with its channel analysis: the input to every later stage."""
+
+    model: onnx.ModelProto
+    graph: ModelGraph
+    analysis: Analysis
+    groups: list[Group]
+    roots: np.ndarray
+
+
+def analyze_model(model, exclude: tuple[str, ...] = ()) -> Analyzed:
+    model = load_model(model)
+    graph = ModelGraph(model)
+    analysis = analyze(graph)
+    _protect(analysis, exclude)
+    groups, roots = find_groups(analysis)
+    return Analyzed(model, graph, analysis, groups, roots)
+
+
+def _protect(analysis: Analysis, patterns: tuple[str, ...]) -> None:
+    """--exclude: freeze every channel an excluded node reads or writes."""
+    for pattern in patterns:
+        hits = [n for n in analysis.graph.nodes
+                if fnmatch.fnmatchcase(n.proto.name, pattern) or n.label == pattern]
+        if not hits:
+            raise UserError(f"--exclude {pattern!r} matches no node name")
+        for node in hits:
+            for name in list(node.proto.input) + list(node.proto.output):
+                analysis.freeze(analysis.map(name), f"excluded by the user ({node.label})")
+
+
+def inspect(model, exclude: tuple[str, ...] = (), input_shapes=None) -> dict:
+    """Channel groups (members, size, prunable or why not), barriers, params and MACs."""
+    a = analyze_model(model, exclude)
+    cost = count_cost(a.model, input_shapes)
+    return {
+        "opset": a.graph.opset,
+        "nodes": len(a.graph.nodes),
+        "params": cost.params,
+        "macs": cost.macs,
+        "groups": [_group_entry(g) for g in a.groups if g.members],
+        "barriers": _barriers(a),
+    }
+
+
+def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
+          exclude: tuple[str, ...] = (), input_shapes=None, verify: bool = True,
+          tolerance: float = 1e-4, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+    """Prune ``ratio`` of the channels of every prunable group; return (model, report).
+
+    With ``verify`` (the default) the result must pass the full checker, run on ONNX Runtime
+    and match the masked original within ``tolerance``; otherwise VerificationError is raised
+    and nothing is returned.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"ratio must be in [0, 1), got {ratio}")
+    if round_to < 1:
+        raise UserError(f"round-to must be a positive integer, got {round_to}")
+    a = analyze_model(model, exclude)
+    plan, removed = plan_for(a, ratio, round_to)
+    pruned = apply_plan(a.model, a.analysis, removed, "prune")
+    report = _report(a, plan, pruned, removed, ratio, round_to, input_shapes)
+    if verify:
+        masked = apply_plan(a.model, a.analysis, removed, "mask")
+        feeds = make_inputs(a.model, input_shapes, seed)
+        result = compare_outputs(pruned, masked, feeds, tolerance)
+        report["check"] = {"checker": result.checker, "runs": result.runs,
+                           "same_io": result.same_io, "max_rel_error": result.max_rel_error,
+                           "tolerance": tolerance, "ok": result.ok,
+                           "inputs": {k: list(v.shape) for k, v in feeds.items()}}
+        if not result.ok:
+            raise VerificationError(
+                "the pruned model failed verification (checker={}, runs={}, same_io={}, "
+                "max_rel_error={}); nothing was written".format(
+                    result.checker, result.runs, result.same_io, result.max_rel_error))
+    return pruned, report
+
+
+def masked_original(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
+                    exclude: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(pruned, masked original) without verification: the pair tests compare."""
+    a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
+    removed = plan_for(a, ratio, round_to)[1]
+    return (apply_plan(a.model, a.analysis, removed, "prune"),
+            apply_plan(a.model, a.analysis, removed, "mask"))
+
+
+def plan_for(a: Analyzed, ratio: float, round_to: int) -> tuple[Plan, np.ndarray]:
+    """The plan and the removed-atom mask for one ratio (L2 magnitude, uniform per group)."""
+    scores = l2_magnitude(a.analysis, a.roots)
+    plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to)
+    return plan, plan.removed_atoms(a.roots)
+
+
+def _group_entry(g: Group, plan: Plan | None = None) -> dict:
+    entry = {"id": g.id, "channels": g.size * g.width, "units": g.size, "width": g.width,
+             "prunable": g.prunable and g.size > 1, "sources": g.sources, "members": g.members}
+    if not g.prunable:
+        entry["reason"] = g.reason
+    elif g.size <= 1:
+        entry["reason"] = "a single channel (at least one is kept)"
+    if plan is not None:
+        entry["kept"] = plan.groups[g.id].kept
+        entry["removed"] = plan.groups[g.id].removed
+    return entry
+
+
+def _barriers(a: Analyzed) -> list[dict]:
+    return [{"node": a.graph.nodes[i].label, "op": a.graph.nodes[i].op, "reason": r}
+            for i, r in sorted(a.analysis.barriers.items())]
+
+
+def _report(a: Analyzed, plan: Plan, pruned, removed, ratio, round_to, input_shapes) -> dict:
+    per_node = node_macs(a.model, input_shapes)
+    before = Cost(count_params(a.model),
+                  None if per_node is None or None in per_node else int(sum(per_node)))
+    after = count_cost(pruned, input_shapes)
+    return {
+        "ratio": ratio, "round_to": round_to, "criterion": "l2-magnitude",
+        "params": {"before": before.params, "after": after.params,
+                   "planned_after": _planned_params(a, removed, before.params)},
+        "macs": {"before": before.macs, "after": after.macs,
+                 "planned_after": _planned_macs(a, removed, per_node)},
+        "groups": [_group_entry(g, plan) for g in a.groups if g.members],
+        "barriers": _barriers(a),
+    }
+
+
+def _sliced_sizes(a: Analyzed, removed) -> dict[tuple[int, int], tuple[int, int]]:
+    """(node, input) → (elements before, elements after) for every sliced constant."""
+    from .rewrite.apply import project  # the same projection the rewrite uses
+
+    keep_axes: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+    for use in a.analysis.params:
+        vectors = project(~removed[use.labels])
+        axes = keep_axes.setdefault((use.node, use.input_index), {})
+        for p, l in use.axes.items():
+            axes[p] = axes.get(p, vectors[l]) & vectors[l]
+    sizes = {}
+    for (node, idx), axes in keep_axes.items():
+        value = a.graph.const(a.graph.nodes[node].input(idx))
+        dims = list(value.shape)
+        for p, vec in axes.items():
+            dims[p] = int(vec.sum())
+        sizes[(node, idx)] = (value.size, int(np.prod(dims, dtype=np.int64)))
+    return sizes
+
+
+def _planned_params(a: Analyzed, removed, before: int) -> int:
+    sizes = _sliced_sizes(a, removed)
+    seen, total = set(), before
+    for (node, idx), (old, new) in sizes.items():
+        name = a.graph.nodes[node].input(idx)
+        if name in seen:
+            continue
+        seen.add(name)
+        total -= old - new
+    return total
+
+
+def _planned_macs(a: Analyzed, removed, per_node) -> int | None:
+    """A Conv/Gemm/MatMul costs (output positions × weight elements): scale by the weight."""
+    if per_node is None or any(m is None for m in per_node):
+        return None
+    sizes = _sliced_sizes(a, removed)
+    total = 0.0
+    for index, macs in enumerate(per_node):
+        old, new = sizes.get((index, 1), (1, 1))
+        total += macs * new / old
+    return int(round(total))
+
+
+def default_output_path(path: str | os.PathLike) -> str:
+    root, ext = os.path.splitext(str(path))
+    return f"{root}.pruned{ext or '.onnx'}"

@@ -1,0 +1,179 @@
+"""Command line: ``onnxprune inspect``, ``onnxprune prune``, ``onnxprune demo``.
+
+Every failure is one line on stderr and a non-zero exit (2: bad input, 1: internal error);
+the output file is written only after the pruned model has passed verification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import resources
+
+import click
+
+from . import api
+from .errors import EXIT_INTERNAL, OnnxPruneError, UserError
+from .io import save_model
+
+REPORT_BUG = "please report it with the model and command at the onnxprune issue tracker"
+
+
+def parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
+    """``name:1x3x224x224`` → {name: (1, 3, 224, 224)}."""
+    shapes = {}
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise UserError(f"--input-shape expects NAME:D1xD2x..., got {value!r}")
+        shapes[name] = shape
+    return shapes or None
+
+
+def _fmt(n) -> str:
+    if n is None:
+        return "n/a"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _ratio(after, before) -> str:
+    return f"{after / before:.1%}" if before and after is not None else "n/a"
+
+
+def print_prune_summary(report: dict) -> None:
+    groups = report["groups"]
+    pruned = [g for g in groups if g["removed"]]
+    removed = sum(len(g["removed"]) * g["width"] for g in groups)
+    total = sum(g["channels"] for g in groups)
+    click.echo(f"groups: {len(groups)} found, {sum(g['prunable'] for g in groups)} prunable, "
+               f"{len(pruned)} pruned; channels removed: {removed} of {total}")
+    for g in pruned[:12]:
+        click.echo(f"  group {g['id']:>3}: {g['channels']:>5} -> {len(g['kept']) * g['width']:>5}"
+                   f"  ({', '.join(g['sources'][:2])}{' ...' if len(g['sources']) > 2 else ''})")
+    if len(pruned) > 12:
+        click.echo(f"  ... {len(pruned) - 12} more (see --report)")
+    for key in ("params", "macs"):
+        c = report[key]
+        click.echo(f"{key:>6}: {_fmt(c['before'])} -> {_fmt(c['after'])} "
+                   f"({_ratio(c['after'], c['before'])} kept; plan said {_fmt(c['planned_after'])})")
+    if report["barriers"]:
+        click.echo(f"barriers: {len(report['barriers'])} ops left alone "
+                   f"(first: {report['barriers'][0]['node']}: {report['barriers'][0]['reason']})")
+    check = report.get("check")
+    if check:
+        click.echo(f" check: onnx.checker(full)={'pass' if check['checker'] else 'FAIL'}, "
+                   f"onnxruntime={'runs' if check['runs'] else 'FAIL'}, "
+                   f"same IO={'yes' if check['same_io'] else 'NO'}, mask-equivalence max rel "
+                   f"error={check['max_rel_error']:.2e} (tolerance {check['tolerance']:.0e}) "
+                   f"-> {'OK' if check['ok'] else 'FAIL'}")
+
+
+def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance):
+    shapes = parse_shapes(input_shape)
+    if os.path.abspath(output) == os.path.abspath(str(model)):
+        raise UserError("the output path is the input file; choose another -o")
+    pruned, report = api.prune(model, ratio=ratio, round_to=round_to, exclude=tuple(exclude),
+                               input_shapes=shapes, tolerance=tolerance)
+    save_model(pruned, output)
+    report["output"] = str(output)
+    if report_path:
+        with open(report_path, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    print_prune_summary(report)
+    click.echo(f"wrote {output}")
+
+
+_shape_option = click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224",
+                             help="Concrete input shape for checks and MACs (dynamic dims).")
+
+
+@click.group()
+@click.version_option(package_name="onnxprune")
+def cli():
+    """Structural pruning of ONNX models: find coupled channels, remove them, prove it."""
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Where to write the pruned model (default: MODEL.pruned.onnx).")
+@click.option("--ratio", type=float, default=0.5, show_default=True,
+              help="Fraction of channels to remove from every prunable group.")
+@click.option("--round-to", type=int, default=api.DEFAULT_ROUND_TO, show_default=True,
+              help="Keep channel counts that are multiples of N.")
+@click.option("--exclude", multiple=True, metavar="NODE",
+              help="Node name (or glob) whose channels must not be pruned; repeatable.")
+@_shape_option
+@click.option("--report", "report_path", type=click.Path(), default=None,
+              help="Write the plan and results as JSON.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Max relative error against the masked original.")
+def prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance):
+    """Prune MODEL and write a smaller, verified model."""
+    _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
+               input_shape, report_path, tolerance)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--exclude", multiple=True, metavar="NODE")
+@_shape_option
+def inspect(model, as_json, exclude, input_shape):
+    """List the channel groups of MODEL and its params/MACs."""
+    info = api.inspect(model, exclude=tuple(exclude), input_shapes=parse_shapes(input_shape))
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    click.echo(f"opset {info['opset']}, {info['nodes']} nodes, params {_fmt(info['params'])}, "
+               f"MACs {_fmt(info['macs'])}")
+    click.echo(f"{'group':>5} {'channels':>8}  {'prunable':<8} members")
+    for g in info["groups"]:
+        why = "" if g["prunable"] else f"  [{g.get('reason')}]"
+        members = ", ".join(g["members"][:4]) + (" ..." if len(g["members"]) > 4 else "")
+        click.echo(f"{g['id']:>5} {g['channels']:>8}  {'yes' if g['prunable'] else 'no':<8} "
+                   f"{members}{why}")
+    click.echo(f"{sum(g['prunable'] for g in info['groups'])} of {len(info['groups'])} groups "
+               f"prunable; {len(info['barriers'])} barrier ops")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(), default="demo_digits.pruned.onnx",
+              show_default=True)
+@click.option("--ratio", type=float, default=0.5, show_default=True)
+def demo(output, ratio):
+    """Prune the bundled digits CNN (a small trained model) and show what happened."""
+    model = resources.files("onnxprune").joinpath("data/demo_digits.onnx")
+    with resources.as_file(model) as path:
+        click.echo(f"pruning the bundled demo model {path.name} at ratio {ratio}")
+        _run_prune(str(path), output, ratio, api.DEFAULT_ROUND_TO, (), (), None, 1e-4)
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_INTERNAL
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except OnnxPruneError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - never a traceback, but say it is our bug
+        click.echo(f"internal error: {type(exc).__name__}: {exc}; {REPORT_BUG}", err=True)
+        return EXIT_INTERNAL
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

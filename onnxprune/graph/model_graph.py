@@ -1,0 +1,364 @@
+"""An index over a ModelProto that the rest of the tool works on.
+
+The ModelProto stays the single source of truth (so names, metadata, doc strings and node order
+survive untouched); this class adds what analysis needs: constants from initializers *and*
+``Constant`` nodes, producers and consumers (including outer-scope reads from subgraphs), static
+shapes from ONNX shape inference, and a NetworkX DAG of ops for ordering and reachability.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import UserError
+
+Dim = int | str | None
+_NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+               "Multinomial", "Bernoulli", "Constant", "If", "Loop", "Scan"}
+_FOLD_LIMIT = 1 << 22  # elements; bigger computed weights are left as they are
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """A node and its position in ``graph.node`` (names may be empty or duplicated)."""
+
+    index: int
+    proto: onnx.NodeProto
+
+    @property
+    def op(self) -> str:
+        return self.proto.op_type
+
+    @property
+    def label(self) -> str:
+        return self.proto.name or f"{self.proto.op_type}#{self.index}"
+
+    def attr(self, name: str, default=None):
+        for a in self.proto.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def set_attr(self, name: str, value) -> None:
+        for i, a in enumerate(self.proto.attribute):
+            if a.name == name:
+                del self.proto.attribute[i]
+                break
+        self.proto.attribute.append(onnx.helper.make_attribute(name, value))
+
+    def has_attr(self, name: str) -> bool:
+        return any(a.name == name for a in self.proto.attribute)
+
+    def input(self, i: int) -> str:
+        """Name of input ``i``, or '' when it is absent or omitted."""
+        return self.proto.input[i] if i < len(self.proto.input) else ""
+
+
+class ModelGraph:
+    """Read-mostly view of a model; constants are edited through :meth:`set_const`."""
+
+    def __init__(self, model: onnx.ModelProto, infer_shapes: bool = True):
+        self.model = model
+        graph = model.graph
+        self.opset = _default_opset(model)
+        self.nodes = [NodeRef(i, n) for i, n in enumerate(graph.node)]
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.constant_nodes = {n.output[0]: n for n in graph.node
+                               if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
+        self.graph_inputs = [i.name for i in graph.input if i.name not in self.initializers]
+        self.graph_outputs = [o.name for o in graph.output]
+        self.producer: dict[str, NodeRef] = {}
+        self.consumers: dict[str, list[NodeRef]] = defaultdict(list)
+        for ref in self.nodes:
+            for out in ref.proto.output:
+                if out:
+                    self.producer[out] = ref
+            for name in set(_all_inputs(ref.proto)):
+                if name:
+                    self.consumers[name].append(ref)
+        self.dag = self._build_dag()
+        self.order = self._topological_order()
+        self._foldable = self._find_foldable()
+        self.shapes: dict[str, tuple[Dim, ...]] = {}
+        if infer_shapes:
+            self.shapes = infer_static_shapes(model)
+        self._const_cache: dict[str, np.ndarray] = {}
+
+    # -- structure -----------------------------------------------------------------------
+    def _build_dag(self) -> nx.DiGraph:
+        dag = nx.DiGraph()
+        dag.add_nodes_from(ref.index for ref in self.nodes)
+        for ref in self.nodes:
+            for name in _all_inputs(ref.proto):
+                src = self.producer.get(name)
+                if src is not None and src.index != ref.index:
+                    dag.add_edge(src.index, ref.index)
+        return dag
+
+    def _topological_order(self) -> list[NodeRef]:
+        try:
+            order = list(nx.lexicographical_topological_sort(self.dag))
+        except nx.NetworkXUnfeasible:
+            raise UserError("the graph has a cycle; ONNX graphs must be acyclic") from None
+        return [self.nodes[i] for i in order]
+
+    def implicit_inputs(self, ref: NodeRef) -> list[str]:
+        """Outer-scope tensors read inside the node's subgraphs (If/Loop/Scan bodies)."""
+        explicit = set(ref.proto.input)
+        return [n for n in _all_inputs(ref.proto) if n not in explicit]
+
+    # -- constants -----------------------------------------------------------------------
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of a constant tensor (initializer or Constant node), else None."""
+        if not name:
+            return None
+        if name in self._const_cache:
+            return self._const_cache[name]
+        value = None
+        if name in self.initializers:
+            value = numpy_helper.to_array(self.initializers[name])
+        elif name in self.constant_nodes:
+            value = _constant_node_value(self.constant_nodes[name])
+        elif name in self._foldable:
+            # Weights computed from constants: Identity aliases of deduplicated weights,
+            # ConstantOfShape fills, BN scales built with Mul/Unsqueeze...
+            value = self._fold(self.producer[name], name)
+        if value is not None:
+            self._const_cache[name] = value
+        return value
+
+    def _find_foldable(self) -> set[str]:
+        """Outputs of ops whose inputs are all constant (computed once, in topological order)."""
+        known = set(self.initializers) | set(self.constant_nodes)
+        foldable: set[str] = set()
+        for ref in self.order:
+            inputs = [i for i in ref.proto.input if i]
+            if (not inputs or ref.op in _NOT_FOLDED or ref.proto.domain not in ("", "ai.onnx")
+                    or self.implicit_inputs(ref) or not all(i in known for i in inputs)):
+                continue
+            outputs = [o for o in ref.proto.output if o]
+            known.update(outputs)
+            foldable.update(outputs)
+        return foldable
+
+    def _fold(self, ref: NodeRef, name: str) -> np.ndarray | None:
+        if ref.op == "Identity":
+            return self.const(ref.input(0))
+        inputs = [self.const(i) if i else None for i in ref.proto.input]
+        if any(v is None for v, i in zip(inputs, ref.proto.input) if i):
+            return None
+        if ref.op == "ConstantOfShape":
+            return _constant_of_shape(ref, inputs[0])
+        if sum(v.size for v in inputs if v is not None) > _FOLD_LIMIT:
+            return None
+        try:
+            outputs = _run_single_node(ref.proto, self.model.opset_import,
+                                       {i: v for i, v in zip(ref.proto.input, inputs) if i})
+        except Exception:  # noqa: BLE001 - not foldable: simply not a constant
+            return None
+        for out, value in zip(ref.proto.output, outputs):
+            if out != name and out:
+                self._const_cache[out] = np.asarray(value)
+        return np.asarray(outputs[list(ref.proto.output).index(name)])
+
+    def set_const(self, ref: NodeRef, input_index: int, value: np.ndarray) -> None:
+        """Replace the constant read by ``ref`` at ``input_index``.
+
+        A constant shared with other readers (or exposed as a graph output, or reached through
+        an alias) is copied under a new name first, so that editing it for one node never
+        changes another. A constant-filled weight (``ConstantOfShape``) keeps that form: only
+        its shape changes.
+        """
+        name = ref.proto.input[input_index]
+        old = self.const(name)
+        value = np.ascontiguousarray(value, dtype=old.dtype if old is not None else None)
+        readers = {r.index for r in self.consumers.get(name, [])}
+        shared = bool(readers - {ref.index}) or name in self.graph_outputs
+        producer = self.producer.get(name)
+        if (not shared and producer is not None and producer.op == "ConstantOfShape"
+                and old is not None and value.size and np.all(value == old.flat[0])):
+            shape = self.const(producer.input(0))
+            self.set_const(producer, 0, np.array(value.shape, dtype=shape.dtype))
+            self._declare(name, value)
+            self._const_cache[name] = value
+            return
+        direct = name in self.initializers or name in self.constant_nodes
+        if not direct or shared:
+            new_name = self._fresh_name(f"{name}_pruned")
+            tensor = self.add_initializer(new_name, value)
+            if self.model.ir_version < 4:  # IR 3 wants every initializer among the inputs
+                self.model.graph.input.append(onnx.helper.make_tensor_value_info(
+                    new_name, tensor.data_type, list(value.shape)))
+            self.consumers[name] = [r for r in self.consumers[name] if r.index != ref.index]
+            self.consumers[new_name].append(ref)
+            ref.proto.input[input_index] = new_name
+            self._const_cache[new_name] = value
+            return
+        if name in self.initializers:
+            tensor = self.initializers[name]
+            tensor.CopyFrom(numpy_helper.from_array(value, name))
+        else:
+            node = self.constant_nodes[name]
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+        self._declare(name, value)
+        self._const_cache[name] = value
+
+    def add_initializer(self, name: str, value: np.ndarray) -> onnx.TensorProto:
+        """Append an initializer and index the stored message (``append`` would copy it)."""
+        tensor = self.model.graph.initializer.add()
+        tensor.CopyFrom(numpy_helper.from_array(value, name))
+        self.initializers[name] = tensor
+        return tensor
+
+    def _declare(self, name: str, value: np.ndarray) -> None:
+        """Keep a declared input/value_info shape of a rewritten constant in step with it."""
+        for info in list(self.model.graph.input) + list(self.model.graph.value_info):
+            if info.name == name and info.type.tensor_type.HasField("shape"):
+                dims = info.type.tensor_type.shape.dim
+                del dims[:]
+                for d in value.shape:
+                    dims.add().dim_value = int(d)
+
+    def _fresh_name(self, base: str) -> str:
+        taken = set(self.initializers) | set(self.producer) | set(self.graph_inputs)
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    # -- shapes --------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        if name in self.shapes:
+            return self.shapes[name]
+        value = self.const(name)
+        return tuple(value.shape) if value is not None else None
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shape(name)
+        return len(shape) if shape is not None else None
+
+
+def skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelProto:
+    """The model without large weight data, for fast shape inference.
+
+    Big initializers become graph inputs of the same type and shape, so inference sees their
+    shapes without serializing their bytes; small ones (shape constants) stay for data
+    propagation.
+    """
+    light = onnx.ModelProto()
+    light.ir_version = max(model.ir_version, 4)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, src = light.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    inputs = {i.name for i in src.input}
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    for t in src.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) <= keep_elements:
+            g.initializer.append(t)
+        elif t.name not in inputs:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
+def infer_static_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
+    """Shapes of every value ONNX shape inference can type: ints, symbol names, or None."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=False,
+                                                     strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a model shape inference cannot handle still prunes
+        inferred = model
+    shapes: dict[str, tuple[Dim, ...]] = {}
+    graph = inferred.graph
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tt = info.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        shapes[info.name] = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tt.shape.dim)
+    return shapes
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    return 1
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+def _run_single_node(node: onnx.NodeProto, opsets, feeds: dict[str, np.ndarray]) -> list:
+    """Evaluate one node on constant inputs with ONNX Runtime (the model's own opset)."""
+    import onnxruntime as ort
+
+    graph = onnx.helper.make_graph(
+        [node], "fold",
+        [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype),
+                                            list(v.shape)) for k, v in feeds.items()],
+        [onnx.ValueInfoProto(name=o) for o in node.output if o])
+    model = onnx.helper.make_model(graph, opset_imports=list(opsets))
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _constant_of_shape(ref: NodeRef, shape: np.ndarray | None) -> np.ndarray | None:
+    """Weights filled from a constant shape (structure-only models are built this way)."""
+    if shape is None:
+        return None
+    fill = ref.attr("value")
+    fill = numpy_helper.to_array(fill) if fill is not None else np.zeros(1, dtype=np.float32)
+    return np.full(tuple(int(d) for d in shape.ravel()), fill.ravel()[0], dtype=fill.dtype)
+
+
+def _all_inputs(node: onnx.NodeProto) -> list[str]:
+    """Explicit inputs plus outer-scope names read inside subgraph attributes."""
+    names = list(node.input)
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            names.extend(_outer_names(g))
+    return names
+
+
+def _outer_names(graph: onnx.GraphProto) -> list[str]:
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for n in graph.node:
+        local.update(n.output)
+    outer = []
+    for n in graph.node:
+        for name in _all_inputs(n):
+            if name and name not in local:
+                outer.append(name)
+    for o in graph.output:
+        if o.name not in local:
+            outer.append(o.name)
+    return outer

@@ -1,0 +1,118 @@
+"""Channel propagation: run every node's rule in topological order over a ModelGraph.
+
+This is the context object the rules talk to (see ``rules.base``). Its results: the
+ChannelMap of every tracked tensor, the constants each rule will slice (``ParamUse``), per-node
+notes for the rewrite, and the frozen atoms with the reason each was frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..graph import ChannelMap, ChannelSpace, ModelGraph
+from ..graph.model_graph import NodeRef
+from ..rules import rule_for
+
+
+@dataclass
+class ParamUse:
+    """Constant input ``input_index`` of a node is sliced like ``labels``.
+
+    ``axes`` maps a constant's axis to the label axis whose kept positions it follows.
+    ``consume`` marks weights that *read* the channels (a Conv's input channels): in the
+    masked original these are zeroed instead of sliced. ``score`` says whether the values count
+    toward magnitude importance (running statistics do not).
+    """
+
+    node: int
+    input_index: int
+    axes: dict[int, int]
+    labels: np.ndarray
+    consume: bool = False
+    score: bool = True
+
+
+@dataclass
+class Analysis:
+    graph: ModelGraph
+    space: ChannelSpace = field(default_factory=ChannelSpace)
+    maps: dict[str, ChannelMap] = field(default_factory=dict)
+    params: list[ParamUse] = field(default_factory=list)
+    notes: dict[int, dict] = field(default_factory=dict)
+    barriers: dict[int, str] = field(default_factory=dict)
+
+    # -- the interface rules use ---------------------------------------------------------
+    def map(self, name: str) -> ChannelMap | None:
+        return self.maps.get(name) if name else None
+
+    def set_map(self, name: str, cmap: ChannelMap | None) -> None:
+        if name and cmap is not None:
+            self.maps[name] = cmap
+
+    def const(self, name: str):
+        return self.graph.const(name)
+
+    def shape(self, name: str):
+        return self.graph.shape(name)
+
+    def rank(self, name: str) -> int | None:
+        cmap = self.map(name)
+        if cmap is not None:
+            return cmap.rank
+        return self.graph.rank(name)
+
+    def new_map(self, node: NodeRef, rank: int, axes: tuple[int, ...], shape) -> ChannelMap:
+        """Fresh atoms for channels the node creates from its weights."""
+        return ChannelMap(rank, tuple(axes), self.space.new_atoms(tuple(shape), node.index))
+
+    def param(self, node: NodeRef, input_index: int, axes: dict[int, int], labels: np.ndarray,
+              consume: bool = False, score: bool = True) -> None:
+        self.params.append(ParamUse(node.index, input_index, dict(axes), np.asarray(labels),
+                                    consume, score))
+
+    def note(self, node: NodeRef, **info) -> None:
+        self.notes[node.index] = info
+
+    def freeze(self, cmap: ChannelMap | None, reason: str) -> None:
+        if cmap is not None:
+            self.space.freeze(cmap.labels, reason)
+
+    def barrier(self, node: NodeRef, reason: str) -> None:
+        """Freeze every tracked channel that reaches ``node``; its outputs stay untracked."""
+        hit = False
+        for name in list(node.proto.input) + self.graph.implicit_inputs(node):
+            cmap = self.map(name)
+            if cmap is not None:
+                self.freeze(cmap, f"{node.label} ({node.op}): {reason}")
+                hit = True
+        for name in node.proto.output:
+            cmap = self.maps.pop(name, None)
+            if cmap is not None:
+                self.freeze(cmap, f"{node.label} ({node.op}): {reason}")
+                hit = True
+        self.notes.pop(node.index, None)
+        self.params = [p for p in self.params if p.node != node.index]
+        if hit:
+            self.barriers[node.index] = reason
+
+    # -- driver --------------------------------------------------------------------------
+    def run(self) -> "Analysis":
+        for node in self.graph.order:
+            rule = rule_for(node)
+            if rule is None:
+                self.barrier(node, "no channel rule for this op")
+                continue
+            try:
+                rule.propagate(node, self)
+            except (ValueError, IndexError, KeyError, TypeError) as exc:
+                self.barrier(node, f"rule could not handle this node ({exc})")
+        for name in self.graph.graph_outputs:
+            self.freeze(self.map(name), f"graph output {name}")
+        return self
+
+
+def analyze(graph: ModelGraph) -> Analysis:
+    """Propagate channel labels through the whole graph."""
+    return Analysis(graph).run()

@@ -1,0 +1,81 @@
+"""Loading and saving ONNX models.
+
+Loading accepts a path or a ModelProto and always returns a private copy, so the caller's
+object and file are never changed. Saving writes to a temporary file in the target folder and
+renames it, so a failed run never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from ..errors import UserError
+
+_TWO_GB = 2**31 - 1
+
+
+def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    """Return a private, fully loaded copy of ``model`` (weights from external data included)."""
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    path = Path(model)
+    if not path.exists():
+        raise UserError(f"no such file: {path}")
+    if path.is_dir():
+        raise UserError(f"expected an ONNX file, got a directory: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"empty file: {path}")
+    try:
+        loaded = onnx.load(str(path), load_external_data=True)
+    except (DecodeError, RuntimeWarning) as exc:
+        raise UserError(f"not a valid ONNX model: {path} ({type(exc).__name__})") from None
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise UserError(f"cannot load {path}: {_first_line(exc)}") from None
+    if not loaded.graph.node:
+        raise UserError(f"not a valid ONNX model (no graph nodes): {path}")
+    return loaded
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` atomically; models over 2 GB get an external data file."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"output folder does not exist: {folder}")
+    large = model.ByteSize() > _TWO_GB if _fits_bytesize(model) else True
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    data_name = f"{target.name}.data"
+    try:
+        if large:
+            onnx.save_model(model, tmp_name, save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name)
+        else:
+            onnx.save_model(model, tmp_name)
+        os.replace(tmp_name, target)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return target
+
+
+def _fits_bytesize(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except ValueError:
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,178 @@
+"""Apply a plan to a private copy of the model.
+
+``mode="prune"`` slices every declared constant and lets each rule update its attributes and
+shape constants. ``mode="mask"`` builds the oracle for verification: the original model in which
+the weights that *read* removed channels are zeroed, so it computes exactly what the pruned model
+should compute.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxPruneError
+from ..graph import ModelGraph
+from ..groups import Analysis, ParamUse
+from ..rules import rule_for
+
+
+class RewriteError(OnnxPruneError):
+    """The plan cannot be applied consistently; nothing is written."""
+
+
+def project(keep: np.ndarray) -> list[np.ndarray]:
+    """Per-axis keep vectors of a rectangular keep grid (error if it is not rectangular)."""
+    vectors = [keep.any(axis=tuple(o for o in range(keep.ndim) if o != k)) for k in range(keep.ndim)]
+    outer = vectors[0]
+    for v in vectors[1:]:
+        outer = np.multiply.outer(outer, v)
+    if not np.array_equal(outer.reshape(keep.shape), keep):
+        raise RewriteError("kept channels do not form a rectangular grid")
+    return vectors
+
+
+class RewriteContext:
+    """What rules see during ``rewrite``: the copy's graph, keep masks, their notes."""
+
+    def __init__(self, model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray,
+                 mode: str):
+        self.graph = ModelGraph(model, infer_shapes=False)
+        self.analysis = analysis
+        self.removed_atom = removed_atom
+        self.mode = mode
+
+    def keep(self, name: str) -> np.ndarray:
+        return ~self.removed_atom[self.analysis.maps[name].labels]
+
+    def axis_keep(self, name: str) -> dict[int, np.ndarray]:
+        cmap = self.analysis.maps[name]
+        return dict(zip(cmap.axes, project(self.keep(name))))
+
+    def note_of(self, node) -> dict:
+        return self.analysis.notes[node.index]
+
+    def const(self, name: str):
+        return self.graph.const(name)
+
+    def add_const_input(self, node, index: int, value: np.ndarray, suffix: str) -> None:
+        name = self.graph._fresh_name(f"{node.label}_{suffix}")
+        self.graph.add_initializer(name, value)
+        while len(node.proto.input) < index:
+            node.proto.input.append("")
+        node.proto.input.insert(index, name)
+        self.graph.consumers[name].append(node)
+
+
+def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray,
+               mode: str = "prune") -> onnx.ModelProto:
+    if mode not in ("prune", "mask"):
+        raise ValueError(mode)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    ctx = RewriteContext(out, analysis, removed_atom, mode)
+    uses: dict[tuple[int, int], list[ParamUse]] = defaultdict(list)
+    for use in analysis.params:
+        uses[(use.node, use.input_index)].append(use)
+    for (index, input_index), group in uses.items():
+        node = ctx.graph.nodes[index]
+        value = ctx.graph.const(node.input(input_index))
+        new = _slice(value, group, removed_atom) if mode == "prune" else _mask(value, group, removed_atom)
+        if new is not None:
+            ctx.graph.set_const(node, input_index, new)
+    if mode == "prune":
+        for index in analysis.notes:
+            node = ctx.graph.nodes[index]
+            rule_for(node).rewrite(node, ctx)
+        _drop_orphaned_constants(out, model)
+        _refresh_value_info(out, had_value_info=len(model.graph.value_info) > 0)
+    return out
+
+
+def _slice(value, uses, removed_atom):
+    keep_axes: dict[int, np.ndarray] = {}
+    for use in uses:
+        vectors = project(~removed_atom[use.labels])
+        for param_axis, label_axis in use.axes.items():
+            vec = vectors[label_axis]
+            if vec.size != value.shape[param_axis]:
+                raise RewriteError(f"constant axis {param_axis} has {value.shape[param_axis]} "
+                                   f"entries but {vec.size} channel labels")
+            keep_axes[param_axis] = keep_axes.get(param_axis, vec) & vec
+    if all(v.all() for v in keep_axes.values()):
+        return None
+    for axis, vec in keep_axes.items():
+        if not vec.any():
+            raise RewriteError("a constant would lose every channel")
+        value = np.compress(vec, value, axis=axis)
+    return value
+
+
+def _mask(value, uses, removed_atom):
+    mask = np.ones(value.shape, dtype=bool)
+    for use in uses:
+        if not use.consume:
+            continue
+        keep = ~removed_atom[use.labels]
+        order = sorted(use.axes)
+        label_axes = [use.axes[a] for a in order]
+        unmapped = tuple(k for k in range(keep.ndim) if k not in label_axes)
+        if unmapped:
+            keep = keep.any(axis=unmapped)
+            label_axes = [k - sum(1 for u in unmapped if u < k) for k in label_axes]
+        keep = np.transpose(keep, np.argsort(np.argsort(label_axes)))
+        shape = [value.shape[a] if a in use.axes else 1 for a in range(value.ndim)]
+        mask &= np.broadcast_to(keep.reshape(shape), value.shape)
+    if mask.all():
+        return None
+    return np.where(mask, value, np.zeros((), dtype=value.dtype))
+
+
+def _drop_orphaned_constants(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Remove weights (and the nodes that computed them) that slicing left unread.
+
+    Only what was read before and is read by nothing now goes, so the graph otherwise stays
+    exactly as exported.
+    """
+    def readers(graph):
+        names = {o.name for o in graph.output}
+        for n in graph.node:
+            names.update(n.input)
+            for a in n.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    names |= readers(g)
+        return names
+
+    before = readers(original.graph)
+    while True:
+        used = readers(model.graph)
+        dead = [n for n in model.graph.node
+                if not any(o in used for o in n.output) and any(o in before for o in n.output)]
+        for n in dead:
+            model.graph.node.remove(n)
+        if not dead:
+            break
+    used = readers(model.graph)
+    keep = [t for t in model.graph.initializer if t.name in used or t.name not in before]
+    if len(keep) != len(model.graph.initializer):
+        gone = {t.name for t in model.graph.initializer} - {t.name for t in keep}
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        # IR 3 lists initializers among the inputs too: a dropped weight is no input.
+        inputs = [i for i in model.graph.input if i.name not in gone]
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+
+
+def _refresh_value_info(model: onnx.ModelProto, had_value_info: bool) -> None:
+    """Stale intermediate shapes break shape inference: drop them, re-infer if there were any."""
+    del model.graph.value_info[:]
+    if not had_value_info:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - the model is still valid without value_info
+        return
+    model.graph.value_info.extend(inferred.graph.value_info)

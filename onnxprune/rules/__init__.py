@@ -1,0 +1,15 @@
+"""Per-op channel rules: one registry, one small rule per op family (see ``base``)."""
+
+from . import (  # noqa: F401 - importing a module registers its rules
+    concat_split,
+    conv,
+    elementwise,
+    linear,
+    normalization,
+    reshape,
+    shape_of,
+    spatial,
+)
+from .base import RULES, Rule, register, rule_for
+
+__all__ = ["RULES", "Rule", "register", "rule_for"]

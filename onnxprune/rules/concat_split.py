@@ -1,0 +1,170 @@
+"""Concat, Split and Slice: channel offsets along the tracked axis."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import ChannelMap
+from .base import Rule, normalize_axis, register
+
+
+@register("Concat")
+class ConcatRule(Rule):
+    """Along the tracked axis labels are concatenated (each input keeps its own atoms).
+
+    An untracked input there gets frozen atoms of its width. Along another axis the inputs
+    sit side by side on the same channels, so they are unified like a residual Add.
+    """
+
+    def propagate(self, node, ctx):
+        names = list(node.proto.input)
+        maps = [ctx.map(n) for n in names]
+        known = [m for m in maps if m is not None]
+        if not known:
+            return
+        rank = known[0].rank
+        axis = normalize_axis(int(node.attr("axis")), rank)
+        if any(m.rank != rank or len(m.axes) != 1 for m in known):
+            return ctx.barrier(node, "inputs are tracked on several axes")
+        if all(m.axes == (axis,) for m in known):
+            pieces = []
+            for name, m in zip(names, maps):
+                if m is None:
+                    shape = ctx.shape(name)
+                    width = shape[axis] if shape is not None else None
+                    if not isinstance(width, int):
+                        return ctx.barrier(node, "an untracked input has unknown width")
+                    m = ctx.new_map(node, rank, (axis,), (width,))
+                    ctx.freeze(m, f"{node.label}: concatenated with an untracked tensor")
+                pieces.append(m.labels)
+            ctx.set_map(node.proto.output[0], ChannelMap(rank, (axis,), np.concatenate(pieces)))
+            ctx.note(node)
+            return
+        base = known[0]
+        if axis in base.axes or any(m is None for m in maps):
+            return ctx.barrier(node, "inputs are tracked on different axes")
+        for m in known[1:]:
+            if m.axes != base.axes or m.labels.shape != base.labels.shape:
+                return ctx.barrier(node, "inputs are tracked on different axes")
+            ctx.space.unify(base.labels, m.labels)
+        ctx.set_map(node.proto.output[0], base)
+        ctx.note(node)
+
+
+@register("Split")
+class SplitRule(Rule):
+    """Split on the tracked axis hands each output its slice of the labels; the sizes are
+    rewritten to the kept counts (as an input from opset 13, an attribute before)."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        axis = normalize_axis(int(node.attr("axis", 0)), x.rank)
+        outputs = list(node.proto.output)
+        if axis not in x.axes:
+            for out in outputs:
+                ctx.set_map(out, x)
+            ctx.note(node, along=False)
+            return
+        if x.axes != (axis,):
+            return ctx.barrier(node, "splits a multi-axis channel grid")
+        sizes = _split_sizes(node, ctx, x.labels.size, len(outputs))
+        if sizes is None:
+            return ctx.barrier(node, "split sizes are not constant")
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        for out, a, b in zip(outputs, offsets[:-1], offsets[1:]):
+            ctx.set_map(out, ChannelMap(x.rank, x.axes, x.labels[a:b]))
+        ctx.note(node, along=True)
+
+    def rewrite(self, node, ctx):
+        if not ctx.note_of(node)["along"]:
+            return
+        sizes = np.array([int(ctx.keep(o).sum()) for o in node.proto.output], dtype=np.int64)
+        if ctx.graph.opset >= 13:
+            if node.has_attr("num_outputs"):
+                node.proto.attribute.remove(next(a for a in node.proto.attribute
+                                                 if a.name == "num_outputs"))
+            if node.input(1):
+                ctx.graph.set_const(node, 1, sizes)
+            else:
+                ctx.add_const_input(node, 1, sizes, "split")
+        else:
+            node.set_attr("split", sizes.tolist())
+
+
+def _split_sizes(node, ctx, width, count):
+    if node.input(1):
+        sizes = ctx.const(node.input(1))
+        return None if sizes is None else [int(s) for s in sizes]
+    if node.has_attr("split"):
+        return [int(s) for s in node.attr("split")]
+    if width % count == 0:
+        return [width // count] * count
+    part = -(-width // count)  # opset 18 num_outputs: the last chunk is smaller
+    return [part] * (count - 1) + [width - part * (count - 1)]
+
+
+@register("Slice")
+class SliceRule(Rule):
+    """A step-1 slice of the tracked axis keeps a contiguous run of labels; other axes pass."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        spec = _slice_spec(node, ctx, x.rank)
+        if spec is None:
+            return ctx.barrier(node, "slice bounds are not constant")
+        touched = [(k, a) for k, a in enumerate(spec["axes"]) if a in x.axes]
+        if not touched:
+            ctx.set_map(node.proto.output[0], x)
+            ctx.note(node, along=None)
+            return
+        if len(touched) > 1 or x.single_axis is None:
+            return ctx.barrier(node, "slices a multi-axis channel grid")
+        k, axis = touched[0]
+        if spec["steps"][k] != 1:
+            return ctx.barrier(node, "strided slice of the channels")
+        width = x.labels.size
+        start, stop, _ = slice(spec["starts"][k], spec["ends"][k]).indices(width)
+        ctx.set_map(node.proto.output[0], ChannelMap(x.rank, x.axes, x.labels[start:max(start, stop)]))
+        ctx.note(node, along=k, start=start, stop=max(start, stop))
+
+    def rewrite(self, node, ctx):
+        info = ctx.note_of(node)
+        if info["along"] is None:
+            return
+        keep = ctx.keep(node.input(0))
+        new_start = int(keep[: info["start"]].sum())
+        new_stop = new_start + int(keep[info["start"]: info["stop"]].sum())
+        k = info["along"]
+        if ctx.graph.opset >= 10:
+            for idx, value in ((1, new_start), (2, new_stop)):
+                bounds = ctx.const(node.input(idx)).copy()
+                bounds[k] = value
+                ctx.graph.set_const(node, idx, bounds)
+        else:
+            for name, value in (("starts", new_start), ("ends", new_stop)):
+                bounds = list(node.attr(name))
+                bounds[k] = value
+                node.set_attr(name, bounds)
+
+
+def _slice_spec(node, ctx, rank):
+    if ctx.graph.opset >= 10:
+        starts, ends = ctx.const(node.input(1)), ctx.const(node.input(2))
+        axes = ctx.const(node.input(3)) if node.input(3) else None
+        steps = ctx.const(node.input(4)) if node.input(4) else None
+        if starts is None or ends is None or (node.input(3) and axes is None) or (
+                node.input(4) and steps is None):
+            return None
+        starts, ends = starts.tolist(), ends.tolist()
+        axes = list(range(len(starts))) if axes is None else axes.tolist()
+        steps = [1] * len(starts) if steps is None else steps.tolist()
+    else:
+        starts, ends = list(node.attr("starts")), list(node.attr("ends"))
+        axes = list(node.attr("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    axes = [normalize_axis(int(a), rank) for a in axes]
+    return {"starts": starts, "ends": ends, "axes": axes, "steps": steps}

@@ -1,0 +1,119 @@
+"""Element-wise ops: activations pass channels through; binary ops couple or broadcast them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import ChannelMap
+from .base import Rule, register
+
+UNARY = (
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+    "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "ThresholdedRelu", "Exp", "Log", "Abs",
+    "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity",
+    "Dropout", "Cast", "Not", "IsNaN", "IsInf", "Shrink",
+)
+
+
+@register(*UNARY)
+class UnaryRule(Rule):
+    """Applied to each element alone: output 0 carries the input's channels unchanged."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        ctx.set_map(node.proto.output[0], x)
+        ctx.note(node)
+
+
+@register("Clip")
+class ClipRule(Rule):
+    """Clip's min/max are scalars: a pass-through like any activation."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        for i in (1, 2):
+            name = node.input(i)
+            if name and (ctx.map(name) is not None or _size(ctx, name) != 1):
+                return ctx.barrier(node, "min/max are not scalars")
+        ctx.set_map(node.proto.output[0], x)
+        ctx.note(node)
+
+
+@register("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where")
+class BroadcastRule(Rule):
+    """Numpy-style broadcasting between inputs.
+
+    Tracked inputs whose channels meet on the same output positions are unified (a residual
+    Add, the Mul of a squeeze-excitation gate). A constant with one value per channel is sliced
+    with them. Any other input that is not constant along the channels would need channels the
+    tool cannot follow, so it is a barrier.
+    """
+
+    def propagate(self, node, ctx):
+        names = [n for n in node.proto.input]
+        tracked = [(i, ctx.map(n)) for i, n in enumerate(names) if ctx.map(n) is not None]
+        if not tracked:
+            return
+        ranks = [ctx.rank(n) for n in names]
+        if any(r is None for r in ranks):
+            return ctx.barrier(node, "an input rank is unknown")
+        out_rank = max(ranks)
+        # Express every tracked map in output axes (numpy aligns shapes on the right).
+        aligned = [(i, m.with_axes(out_rank, tuple(a + out_rank - m.rank for a in m.axes)))
+                   for i, m in tracked]
+        full = [(i, m) for i, m in aligned if m.labels.size > 1]
+        if not full:
+            return ctx.barrier(node, "only single-channel inputs are tracked")
+        base = full[0][1]
+        for i, m in aligned:
+            if m.axes != base.axes:
+                return ctx.barrier(node, "inputs are tracked on different axes")
+            if m.labels.shape != base.labels.shape:
+                if m.labels.size == 1:
+                    ctx.freeze(m, f"{node.label}: broadcast single channel")
+                    continue
+                return ctx.barrier(node, "tracked inputs have different channel counts")
+        for i, m in full[1:]:
+            ctx.space.unify(base.labels, m.labels)
+        for i, name in enumerate(names):
+            if not name or ctx.map(name) is not None:
+                continue
+            along = _dims_along(ctx, name, ranks[i], out_rank, base.axes)
+            if along is None:
+                return ctx.barrier(node, f"input {i} has unknown shape")
+            if all(d == 1 for d in along.values()):
+                continue
+            if ctx.const(name) is None:
+                return ctx.barrier(node, f"input {i} varies along the channels but is not tracked")
+            axes = {p: base.axes.index(o) for p, o in
+                    ((p, p + out_rank - ranks[i]) for p in range(ranks[i])) if o in base.axes
+                    and along[o] > 1}
+            ctx.param(node, i, axes, base.labels, score=False)
+        ctx.set_map(node.proto.output[0], ChannelMap(out_rank, base.axes, base.labels))
+        ctx.note(node)
+
+
+def _dims_along(ctx, name, rank, out_rank, out_axes) -> dict[int, int] | None:
+    """An untracked input's sizes at the output's tracked axes (1 where it broadcasts)."""
+    shape = ctx.shape(name)
+    if shape is None:
+        return None
+    dims = {}
+    for o in out_axes:
+        p = o - (out_rank - rank)
+        d = shape[p] if p >= 0 else 1
+        if not isinstance(d, int):
+            return None
+        dims[o] = d
+    return dims
+
+
+def _size(ctx, name) -> int | None:
+    shape = ctx.shape(name)
+    if shape is None or any(not isinstance(d, int) for d in shape):
+        return None
+    return int(np.prod(shape, dtype=np.int64))

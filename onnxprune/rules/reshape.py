@@ -1,0 +1,258 @@
+"""Ops that move, merge or split axes: Reshape, Flatten, Transpose, Squeeze, Unsqueeze.
+
+Labels follow the data: a Flatten into a Gemm repeats each channel's atom over its spatial
+block; a Reshape that splits the channel axis into a grid (channel shuffle) keeps the grid
+rectangular by unifying every row with the first, so the outer dimension (the number of groups)
+stays and the inner one shrinks. Shape constants are rewritten to the kept counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..graph import ChannelMap
+from .base import Rule, normalize_axis, register
+
+
+def _static(dims) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
+def _block(in_shape, out_shape, lo: int, hi: int):
+    """Smallest runs of axes, in [a, b) and out [c, d), with equal static element counts that
+    contain the tracked axes lo..hi. Matched from the left when the leading dims agree, else
+    from the right (a dynamic batch the exporter renamed still lines up from the right)."""
+    p = 0
+    while p < lo and p < len(out_shape) and in_shape[p] == out_shape[p] and in_shape[p] is not None:
+        p += 1
+    found = _walk(in_shape, out_shape, p, lo, hi)
+    if found is None:
+        rev_in, rev_out = in_shape[::-1], out_shape[::-1]
+        n, m = len(in_shape), len(out_shape)
+        back = _walk(rev_in, rev_out, 0, n - 1 - hi, n - 1 - lo)
+        if back is None:
+            return None
+        i, j = back
+        return n - i, n, m - j, m
+    i, j = found
+    return p, i, p, j
+
+
+def _walk(in_shape, out_shape, p: int, lo: int, hi: int):
+    i, j, pin, pout = p, p, 1, 1
+    while not (pin == pout and i > hi and (i > p or j > p)):
+        if pin <= pout:
+            if i >= len(in_shape) or not isinstance(in_shape[i], int):
+                return None
+            pin *= in_shape[i]
+            i += 1
+        else:
+            if j >= len(out_shape) or not isinstance(out_shape[j], int):
+                return None
+            pout *= out_shape[j]
+            j += 1
+    return i, j
+
+
+def _regroup(x: ChannelMap, in_shape, out_shape):
+    """Carry labels from ``in_shape`` to ``out_shape`` of a row-major reshape.
+
+    Returns (out_axes, out_labels) or None when the channels cannot be followed (unknown dims
+    inside the block of axes the channels live in).
+    """
+    found = _block(tuple(in_shape), tuple(out_shape), min(x.axes), max(x.axes))
+    if found is None:
+        return None
+    a, b, c, d = found
+    if any(t < a or t >= b for t in x.axes):
+        return None
+    expand = [in_shape[k] if k in x.axes else 1 for k in range(a, b)]
+    full = np.broadcast_to(x.labels.reshape(expand), in_shape[a:b]).reshape(out_shape[c:d])
+    varying = []
+    for k in range(full.ndim):
+        first = np.take(full, [0], axis=k)
+        if not np.array_equal(np.broadcast_to(first, full.shape), full):
+            varying.append(k)
+    if not varying:
+        return None
+    index = tuple(slice(None) if k in varying else 0 for k in range(full.ndim))
+    return tuple(c + k for k in varying), full[index]
+
+
+def _carry(ctx, node, x, in_shape, out_shape):
+    """Set the output map of a reshape-like node; returns the new map or None (barrier)."""
+    if in_shape is None or out_shape is None:
+        ctx.barrier(node, "input or output shape unknown")
+        return None
+    moved = _regroup(x, in_shape, out_shape)
+    if moved is None:
+        ctx.barrier(node, "channels sit in a block of dynamic or mismatched dims")
+        return None
+    axes, labels = moved
+    for k in range(labels.ndim - 1):
+        ctx.space.unify_along(labels, k)
+    y = ChannelMap(len(out_shape), axes, labels)
+    ctx.set_map(node.proto.output[0], y)
+    return y
+
+
+@register("Reshape")
+class ReshapeRule(Rule):
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        in_shape = ctx.shape(node.input(0))
+        out_shape = _resolve_target(ctx, node, in_shape, ctx.shape(node.proto.output[0]))
+        y = _carry(ctx, node, x, in_shape, out_shape)
+        if y is None:
+            return
+        entries = {}
+        for t in y.axes:
+            source = _shape_entry(ctx, node, t)
+            if source is None:
+                return ctx.barrier(node, "target shape of the channel axis is not constant")
+            owner = ctx.graph.nodes[source[0]]
+            value = int(ctx.const(owner.input(source[1]))[source[2]])
+            if value == 0 and not (t in x.axes and in_shape[t] == out_shape[t]):
+                return ctx.barrier(node, "target shape copies a dim that changes")
+            if value > 0:
+                entries[t] = source
+        ctx.note(node, entries=entries)
+
+    def rewrite(self, node, ctx):
+        keep = ctx.axis_keep(node.proto.output[0])
+        for t, (owner_index, index, offset) in ctx.note_of(node)["entries"].items():
+            owner = ctx.graph.nodes[owner_index]
+            values = ctx.const(owner.input(index)).copy()
+            values[offset] = int(keep[t].sum())
+            ctx.graph.set_const(owner, index, values)
+
+
+def _resolve_target(ctx, node, in_shape, inferred):
+    """The output shape, filling what inference left open from the target's constant entries
+    (0 copies an input dim; -1 is what remains once equal symbols cancel out)."""
+    if inferred is None or in_shape is None or all(isinstance(d, int) for d in inferred):
+        return inferred
+    dims = list(inferred)
+    for t in range(len(dims)):
+        source = _shape_entry(ctx, node, t)
+        if source is not None:
+            value = int(ctx.const(ctx.graph.nodes[source[0]].input(source[1]))[source[2]])
+            dims[t] = in_shape[t] if value == 0 else (None if value == -1 else value)
+    if dims.count(None) == 1 and None not in in_shape:
+        known = [d for d in dims if d is not None]
+        if Counter(d for d in known if isinstance(d, str)) == Counter(
+                d for d in in_shape if isinstance(d, str)):
+            total = int(np.prod([d for d in in_shape if isinstance(d, int)], dtype=np.int64))
+            rest = int(np.prod([d for d in known if isinstance(d, int)], dtype=np.int64))
+            if rest and total % rest == 0:
+                dims[dims.index(None)] = total // rest
+    return tuple(dims)
+
+
+def _shape_entry(ctx, node, t):
+    """Where entry ``t`` of the target shape lives: (node index, input index, offset), or None.
+
+    The target is either a constant or a Concat of 1-D pieces (exporters build dynamic batch
+    sizes that way); the entry itself must be a constant.
+    """
+    name = node.input(1)
+    if ctx.const(name) is not None:
+        return node.index, 1, t
+    producer = ctx.graph.producer.get(name)
+    if producer is None or producer.op != "Concat":
+        return None
+    offset = 0
+    for idx, piece in enumerate(producer.proto.input):
+        shape = ctx.graph.shape(piece)
+        length = shape[0] if shape and len(shape) == 1 else None
+        if not isinstance(length, int):
+            return None
+        if offset <= t < offset + length:
+            return (producer.index, idx, t - offset) if ctx.const(piece) is not None else None
+        offset += length
+    return None
+
+
+@register("Flatten")
+class FlattenRule(Rule):
+    """Flatten is a Reshape to 2-D: the leading dims become one opaque dim."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        in_shape = ctx.shape(node.input(0))
+        if in_shape is None:
+            return ctx.barrier(node, "input shape unknown")
+        axis = normalize_axis(int(node.attr("axis", 1)), x.rank)
+        tail = tuple(in_shape[axis:])
+        if any(a < axis for a in x.axes) or not _static(tail):
+            return ctx.barrier(node, "channels are not in a static flattened block")
+        head = "flatten-head" if axis > 0 else 1
+        virtual = x.with_axes(1 + len(tail), tuple(1 + a - axis for a in x.axes))
+        if _carry(ctx, node, virtual, (head,) + tail,
+                  (head, int(np.prod(tail, dtype=np.int64)))) is not None:
+            ctx.note(node)
+
+
+@register("Transpose")
+class TransposeRule(Rule):
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        perm = list(node.attr("perm", list(range(x.rank))[::-1]))
+        new_pos = {old: new for new, old in enumerate(perm)}
+        order = sorted(range(len(x.axes)), key=lambda k: new_pos[x.axes[k]])
+        axes = tuple(new_pos[x.axes[k]] for k in order)
+        ctx.set_map(node.proto.output[0], ChannelMap(x.rank, axes, x.labels.transpose(order)))
+        ctx.note(node)
+
+
+def _axes_operand(node, ctx):
+    if node.input(1):
+        value = ctx.const(node.input(1))
+        return None if value is None else [int(a) for a in value.ravel()]
+    value = node.attr("axes")
+    return None if value is None else [int(a) for a in value]
+
+
+@register("Squeeze")
+class SqueezeRule(Rule):
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        axes = _axes_operand(node, ctx)
+        if axes is None:
+            shape = ctx.shape(node.input(0))
+            if node.input(1) or shape is None or not _static(shape):
+                return ctx.barrier(node, "squeezed axes unknown")
+            axes = [a for a, d in enumerate(shape) if d == 1]
+        axes = {normalize_axis(a, x.rank) for a in axes}
+        if axes & set(x.axes):
+            return ctx.barrier(node, "squeezes a channel axis")
+        new = tuple(a - sum(1 for s in axes if s < a) for a in x.axes)
+        ctx.set_map(node.proto.output[0], ChannelMap(x.rank - len(axes), new, x.labels))
+        ctx.note(node)
+
+
+@register("Unsqueeze")
+class UnsqueezeRule(Rule):
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        axes = _axes_operand(node, ctx)
+        if axes is None:
+            return ctx.barrier(node, "unsqueezed axes unknown")
+        rank = x.rank + len(axes)
+        inserted = sorted(normalize_axis(a, rank) for a in axes)
+        kept = [a for a in range(rank) if a not in inserted]
+        ctx.set_map(node.proto.output[0],
+                    ChannelMap(rank, tuple(kept[a] for a in x.axes), x.labels))
+        ctx.note(node)

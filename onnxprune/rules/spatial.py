@@ -1,0 +1,134 @@
+"""Ops that work on spatial or other non-channel axes: pools, Resize, Pad, reductions, Softmax.
+
+Each passes the channels through unchanged as long as it leaves the tracked axes alone.
+"""
+
+from __future__ import annotations
+
+from .base import Rule, normalize_axis, register
+
+
+def _pass(node, ctx, x):
+    ctx.set_map(node.proto.output[0], x)
+    ctx.note(node)
+
+
+@register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+          "GlobalLpPool")
+class PoolRule(Rule):
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        if x.axes != (1,):
+            return ctx.barrier(node, "channels are not on axis 1")
+        if len(node.proto.output) > 1 and node.proto.output[1]:
+            return ctx.barrier(node, "MaxPool indices are used")
+        _pass(node, ctx, x)
+
+
+@register("Resize", "Upsample")
+class ResizeRule(Rule):
+    """Scales must be 1 on the channel axes; explicit output sizes are rewritten."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        axes = node.attr("axes")
+        axes = list(range(x.rank)) if axes is None else [normalize_axis(a, x.rank) for a in axes]
+        scales_at = 1 if (node.op == "Upsample" or ctx.graph.opset < 11) else 2
+        scales = node.attr("scales") if node.op == "Upsample" and ctx.graph.opset < 9 else None
+        if scales is None and node.input(scales_at):
+            scales = ctx.const(node.input(scales_at))
+            if scales is None:
+                return ctx.barrier(node, "scales are not constant")
+        sizes_name = node.input(3) if scales_at == 2 else ""
+        sizes = ctx.const(sizes_name) if sizes_name else None
+        if sizes_name and sizes is None:
+            return ctx.barrier(node, "output sizes are not constant")
+        if scales is not None and len(scales):
+            if any(float(scales[k]) != 1.0 for k, a in enumerate(axes) if a in x.axes):
+                return ctx.barrier(node, "resizes the channel axis")
+        entries = [k for k, a in enumerate(axes) if a in x.axes] if sizes is not None else []
+        ctx.set_map(node.proto.output[0], x)
+        ctx.note(node, entries=[(k, axes[k]) for k in entries])
+
+    def rewrite(self, node, ctx):
+        entries = ctx.note_of(node)["entries"]
+        if not entries:
+            return
+        keep = ctx.axis_keep(node.input(0))
+        sizes = ctx.const(node.input(3)).copy()
+        for k, axis in entries:
+            sizes[k] = int(keep[axis].sum())
+        ctx.graph.set_const(node, 3, sizes)
+
+
+@register("Pad")
+class PadRule(Rule):
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        pads = node.attr("pads") if ctx.graph.opset < 11 else ctx.const(node.input(1))
+        if pads is None:
+            return ctx.barrier(node, "pads are not constant")
+        pads = [int(p) for p in pads]
+        axes = list(range(x.rank))
+        if node.input(3):
+            value = ctx.const(node.input(3))
+            if value is None:
+                return ctx.barrier(node, "pad axes are not constant")
+            axes = [normalize_axis(int(a), x.rank) for a in value]
+        half = len(pads) // 2
+        if any(pads[k] or pads[k + half] for k, a in enumerate(axes) if a in x.axes):
+            return ctx.barrier(node, "pads the channel axis")
+        _pass(node, ctx, x)
+
+
+@register("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+          "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+class ReduceRule(Rule):
+    """Reducing over spatial axes keeps the channels; reducing over them is a barrier."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        if node.input(1):
+            value = ctx.const(node.input(1))
+            if value is None:
+                return ctx.barrier(node, "reduced axes are not constant")
+            axes = [int(a) for a in value.ravel()]
+        else:
+            axes = node.attr("axes")
+        if not axes:
+            return ctx.barrier(node, "reduces over every axis")
+        axes = {normalize_axis(int(a), x.rank) for a in axes}
+        if axes & set(x.axes):
+            return ctx.barrier(node, "reduces over the channels")
+        if int(node.attr("keepdims", 1)):
+            return _pass(node, ctx, x)
+        shifted = tuple(a - sum(1 for r in axes if r < a) for a in x.axes)
+        ctx.set_map(node.proto.output[0], x.with_axes(x.rank - len(axes), shifted))
+        ctx.note(node)
+
+
+@register("Softmax", "LogSoftmax", "Hardmax")
+class SoftmaxRule(Rule):
+    """Normalizes along one axis (or, before opset 13, every axis from ``axis`` on)."""
+
+    def propagate(self, node, ctx):
+        x = ctx.map(node.input(0))
+        if x is None:
+            return
+        if ctx.graph.opset >= 13:
+            axis = normalize_axis(int(node.attr("axis", -1)), x.rank)
+            mixed = axis in x.axes
+        else:
+            axis = normalize_axis(int(node.attr("axis", 1)), x.rank)
+            mixed = any(a >= axis for a in x.axes)
+        if mixed:
+            return ctx.barrier(node, "normalizes across the channels")
+        _pass(node, ctx, x)

@@ -1,0 +1,127 @@
+"""Proof that a rewritten model is right: it passes the full ONNX checker, runs on ONNX
+Runtime with the original's inputs and outputs, and matches the masked original."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import UserError
+
+DEFAULT_DIM = 64   # used for a dynamic dim other than the batch when no shape is given
+
+
+@dataclass
+class CheckResult:
+    checker: bool
+    runs: bool
+    same_io: bool
+    max_rel_error: float | None
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.checker and self.runs and self.same_io and (
+            self.max_rel_error is not None and self.max_rel_error <= self.tolerance)
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Full check: structure, types and strict shape inference."""
+    onnx.checker.check_model(model, full_check=True)
+
+
+def input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None
+                 ) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for the graph inputs: given ones, else 1 for a dynamic batch and
+    ``DEFAULT_DIM`` for other dynamic dims."""
+    overrides = overrides or {}
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        if inp.name in overrides:
+            shapes[inp.name] = tuple(overrides[inp.name])
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        shapes[inp.name] = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+            else (1 if k == 0 else DEFAULT_DIM) for k, d in enumerate(dims))
+    unknown = set(overrides) - set(shapes)
+    if unknown:
+        raise UserError(f"no model input named {sorted(unknown)[0]!r}")
+    return shapes
+
+
+def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic random inputs of the right dtype for every graph input."""
+    rng = np.random.default_rng(seed)
+    concrete = input_shapes(model, shapes)
+    feeds = {}
+    for inp in model.graph.input:
+        if inp.name not in concrete:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        shape = concrete[inp.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[inp.name] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds
+
+
+def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def user_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs a caller feeds (IR 3 also lists every initializer as an input)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got − want| relative to the largest |want| (0 for identical arrays)."""
+    if got.shape != want.shape:
+        return float("inf")
+    if not np.issubdtype(want.dtype, np.floating):
+        return 0.0 if np.array_equal(got, want) else float("inf")
+    diff = np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0)
+    scale = np.max(np.abs(want.astype(np.float64)), initial=0.0)
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def compare_outputs(pruned: onnx.ModelProto, reference: onnx.ModelProto,
+                    feeds: dict[str, np.ndarray], tolerance: float = 1e-4) -> CheckResult:
+    """Checker + ORT run of ``pruned`` and comparison with ``reference`` on the same inputs."""
+    try:
+        check_model(pruned)
+        checker = True
+    except Exception:  # noqa: BLE001 - reported as a failed check
+        checker = False
+    same_io = (user_inputs(pruned) == user_inputs(reference)
+               and [o.name for o in pruned.graph.output] == [o.name for o in reference.graph.output])
+    try:
+        got = run_model(pruned, feeds)
+        runs = True
+    except Exception:  # noqa: BLE001
+        return CheckResult(checker, False, same_io, None, tolerance)
+    want = run_model(reference, feeds)
+    error = max((relative_error(got[k], want[k]) for k in want), default=0.0)
+    return CheckResult(checker, runs, same_io, error, tolerance)

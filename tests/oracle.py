@@ -1,0 +1,44 @@
+"""The correctness oracle every pruned model must pass (see the README)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.api import analyze_model, masked_original
+from onnxprune.verify import count_cost, make_inputs, run_model
+from onnxprune.verify.checks import relative_error, user_inputs
+
+TOLERANCE = 1e-4
+
+
+def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
+                  exclude=()) -> dict:
+    """1. checker + ORT + same IO; 2. ratio 0 is bit-identical; 3. mask equivalence;
+    4. MACs/params fall as the weights say. Returns the measured numbers."""
+    analyzed = analyze_model(model, exclude)
+    original = analyzed.model
+    feeds = make_inputs(original, shapes)
+    reference = run_model(original, feeds)
+
+    identical, _ = masked_original(analyzed, ratio=0.0, round_to=round_to)
+    same = run_model(identical, feeds)
+    for name, want in reference.items():
+        assert np.array_equal(same[name], want), f"ratio 0 changed output {name}"
+
+    pruned, masked = masked_original(analyzed, ratio=ratio, round_to=round_to)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert user_inputs(pruned) == user_inputs(original)
+    assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]
+    got, want = run_model(pruned, feeds), run_model(masked, feeds)
+    for name in reference:
+        assert got[name].shape == reference[name].shape, f"output {name} changed shape"
+        error = relative_error(got[name], want[name])
+        assert error <= TOLERANCE, f"output {name}: relative error {error:.2e} vs masked original"
+
+    before, after = count_cost(original, shapes), count_cost(pruned, shapes)
+    if expect_pruned:
+        assert after.params < before.params
+        if before.macs is not None:
+            assert after.macs < before.macs
+    return {"params": (before.params, after.params), "macs": (before.macs, after.macs)}
