@@ -273,14 +273,47 @@ def skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelPro
 
 
 def infer_static_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
-    """Shapes of every value ONNX shape inference can type: ints, symbol names, or None."""
+    """Shapes of every value: ints, symbol names, or None where nothing is known.
+
+    ONNX shape inference runs first; where it leaves dims open (shapes computed at run time
+    from Shape → Gather → Div → Concat, as exporters write them), ONNX Runtime's symbolic
+    shape inference fills them in.
+    """
+    light = skeleton(model)
+    shapes = _read_shapes(_onnx_inference(light))
+    if any(_open(d) for dims in shapes.values() for d in dims):
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            symbolic = _read_shapes(SymbolicShapeInference.infer_shapes(
+                light, auto_merge=True, guess_output_rank=False))
+        except Exception:  # noqa: BLE001 - best effort: keep what ONNX inference found
+            symbolic = {}
+        for name, dims in symbolic.items():
+            known = shapes.get(name)
+            if known is None or len(known) != len(dims):
+                shapes[name] = dims
+            else:
+                shapes[name] = tuple(b if _open(a) and not _open(b) else a
+                                     for a, b in zip(known, dims))
+    return shapes
+
+
+def _open(dim: Dim) -> bool:
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
+
+
+def _onnx_inference(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=False,
-                                                     strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
+                                                 data_prop=True)
     except Exception:  # noqa: BLE001 - a model shape inference cannot handle still prunes
-        inferred = model
+        return model
+
+
+def _read_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
     shapes: dict[str, tuple[Dim, ...]] = {}
-    graph = inferred.graph
+    graph = model.graph
     for info in list(graph.input) + list(graph.value_info) + list(graph.output):
         tt = info.type.tensor_type
         if not tt.HasField("shape"):

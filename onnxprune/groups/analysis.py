@@ -42,6 +42,7 @@ class Analysis:
     params: list[ParamUse] = field(default_factory=list)
     notes: dict[int, dict] = field(default_factory=dict)
     barriers: dict[int, str] = field(default_factory=dict)
+    deferred: list = field(default_factory=list)
 
     # -- the interface rules use ---------------------------------------------------------
     def map(self, name: str) -> ChannelMap | None:
@@ -71,6 +72,10 @@ class Analysis:
               consume: bool = False, score: bool = True) -> None:
         self.params.append(ParamUse(node.index, input_index, dict(axes), np.asarray(labels),
                                     consume, score))
+
+    def defer(self, check) -> None:
+        """Run ``check(roots)`` once every node has propagated (components are final)."""
+        self.deferred.append(check)
 
     def note(self, node: NodeRef, **info) -> None:
         self.notes[node.index] = info
@@ -108,6 +113,10 @@ class Analysis:
                 rule.propagate(node, self)
             except (ValueError, IndexError, KeyError, TypeError) as exc:
                 self.barrier(node, f"rule could not handle this node ({exc})")
+        if self.deferred:
+            roots = self.space.roots()
+            for check in self.deferred:
+                check(roots)
         for name in self.graph.graph_outputs:
             self.freeze(self.map(name), f"graph output {name}")
         return self

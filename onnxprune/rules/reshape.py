@@ -14,6 +14,7 @@ import numpy as np
 
 from ..graph import ChannelMap
 from .base import Rule, normalize_axis, register
+from .shape_values import channel_dim, locate_entry, require_proportional
 
 
 def _static(dims) -> bool:
@@ -100,6 +101,9 @@ def _carry(ctx, node, x, in_shape, out_shape):
 
 @register("Reshape")
 class ReshapeRule(Rule):
+    """Every entry of the target is accounted for: constants at channel axes are rewritten,
+    run-time entries that read channel counts must stay proportional (``shape_values``)."""
+
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
         if x is None:
@@ -110,17 +114,25 @@ class ReshapeRule(Rule):
         if y is None:
             return
         entries = {}
-        for t in y.axes:
-            source = _shape_entry(ctx, node, t)
-            if source is None:
-                return ctx.barrier(node, "target shape of the channel axis is not constant")
-            owner = ctx.graph.nodes[source[0]]
-            value = int(ctx.const(owner.input(source[1]))[source[2]])
+        for t in range(len(out_shape)):
+            tracked = t in y.axes
+            loc = locate_entry(ctx, node.input(1), t)
+            if loc is None or loc[0] == "dim":
+                expr = loc[1] if loc else None
+                if channel_dim(ctx, expr) and tracked:
+                    require_proportional(ctx, node, node.proto.output[0], t, expr)
+                elif channel_dim(ctx, expr) or tracked:
+                    return ctx.barrier(node, "target shape of the channel axis is not constant")
+                continue
+            if not tracked:
+                continue
+            owner, index, offset = (node.index, 1, t) if loc[0] == "const" else loc[1:]
+            value = int(ctx.const(ctx.graph.nodes[owner].input(index))[offset])
             if value == 0 and not (t in x.axes and in_shape[t] == out_shape[t]):
                 return ctx.barrier(node, "target shape copies a dim that changes")
             if value > 0:
-                entries[t] = source
-        ctx.note(node, entries=entries)
+                entries[t] = (owner, index, offset)
+        ctx.note(node, entries=entries, traced=True)
 
     def rewrite(self, node, ctx):
         keep = ctx.axis_keep(node.proto.output[0])
@@ -131,6 +143,17 @@ class ReshapeRule(Rule):
             ctx.graph.set_const(owner, index, values)
 
 
+def _evaluate(ctx, expr, fallback):
+    """The value of Shape(T)[axis]·num/den from T's inferred shape (a symbol if unscaled)."""
+    shape = ctx.shape(expr.tensor) if expr is not None else None
+    if shape is None or expr.axis >= len(shape):
+        return fallback
+    dim = shape[expr.axis]
+    if isinstance(dim, int):
+        return dim * expr.num // expr.den
+    return dim if (expr.num, expr.den) == (1, 1) and dim else fallback
+
+
 def _resolve_target(ctx, node, in_shape, inferred):
     """The output shape, filling what inference left open from the target's constant entries
     (0 copies an input dim; -1 is what remains once equal symbols cancel out)."""
@@ -138,10 +161,15 @@ def _resolve_target(ctx, node, in_shape, inferred):
         return inferred
     dims = list(inferred)
     for t in range(len(dims)):
-        source = _shape_entry(ctx, node, t)
-        if source is not None:
-            value = int(ctx.const(ctx.graph.nodes[source[0]].input(source[1]))[source[2]])
-            dims[t] = in_shape[t] if value == 0 else (None if value == -1 else value)
+        loc = locate_entry(ctx, node.input(1), t)
+        if loc is None:
+            continue
+        if loc[0] == "dim":
+            dims[t] = _evaluate(ctx, loc[1], dims[t])
+            continue
+        owner, index, offset = (node.index, 1, t) if loc[0] == "const" else loc[1:]
+        value = int(ctx.const(ctx.graph.nodes[owner].input(index))[offset])
+        dims[t] = in_shape[t] if value == 0 else (None if value == -1 else value)
     if dims.count(None) == 1 and None not in in_shape:
         known = [d for d in dims if d is not None]
         if Counter(d for d in known if isinstance(d, str)) == Counter(
@@ -151,30 +179,6 @@ def _resolve_target(ctx, node, in_shape, inferred):
             if rest and total % rest == 0:
                 dims[dims.index(None)] = total // rest
     return tuple(dims)
-
-
-def _shape_entry(ctx, node, t):
-    """Where entry ``t`` of the target shape lives: (node index, input index, offset), or None.
-
-    The target is either a constant or a Concat of 1-D pieces (exporters build dynamic batch
-    sizes that way); the entry itself must be a constant.
-    """
-    name = node.input(1)
-    if ctx.const(name) is not None:
-        return node.index, 1, t
-    producer = ctx.graph.producer.get(name)
-    if producer is None or producer.op != "Concat":
-        return None
-    offset = 0
-    for idx, piece in enumerate(producer.proto.input):
-        shape = ctx.graph.shape(piece)
-        length = shape[0] if shape and len(shape) == 1 else None
-        if not isinstance(length, int):
-            return None
-        if offset <= t < offset + length:
-            return (producer.index, idx, t - offset) if ctx.const(piece) is not None else None
-        offset += length
-    return None
 
 
 @register("Flatten")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from .base import Rule, normalize_axis, register
+from .shape_values import SHAPE_ARITHMETIC
+
+# Readers that account for every entry of the shape they take (see shape_values).
+TRACED_TERMINALS = {("Reshape", 1), ("Resize", 3)}
 
 
 @register("Shape")
 class ShapeRule(Rule):
-    """Allowed when every reader picks only non-channel entries (Gather/Slice with constants);
-    otherwise the channel count would silently change downstream, so it is a barrier."""
+    """After pruning, Shape reports the new channel count. That is only safe where the count
+    reaches nothing but shape arithmetic ending in a Reshape target or Resize sizes whose rule
+    checked the entry stays proportional to the channels; otherwise it is a barrier."""
 
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
@@ -18,11 +23,30 @@ class ShapeRule(Rule):
         end = node.attr("end")
         end = x.rank if end is None else min(normalize_axis(int(end), x.rank), x.rank)
         positions = {a - start for a in x.axes if start <= a < end}
-        if not positions:
-            return
-        for reader in ctx.graph.consumers.get(node.proto.output[0], []):
-            if not _reads_only_other_entries(reader, ctx, positions, end - start):
-                return ctx.barrier(node, f"the channel count is read by {reader.label}")
+        if positions:
+            ctx.defer(lambda roots: self._check(node, ctx, positions, end - start))
+
+    def _check(self, node, ctx, positions, length) -> None:
+        out = node.proto.output[0]
+        stack, seen = [out], set()
+        while stack:
+            name = stack.pop()
+            for reader in ctx.graph.consumers.get(name, []):
+                if name == out and _reads_only_other_entries(reader, ctx, positions, length):
+                    continue
+                slots = {(reader.op, i) for i, n in enumerate(reader.proto.input) if n == name}
+                if slots & TRACED_TERMINALS and ctx.notes.get(reader.index, {}).get("traced"):
+                    continue
+                if reader.op in SHAPE_ARITHMETIC and reader.index not in seen:
+                    seen.add(reader.index)
+                    stack.extend(o for o in reader.proto.output if o)
+                    continue
+                if reader.op in SHAPE_ARITHMETIC:
+                    continue
+                reason = f"the channel count is read by {reader.label} ({reader.op})"
+                ctx.freeze(ctx.map(node.input(0)), f"{node.label} (Shape): {reason}")
+                ctx.barriers[node.index] = reason
+                return
 
 
 def _reads_only_other_entries(reader, ctx, positions, length) -> bool:

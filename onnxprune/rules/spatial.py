@@ -6,6 +6,7 @@ Each passes the channels through unchanged as long as it leaves the tracked axes
 from __future__ import annotations
 
 from .base import Rule, normalize_axis, register
+from .shape_values import channel_dim, locate_entry, require_proportional
 
 
 def _pass(node, ctx, x):
@@ -29,7 +30,8 @@ class PoolRule(Rule):
 
 @register("Resize", "Upsample")
 class ResizeRule(Rule):
-    """Scales must be 1 on the channel axes; explicit output sizes are rewritten."""
+    """Scales must be 1 on the channel axes; constant output sizes are rewritten, run-time
+    sizes built from Shape must stay proportional to the channels (``shape_values``)."""
 
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
@@ -43,16 +45,23 @@ class ResizeRule(Rule):
             scales = ctx.const(node.input(scales_at))
             if scales is None:
                 return ctx.barrier(node, "scales are not constant")
-        sizes_name = node.input(3) if scales_at == 2 else ""
-        sizes = ctx.const(sizes_name) if sizes_name else None
-        if sizes_name and sizes is None:
-            return ctx.barrier(node, "output sizes are not constant")
         if scales is not None and len(scales):
             if any(float(scales[k]) != 1.0 for k, a in enumerate(axes) if a in x.axes):
                 return ctx.barrier(node, "resizes the channel axis")
-        entries = [k for k, a in enumerate(axes) if a in x.axes] if sizes is not None else []
+        sizes_name = node.input(3) if scales_at == 2 else ""
+        entries = []
+        if sizes_name and ctx.const(sizes_name) is not None:
+            entries = [(k, a) for k, a in enumerate(axes) if a in x.axes]
+        elif sizes_name:
+            for k, a in enumerate(axes):
+                loc = locate_entry(ctx, sizes_name, k)
+                expr = loc[1] if loc and loc[0] == "dim" else None
+                if a in x.axes and channel_dim(ctx, expr):
+                    require_proportional(ctx, node, node.proto.output[0], a, expr)
+                elif a in x.axes or channel_dim(ctx, expr):
+                    return ctx.barrier(node, "output sizes of the channel axis are not known")
         ctx.set_map(node.proto.output[0], x)
-        ctx.note(node, entries=[(k, axes[k]) for k in entries])
+        ctx.note(node, entries=entries, traced=True)
 
     def rewrite(self, node, ctx):
         entries = ctx.note_of(node)["entries"]

@@ -1,0 +1,162 @@
+"""Dims computed at run time: ``Shape(T)[axis]`` flowing into a Reshape target or Resize sizes.
+
+Exporters often build shape tensors from the data (``x.view(b, g, c // g, h, w)`` becomes
+Shape → Gather → Div → Unsqueeze → Concat). After pruning such an entry recomputes itself from
+the pruned tensor, which is right only if it stays proportional to the channels it describes.
+``trace_dim`` reads the entry as ``Shape(T)[axis] · num / den``; ``require_proportional`` checks,
+once all channels are grouped, that for every component the counts agree, so the relation holds
+for *any* set of removed channels. Otherwise the channels are frozen.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import normalize_axis
+
+PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Identity"}
+SHAPE_ARITHMETIC = PASS_THROUGH | {"Gather", "Slice", "Div", "Mul", "Concat"}
+
+
+@dataclass(frozen=True)
+class DimExpr:
+    tensor: str
+    axis: int
+    num: int = 1
+    den: int = 1
+
+
+def trace_dim(ctx, name: str) -> DimExpr | None:
+    """``name`` (a one-element int tensor) as Shape(T)[axis]·num/den, or None."""
+    num, den = 1, 1
+    for _ in range(16):
+        node = ctx.graph.producer.get(name)
+        if node is None:
+            return None
+        if node.op in PASS_THROUGH:
+            name = node.input(0)
+        elif node.op in ("Div", "Mul"):
+            factor = ctx.const(node.input(1))
+            if factor is None or factor.size != 1 or int(factor.ravel()[0]) <= 0:
+                return None
+            if node.op == "Div":
+                den *= int(factor.ravel()[0])
+            else:
+                num *= int(factor.ravel()[0])
+            name = node.input(0)
+        elif node.op in ("Gather", "Slice"):
+            index = _picked_index(ctx, node)
+            source = ctx.graph.producer.get(node.input(0))
+            if index is None or source is None or source.op != "Shape":
+                return None
+            rank = ctx.rank(source.input(0))
+            if rank is None:
+                return None
+            start = normalize_axis(int(source.attr("start", 0)), rank)
+            return DimExpr(source.input(0), start + index, num, den)
+        else:
+            return None
+    return None
+
+
+def _picked_index(ctx, node) -> int | None:
+    if node.op == "Gather":
+        index = ctx.const(node.input(1))
+        if int(node.attr("axis", 0)) != 0 or index is None or index.size != 1:
+            return None
+        return int(index.ravel()[0])
+    starts, ends = ctx.const(node.input(1)), ctx.const(node.input(2))
+    if starts is None or ends is None or starts.size != 1 or int(ends[0]) != int(starts[0]) + 1:
+        return None
+    return int(starts[0])
+
+
+def locate_entry(ctx, shape_name: str, t: int):
+    """Entry ``t`` of a 1-D shape tensor: ("const",) when the whole tensor is constant,
+    ("piece", concat node index, input index, offset) for a constant piece of a Concat,
+    ("dim", DimExpr or None) for a run-time entry, or None when it cannot be followed."""
+    if ctx.const(shape_name) is not None:
+        return ("const",)
+    producer = ctx.graph.producer.get(shape_name)
+    if producer is None:
+        return None
+    if producer.op == "Shape":
+        rank = ctx.rank(producer.input(0))
+        start = normalize_axis(int(producer.attr("start", 0)), rank) if rank else 0
+        return ("dim", DimExpr(producer.input(0), start + t))
+    if producer.op != "Concat":
+        return None
+    offset = 0
+    for idx, piece in enumerate(producer.proto.input):
+        shape = ctx.graph.shape(piece)
+        length = shape[0] if shape and len(shape) == 1 else None
+        if not isinstance(length, int):
+            return None
+        if offset <= t < offset + length:
+            if ctx.const(piece) is not None:
+                return ("piece", producer.index, idx, t - offset)
+            if length == 1:
+                return ("dim", trace_dim(ctx, piece))
+            return ("dim", _slice_of_shape(ctx, piece, t - offset))
+        offset += length
+    return None
+
+
+def _slice_of_shape(ctx, name: str, k: int) -> DimExpr | None:
+    """Entry ``k`` of ``Shape(T)`` or ``Slice(Shape(T), start, end)`` (step 1), e.g. the
+    [N, C] part of a Resize's sizes."""
+    node = ctx.graph.producer.get(name)
+    if node is not None and node.op == "Shape":
+        rank = ctx.rank(node.input(0))
+        return None if rank is None else DimExpr(
+            node.input(0), normalize_axis(int(node.attr("start", 0)), rank) + k)
+    if node is None or node.op != "Slice":
+        return None
+    source = ctx.graph.producer.get(node.input(0))
+    starts = ctx.const(node.input(1))
+    steps = ctx.const(node.input(4)) if node.input(4) else None
+    if source is None or source.op != "Shape" or starts is None or starts.size != 1 or (
+            steps is not None and int(steps.ravel()[0]) != 1):
+        return None
+    rank = ctx.rank(source.input(0))
+    if rank is None:
+        return None
+    start = normalize_axis(int(source.attr("start", 0)), rank)
+    return DimExpr(source.input(0), start + normalize_axis(int(starts[0]), rank) + k)
+
+
+def channel_dim(ctx, expr: DimExpr | None) -> bool:
+    """Does the expression read a tracked channel count?"""
+    if expr is None:
+        return False
+    cmap = ctx.map(expr.tensor)
+    return cmap is not None and expr.axis in cmap.axes
+
+
+def require_proportional(ctx, node, out_name: str, out_axis: int, expr: DimExpr) -> None:
+    """After grouping, check kept(out along out_axis) == kept(T along axis) · num / den for
+    every possible removal; freeze both tensors' channels if it cannot be guaranteed."""
+
+    def check(roots: np.ndarray) -> None:
+        out_map, src_map = ctx.map(out_name), ctx.map(expr.tensor)
+        ok = out_map is not None and src_map is not None and src_map.single_axis == expr.axis
+        if ok:
+            k = out_map.axes.index(out_axis)
+            moved = np.moveaxis(roots[out_map.labels], k, 0).reshape(out_map.labels.shape[k], -1)
+            per_position = [np.unique(row) for row in moved]
+            ok = all(len(r) == 1 for r in per_position)
+            if ok:
+                n_out = Counter(int(r[0]) for r in per_position)
+                n_src = Counter(roots[src_map.labels].tolist())
+                ok = all(n_out.get(r, 0) * expr.den == n_src.get(r, 0) * expr.num
+                         for r in set(n_out) | set(n_src))
+        if not ok:
+            reason = "a run-time shape entry would not follow the pruned channels"
+            for name in (out_name, expr.tensor):
+                ctx.freeze(ctx.map(name), f"{node.label} ({node.op}): {reason}")
+            ctx.barriers[node.index] = reason
+
+    ctx.defer(check)
