@@ -117,6 +117,7 @@ def _build_torchvision(e: dict):
     torch.manual_seed(0)
     model = torchvision.models.get_model(e["name"], weights=None, **e.get("kwargs", {}))
     _calibrate_batchnorm(model, e["inputs"][0]["test_shape"][1:])
+    _wake_layer_scales(model)
     if "output_key" in e:  # segmentation models return a dict of tensors
         model = _pick_output(model, e["output_key"])
     return model.eval()
@@ -142,6 +143,19 @@ def _calibrate_batchnorm(model, chw: list[int], batches: int = 4, batch_size: in
     with torch.no_grad():
         for _ in range(batches):
             model(torch.randn(batch_size, *chw))
+
+
+def _wake_layer_scales(model) -> None:
+    """ConvNeXt initialises its per-block ``layer_scale`` to 1e-6, so with random weights each
+    residual branch adds almost nothing and "pruned output equals masked original" would hold
+    whatever the pruner did to the branch. Scales of order 1 make the check bite."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            scale = getattr(module, "layer_scale", None)
+            if isinstance(scale, torch.nn.Parameter):
+                scale.uniform_(0.5, 1.5)
 
 
 def _pick_output(model, key: str):
