@@ -101,6 +101,17 @@ def squeeze_excitation():
     return b.model(X, [head(b, b.op("Mul", [y, s]))])
 
 
+def squeeze_excitation_gemm():
+    """SE written with Linear layers: pool → Flatten → Gemm → Gemm → Reshape → Mul."""
+    b = GraphBuilder()
+    y = stem(b)
+    s = b.op("Flatten", [b.op("GlobalAveragePool", [y])], axis=1)
+    s = b.op("Relu", [b.op("Gemm", [s, b.weight(4, 16), b.weight(4)], transB=1)])
+    s = b.op("HardSigmoid", [b.op("Gemm", [s, b.weight(16, 4), b.weight(16)], transB=1)])
+    s = b.op("Reshape", [s, b.const(np.array([-1, 16, 1, 1], np.int64))])
+    return b.model(X, [head(b, b.op("Mul", [y, s]))])
+
+
 def flatten_gemm():
     b = GraphBuilder()
     y = b.op("MaxPool", [stem(b)], kernel_shape=[2, 2], strides=[2, 2])
@@ -127,6 +138,34 @@ def channel_shuffle():
     s = b.op("Reshape", [t, b.const(np.array([1, 16, 8, 8], np.int64))])
     a, c = b.op("Split", [s, b.const(np.array([8, 8], np.int64))], outputs=2, axis=1)
     return b.model(X, [b.op("Concat", [a, b.conv(c, 8, 8, k=1)], axis=1)])
+
+
+def runtime_chunk_and_shuffle():
+    """TorchScript's channel_shuffle and chunk: shapes and bounds computed from Shape(x)."""
+    b = GraphBuilder()
+    y = b.op("Concat", [stem(b, 8), b.op("Relu", [b.conv("x", 3, 8)])], axis=1)
+
+    def dim(t, axis):
+        return b.op("Gather", [b.op("Shape", [t]), b.const(np.array(axis, np.int64))], axis=0)
+
+    def one(v):
+        return b.op("Unsqueeze", [v, b.const(np.array([0], np.int64))])
+
+    per_group = b.op("Div", [dim(y, 1), b.const(np.array(2, np.int64))])
+    grid = b.op("Concat", [one(dim(y, 0)), b.const(np.array([2], np.int64)), one(per_group),
+                           one(dim(y, 2)), one(dim(y, 3))], axis=0)
+    t = b.op("Transpose", [b.op("Reshape", [y, grid])], perm=[0, 2, 1, 3, 4])
+    flat = b.op("Concat", [one(dim(y, 0)), one(dim(y, 1)), one(dim(y, 2)), one(dim(y, 3))], axis=0)
+    s = b.op("Reshape", [t, flat])
+    half = b.op("Div", [b.op("Add", [dim(s, 1), b.const(np.array(1, np.int64))]),
+                        b.const(np.array(2, np.int64))])
+    end_a = one(b.op("Mul", [half, b.const(np.array(1, np.int64))]))
+    end_b = one(b.op("Mul", [half, b.const(np.array(2, np.int64))]))
+    axes = b.const(np.array([1], np.int64))
+    a = b.op("Slice", [s, b.const(np.array([0], np.int64)), end_a, axes])
+    c = b.op("Slice", [s, end_a, end_b, axes])
+    out = b.op("Concat", [a, b.op("Relu", [b.conv(c, 8, 8, k=1)])], axis=1)
+    return b.model({"x": ["N", 3, 8, 8]}, [b.conv(out, 16, 4, k=1)])
 
 
 def group_norm(opset):
@@ -226,9 +265,9 @@ CASES = {
     "residual": residual, "concat": concat, "split": split_input,
     "split_num_outputs": split_num_outputs, "split_attr_opset11": split_attribute_opset11,
     "slice": slice_channels, "depthwise": depthwise, "depthwise_multiplier": depthwise_multiplier,
-    "grouped": grouped, "conv_transpose": conv_transpose, "se": squeeze_excitation,
+    "grouped": grouped, "conv_transpose": conv_transpose, "se": squeeze_excitation, "se_gemm": squeeze_excitation_gemm,
     "flatten_gemm": flatten_gemm, "reshape_matmul_dynamic_batch": reshape_matmul_dynamic_batch,
-    "channel_shuffle": channel_shuffle,
+    "channel_shuffle": channel_shuffle, "runtime_chunk_and_shuffle": runtime_chunk_and_shuffle,
     "group_norm_21": lambda: group_norm(21),
     "instance_norm_prelu": instance_norm_prelu,
     "per_channel_constants": per_channel_constants, "activations": activations,
@@ -241,13 +280,19 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_pattern_prunes_and_matches_masked_original(name):
     model = CASES[name]()
-    shapes = {"x": (2, 3, 8, 8)} if name == "reshape_matmul_dynamic_batch" else None
+    shapes = {"x": (2, 3, 8, 8)} if name.startswith(("reshape_matmul", "runtime")) else None
     assert_oracle(model, ratio=0.5, shapes=shapes)
 
 
 def _group_sources(model):
     a = analyze_model(model)
     return [sorted(g.sources) for g in a.groups if g.prunable and g.size > 1]
+
+
+def test_runtime_shapes_leave_no_barrier():
+    info = onnxprune.inspect(runtime_chunk_and_shuffle(), input_shapes={"x": (1, 3, 8, 8)})
+    assert info["barriers"] == []
+    assert sum(g["prunable"] for g in info["groups"]) >= 2
 
 
 def test_residual_couples_both_producers():

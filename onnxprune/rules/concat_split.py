@@ -6,6 +6,7 @@ import numpy as np
 
 from ..graph import ChannelMap
 from .base import Rule, normalize_axis, register
+from .shape_values import trace_dim
 
 
 @register("Concat")
@@ -115,7 +116,7 @@ class SliceRule(Rule):
             return
         spec = _slice_spec(node, ctx, x.rank)
         if spec is None:
-            return ctx.barrier(node, "slice bounds are not constant")
+            return self._chunk(node, ctx, x)
         touched = [(k, a) for k, a in enumerate(spec["axes"]) if a in x.axes]
         if not touched:
             ctx.set_map(node.proto.output[0], x)
@@ -130,6 +131,38 @@ class SliceRule(Rule):
         start, stop, _ = slice(spec["starts"][k], spec["ends"][k]).indices(width)
         ctx.set_map(node.proto.output[0], ChannelMap(x.rank, x.axes, x.labels[start:max(start, stop)]))
         ctx.note(node, along=k, start=start, stop=max(start, stop))
+
+    def _chunk(self, node, ctx, x):
+        """``torch.chunk`` exported with run-time bounds ((C + a) // d · m): the d parts must
+        keep equal counts for those bounds to stay right, so their channels are tied part to
+        part. The bounds then recompute themselves; nothing is rewritten."""
+        axis = x.single_axis
+        axes = ctx.const(node.input(3)) if node.input(3) else None
+        steps = ctx.const(node.input(4)) if node.input(4) else None
+        if (axis is None or axes is None or axes.size != 1 or (node.input(4) and (
+                steps is None or int(steps.ravel()[0]) != 1))
+                or normalize_axis(int(axes.ravel()[0]), x.rank) != axis):
+            return ctx.barrier(node, "slice bounds are not constant")
+        width = x.labels.size
+        bounds, parts = [], None
+        for name in (node.input(1), node.input(2)):
+            value = ctx.const(name)
+            if value is not None and value.size == 1 and int(value.ravel()[0]) == 0:
+                bounds.append(0)
+                continue
+            expr = trace_dim(ctx, name)
+            if (expr is None or expr.tensor != node.input(0) or expr.axis != axis
+                    or not 0 <= expr.add < expr.den or width % expr.den
+                    or (parts is not None and parts != expr.den)):
+                return ctx.barrier(node, "slice bounds are not constant")
+            parts = expr.den
+            bounds.append(expr.value(width))
+        if parts is None:
+            return ctx.barrier(node, "slice bounds are not constant")
+        ctx.space.unify_along(x.labels.reshape(parts, width // parts), 0)
+        start, stop = bounds
+        ctx.set_map(node.proto.output[0], ChannelMap(x.rank, x.axes, x.labels[start:stop]))
+        ctx.note(node, along=None, traced=True)
 
     def rewrite(self, node, ctx):
         info = ctx.note_of(node)

@@ -6,7 +6,7 @@ from .base import Rule, normalize_axis, register
 from .shape_values import SHAPE_ARITHMETIC
 
 # Readers that account for every entry of the shape they take (see shape_values).
-TRACED_TERMINALS = {("Reshape", 1), ("Resize", 3)}
+TRACED_TERMINALS = {("Reshape", 1), ("Resize", 3), ("Slice", 1), ("Slice", 2)}
 
 
 @register("Shape")

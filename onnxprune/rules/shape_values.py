@@ -18,34 +18,46 @@ import numpy as np
 from .base import normalize_axis
 
 PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Identity"}
-SHAPE_ARITHMETIC = PASS_THROUGH | {"Gather", "Slice", "Div", "Mul", "Concat"}
+SHAPE_ARITHMETIC = PASS_THROUGH | {"Gather", "Slice", "Div", "Mul", "Add", "Concat"}
 
 
 @dataclass(frozen=True)
 class DimExpr:
+    """((Shape(tensor)[axis] + add) // den) · num, the forms exporters write for
+    ``c // g`` and for ``torch.chunk`` bounds."""
+
     tensor: str
     axis: int
     num: int = 1
     den: int = 1
+    add: int = 0
+
+    def value(self, dim: int) -> int:
+        return (dim + self.add) // self.den * self.num
 
 
 def trace_dim(ctx, name: str) -> DimExpr | None:
-    """``name`` (a one-element int tensor) as Shape(T)[axis]·num/den, or None."""
-    num, den = 1, 1
+    """``name`` (a one-element int tensor) as a DimExpr, or None."""
+    num, den, add = 1, 1, 0
     for _ in range(16):
         node = ctx.graph.producer.get(name)
         if node is None:
             return None
         if node.op in PASS_THROUGH:
             name = node.input(0)
-        elif node.op in ("Div", "Mul"):
-            factor = ctx.const(node.input(1))
-            if factor is None or factor.size != 1 or int(factor.ravel()[0]) <= 0:
+        elif node.op in ("Div", "Mul", "Add"):
+            operand = ctx.const(node.input(1))
+            if operand is None or operand.size != 1 or add:
                 return None
-            if node.op == "Div":
-                den *= int(factor.ravel()[0])
+            value = int(operand.ravel()[0])
+            if node.op == "Add":
+                add = value
+            elif value <= 0 or (node.op == "Mul" and den > 1):
+                return None
+            elif node.op == "Div":
+                den *= value
             else:
-                num *= int(factor.ravel()[0])
+                num *= value
             name = node.input(0)
         elif node.op in ("Gather", "Slice"):
             index = _picked_index(ctx, node)
@@ -56,7 +68,7 @@ def trace_dim(ctx, name: str) -> DimExpr | None:
             if rank is None:
                 return None
             start = normalize_axis(int(source.attr("start", 0)), rank)
-            return DimExpr(source.input(0), start + index, num, den)
+            return DimExpr(source.input(0), start + index, num, den, add)
         else:
             return None
     return None
@@ -142,7 +154,8 @@ def require_proportional(ctx, node, out_name: str, out_axis: int, expr: DimExpr)
 
     def check(roots: np.ndarray) -> None:
         out_map, src_map = ctx.map(out_name), ctx.map(expr.tensor)
-        ok = out_map is not None and src_map is not None and src_map.single_axis == expr.axis
+        ok = (out_map is not None and src_map is not None and src_map.single_axis == expr.axis
+              and expr.add == 0)
         if ok:
             k = out_map.axes.index(out_axis)
             moved = np.moveaxis(roots[out_map.labels], k, 0).reshape(out_map.labels.shape[k], -1)
