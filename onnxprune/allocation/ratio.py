@@ -2,7 +2,8 @@
 
 Each prunable group keeps ``round(size · (1 − ratio))`` components, rounded to a multiple of
 ``round_to`` channels (a component may span several channels, e.g. one column of a grouped
-conv), and at least one. The lowest-scoring components go. A final pass makes sure no tensor
+conv; a group too small for the multiple gets the largest halving of it that fits), and at
+least one. The lowest-scoring components go. A final pass makes sure no tensor
 loses all of its channels (a Split output fed by one group could otherwise be emptied).
 """
 
@@ -38,9 +39,10 @@ class Plan:
 def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
     """Components to keep so that kept channels are a multiple of ``round_to`` where possible."""
     target = size * (1.0 - ratio)
-    step = max(1, round_to // gcd(round_to, width)) if round_to > 1 else 1
-    if size <= step:
-        return size
+    step = max(1, round_to // gcd(round_to, width))
+    while step >= size and round_to > 1:  # too few units for this multiple: relax it
+        round_to //= 2
+        step = max(1, round_to // gcd(round_to, width))
     keep = int(round(target / step)) * step
     return int(min(size, max(step, keep, 1)))
 
