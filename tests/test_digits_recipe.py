@@ -6,15 +6,12 @@ No training here: only the data split and the committed
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # plain `pytest` does not put the repo root on sys.path
-    sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("sklearn")
 onnx = pytest.importorskip("onnx")

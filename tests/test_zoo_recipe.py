@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `models` is a repo-root package, not installed with onnxprune
 
 from models import zoo  # noqa: E402
 

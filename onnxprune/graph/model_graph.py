@@ -3,7 +3,7 @@
 The ModelProto stays the single source of truth (so names, metadata, doc strings and node order
 survive untouched); this class adds what analysis needs: constants from initializers *and*
 ``Constant`` nodes, producers and consumers (including outer-scope reads from subgraphs), static
-shapes from ONNX shape inference, and a NetworkX DAG of ops for ordering and reachability.
+shapes from ONNX shape inference, and a NetworkX DAG of ops and tensors for ordering.
 """
 
 from __future__ import annotations
@@ -92,21 +92,25 @@ class ModelGraph:
 
     # -- structure -----------------------------------------------------------------------
     def _build_dag(self) -> nx.DiGraph:
+        """Bipartite DAG: op nodes are node indices (int), tensor nodes are names (str)."""
         dag = nx.DiGraph()
         dag.add_nodes_from(ref.index for ref in self.nodes)
         for ref in self.nodes:
             for name in _all_inputs(ref.proto):
-                src = self.producer.get(name)
-                if src is not None and src.index != ref.index:
-                    dag.add_edge(src.index, ref.index)
+                if name:
+                    dag.add_edge(name, ref.index)
+            for name in ref.proto.output:
+                if name:
+                    dag.add_edge(ref.index, name)
         return dag
 
     def _topological_order(self) -> list[NodeRef]:
         try:
-            order = list(nx.lexicographical_topological_sort(self.dag))
+            order = nx.lexicographical_topological_sort(
+                self.dag, key=lambda n: n if isinstance(n, int) else -1)
+            return [self.nodes[i] for i in order if isinstance(i, int)]
         except nx.NetworkXUnfeasible:
             raise UserError("the graph has a cycle; ONNX graphs must be acyclic") from None
-        return [self.nodes[i] for i in order]
 
     def implicit_inputs(self, ref: NodeRef) -> list[str]:
         """Outer-scope tensors read inside the node's subgraphs (If/Loop/Scan bodies)."""
