@@ -8,6 +8,8 @@ shapes from ONNX shape inference, and a NetworkX DAG of ops and tensors for orde
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -289,8 +291,12 @@ def infer_static_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-            symbolic = _read_shapes(SymbolicShapeInference.infer_shapes(
-                light, auto_merge=True, guess_output_rank=False))
+            # It prints its doubts ("Unable to determine if ...") to stdout: keep them out of
+            # the CLI's output.
+            with contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                symbolic = _read_shapes(SymbolicShapeInference.infer_shapes(
+                    light, auto_merge=True, guess_output_rank=False))
         except Exception:  # noqa: BLE001 - best effort: keep what ONNX inference found
             symbolic = {}
         for name, dims in symbolic.items():
