@@ -43,6 +43,7 @@ class Analysis:
     notes: dict[int, dict] = field(default_factory=dict)
     barriers: dict[int, str] = field(default_factory=dict)
     deferred: list = field(default_factory=list)
+    shaping: list = field(default_factory=list)
 
     # -- the interface rules use ---------------------------------------------------------
     def map(self, name: str) -> ChannelMap | None:
@@ -76,6 +77,11 @@ class Analysis:
     def defer(self, check) -> None:
         """Run ``check(roots)`` once every node has propagated (components are final)."""
         self.deferred.append(check)
+
+    def defer_shaping(self, step) -> None:
+        """Run ``step()`` after propagation but before the checks: for unifications whose
+        choice depends on what later nodes tied (see ``rules.reshape``)."""
+        self.shaping.append(step)
 
     def note(self, node: NodeRef, **info) -> None:
         self.notes[node.index] = info
@@ -113,6 +119,8 @@ class Analysis:
                 rule.propagate(node, self)
             except (ValueError, IndexError, KeyError, TypeError) as exc:
                 self.barrier(node, f"rule could not handle this node ({exc})")
+        for step in self.shaping:
+            step()
         if self.deferred:
             roots = self.space.roots()
             for check in self.deferred:

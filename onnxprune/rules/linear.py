@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .attention import activation_matmul
 from .base import Rule, register
 
 
@@ -35,10 +36,13 @@ class GemmRule(Rule):
 
 @register("MatMul")
 class MatMulRule(Rule):
-    """X @ W with W a constant 2-D matrix: X's last axis is consumed, a new last axis made."""
+    """X @ W with W a constant 2-D matrix: X's last axis is consumed, a new last axis made.
+    Between two activations (attention) see ``attention``."""
 
     def propagate(self, node, ctx):
         weight = ctx.const(node.input(1))
+        if weight is None and ctx.const(node.input(0)) is None:
+            return activation_matmul(node, ctx)
         if weight is None or weight.ndim != 2:
             return ctx.barrier(node, "only X @ constant 2-D weight is understood")
         x = ctx.map(node.input(0))

@@ -1,9 +1,10 @@
 """Ops that move, merge or split axes: Reshape, Flatten, Transpose, Squeeze, Unsqueeze.
 
 Labels follow the data: a Flatten into a Gemm repeats each channel's atom over its spatial
-block; a Reshape that splits the channel axis into a grid (channel shuffle) keeps the grid
-rectangular by unifying every row with the first, so the outer dimension (the number of groups)
-stays and the inner one shrinks. Shape constants are rewritten to the kept counts.
+block; a Reshape that splits the channel axis into a grid keeps the grid rectangular: whole
+rows go where later ops made each row one unit (attention heads), otherwise every row keeps the
+same positions (channel shuffle: the group count stays, the groups shrink). Shape constants are
+rewritten to the kept counts.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ def _regroup(x: ChannelMap, in_shape, out_shape):
     return tuple(c + k for k in varying), full[index]
 
 
+def _rectangular(ctx, labels) -> None:
+    """A channel axis split into a grid must stay rectangular after pruning. If later nodes
+    made every row one unit (attention heads) whole rows go; otherwise every row keeps the same
+    positions (channel shuffle: the group count stays, the groups shrink)."""
+    rows = labels.reshape(-1, labels.shape[-1])
+    if all(len({ctx.space.find(int(a)) for a in row}) == 1 for row in rows):
+        return
+    for k in range(labels.ndim - 1):
+        ctx.space.unify_along(labels, k)
+
+
 def _carry(ctx, node, x, in_shape, out_shape):
     """Set the output map of a reshape-like node; returns the new map or None (barrier)."""
     if in_shape is None or out_shape is None:
@@ -92,8 +104,8 @@ def _carry(ctx, node, x, in_shape, out_shape):
         ctx.barrier(node, "channels sit in a block of dynamic or mismatched dims")
         return None
     axes, labels = moved
-    for k in range(labels.ndim - 1):
-        ctx.space.unify_along(labels, k)
+    if labels.ndim > 1:
+        ctx.defer_shaping(lambda: _rectangular(ctx, labels))
     y = ChannelMap(len(out_shape), axes, labels)
     ctx.set_map(node.proto.output[0], y)
     return y

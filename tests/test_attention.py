@@ -1,0 +1,65 @@
+"""Attention heads (issue 3, first increment): a BERT-style encoder block written the way
+exporters write it: separate Q/K/V projections, Reshape to heads, Transpose, MatMul, Softmax,
+MatMul, Transpose, Reshape, output projection, residual + LayerNorm, and an MLP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnxprune
+
+from .builder import GraphBuilder
+from .oracle import assert_oracle
+
+S, E, H = 6, 32, 4
+D = E // H
+
+
+def encoder_block(opset=17, shape_entry=0):
+    b = GraphBuilder(opset)
+
+    def linear(x, n_in, n_out):
+        return b.op("Add", [b.op("MatMul", [x, b.weight(n_in, n_out)]), b.weight(n_out)])
+
+    def heads(x, perm):
+        target = b.const(np.array([shape_entry or 1, S, H, D] if shape_entry != 0 else
+                                  [0, 0, H, D], np.int64))
+        return b.op("Transpose", [b.op("Reshape", [x, target])], perm=perm)
+
+    x = "x"
+    q = heads(linear(x, E, E), [0, 2, 1, 3])
+    k = heads(linear(x, E, E), [0, 2, 3, 1])
+    v = heads(linear(x, E, E), [0, 2, 1, 3])
+    scores = b.op("Mul", [b.op("MatMul", [q, k]), b.const(np.float32(D ** -0.5))])
+    scores = b.op("Add", [scores, b.const(np.zeros((1, 1, 1, S), np.float32))])
+    context = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+    context = b.op("Reshape", [b.op("Transpose", [context], perm=[0, 2, 1, 3]),
+                               b.const(np.array([0, 0, E], np.int64))])
+    y = b.op("LayerNormalization", [b.op("Add", [x, linear(context, E, E)]), b.weight(E),
+                                    b.weight(E)], axis=-1)
+    mlp = linear(b.op("Relu", [linear(y, E, 4 * E)]), 4 * E, E)
+    out = b.op("LayerNormalization", [b.op("Add", [y, mlp]), b.weight(E), b.weight(E)], axis=-1)
+    return b.model({"x": [1, S, E]}, [out])
+
+
+def test_heads_and_mlp_neurons_are_groups():
+    info = onnxprune.inspect(encoder_block())
+    prunable = sorted(g["channels"] for g in info["groups"] if g["prunable"])
+    assert H in [g["units"] for g in info["groups"] if g["prunable"]]
+    assert 4 * E in prunable
+
+
+@pytest.mark.parametrize("entry", [0, 1])
+def test_head_pruning_matches_masked_original(entry):
+    assert_oracle(encoder_block(shape_entry=entry), ratio=0.5)
+
+
+def test_pruned_heads_rewrite_reshape_constants():
+    pruned, report = onnxprune.prune(encoder_block(), ratio=0.5, round_to=1)
+    targets = [next(t for t in pruned.graph.initializer if t.name == n.input[1])
+               for n in pruned.graph.node if n.op_type == "Reshape"]
+    dims = [list(np.frombuffer(t.raw_data, dtype=np.int64)) if t.raw_data else list(t.int64_data)
+            for t in targets]
+    assert [0, 0, H // 2, D] in dims and [0, 0, E // 2] in dims
+    assert report["check"]["ok"]
