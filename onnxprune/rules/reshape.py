@@ -64,6 +64,8 @@ def _regroup(x: ChannelMap, in_shape, out_shape):
     Returns (out_axes, out_labels) or None when the channels cannot be followed (unknown dims
     inside the block of axes the channels live in).
     """
+    if tuple(in_shape) == tuple(out_shape) and None not in in_shape:
+        return x.axes, x.labels  # a no-op reshape (exporters write them around attention)
     found = _block(tuple(in_shape), tuple(out_shape), min(x.axes), max(x.axes))
     if found is None:
         return None

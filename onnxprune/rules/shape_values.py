@@ -148,24 +148,34 @@ def channel_dim(ctx, expr: DimExpr | None) -> bool:
     return cmap is not None and expr.axis in cmap.axes
 
 
+def _slice_roots(roots: np.ndarray, cmap, axis: int) -> list[frozenset]:
+    """The units found at each position along one tracked axis (a position is kept while
+    any of them is)."""
+    k = cmap.axes.index(axis)
+    moved = np.moveaxis(roots[cmap.labels], k, 0).reshape(cmap.labels.shape[k], -1)
+    return [frozenset(np.unique(row).tolist()) for row in moved]
+
+
 def require_proportional(ctx, node, out_name: str, out_axis: int, expr: DimExpr) -> None:
     """After grouping, check kept(out along out_axis) == kept(T along axis) · num / den for
     every possible removal; freeze both tensors' channels if it cannot be guaranteed."""
 
     def check(roots: np.ndarray) -> None:
         out_map, src_map = ctx.map(out_name), ctx.map(expr.tensor)
-        ok = (out_map is not None and src_map is not None and src_map.single_axis == expr.axis
-              and expr.add == 0)
+        ok = (out_map is not None and src_map is not None and expr.axis in src_map.axes
+              and out_axis in out_map.axes and expr.add == 0)
         if ok:
-            k = out_map.axes.index(out_axis)
-            moved = np.moveaxis(roots[out_map.labels], k, 0).reshape(out_map.labels.shape[k], -1)
-            per_position = [np.unique(row) for row in moved]
-            ok = all(len(r) == 1 for r in per_position)
-            if ok:
-                n_out = Counter(int(r[0]) for r in per_position)
-                n_src = Counter(roots[src_map.labels].tolist())
+            out_sigs = _slice_roots(roots, out_map, out_axis)
+            src_sigs = _slice_roots(roots, src_map, expr.axis)
+            if (expr.num, expr.den) == (1, 1) and Counter(out_sigs) == Counter(src_sigs):
+                pass  # the same units at the same number of positions: counts always agree
+            elif all(len(s) == 1 for s in out_sigs + src_sigs):
+                n_out = Counter(next(iter(s)) for s in out_sigs)
+                n_src = Counter(next(iter(s)) for s in src_sigs)
                 ok = all(n_out.get(r, 0) * expr.den == n_src.get(r, 0) * expr.num
                          for r in set(n_out) | set(n_src))
+            else:
+                ok = False
         if not ok:
             reason = "a run-time shape entry would not follow the pruned channels"
             for name in (out_name, expr.tensor):
