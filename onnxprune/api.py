@@ -19,6 +19,7 @@ from .groups import Analysis, Group, analyze, find_groups
 from .importance import l2_magnitude
 from .io import load_model
 from .rewrite import apply_plan
+from .rewrite.apply import project
 from .verify import compare_outputs, count_cost, make_inputs
 from .verify.cost import Cost, count_params, node_macs
 
@@ -143,12 +144,13 @@ def _report(a: Analyzed, plan: Plan, pruned, removed, ratio, round_to, input_sha
     before = Cost(count_params(a.model),
                   None if per_node is None or None in per_node else int(sum(per_node)))
     after = count_cost(pruned, input_shapes)
+    sizes = _sliced_sizes(a, removed)
     return {
         "ratio": ratio, "round_to": round_to, "criterion": "l2-magnitude",
         "params": {"before": before.params, "after": after.params,
-                   "planned_after": _planned_params(a, removed, before.params)},
+                   "planned_after": _planned_params(a, sizes, before.params)},
         "macs": {"before": before.macs, "after": after.macs,
-                 "planned_after": _planned_macs(a, removed, per_node)},
+                 "planned_after": _planned_macs(a, removed, sizes, per_node)},
         "groups": [_group_entry(g, plan) for g in a.groups if g.members],
         "barriers": _barriers(a),
     }
@@ -156,8 +158,6 @@ def _report(a: Analyzed, plan: Plan, pruned, removed, ratio, round_to, input_sha
 
 def _sliced_sizes(a: Analyzed, removed) -> dict[tuple[int, int], tuple[int, int]]:
     """(node, input) → (elements before, elements after) for every sliced constant."""
-    from .rewrite.apply import project  # the same projection the rewrite uses
-
     keep_axes: dict[tuple[int, int], dict[int, np.ndarray]] = {}
     for use in a.analysis.params:
         vectors = project(~removed[use.labels])
@@ -174,8 +174,7 @@ def _sliced_sizes(a: Analyzed, removed) -> dict[tuple[int, int], tuple[int, int]
     return sizes
 
 
-def _planned_params(a: Analyzed, removed, before: int) -> int:
-    sizes = _sliced_sizes(a, removed)
+def _planned_params(a: Analyzed, sizes, before: int) -> int:
     seen, total = set(), before
     for (node, idx), (old, new) in sizes.items():
         name = a.graph.nodes[node].input(idx)
@@ -186,12 +185,11 @@ def _planned_params(a: Analyzed, removed, before: int) -> int:
     return total
 
 
-def _planned_macs(a: Analyzed, removed, per_node) -> int | None:
+def _planned_macs(a: Analyzed, removed, sizes, per_node) -> int | None:
     """A Conv/Gemm/MatMul costs (output positions × weight elements): scale by the weight;
     a MatMul of two activations scales with the share of its output that stays."""
     if per_node is None or any(m is None for m in per_node):
         return None
-    sizes = _sliced_sizes(a, removed)
     total = 0.0
     for index, macs in enumerate(per_node):
         if (index, 1) in sizes:

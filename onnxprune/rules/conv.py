@@ -81,7 +81,7 @@ class ConvRule(Rule):
                 return ctx.barrier(node, "bias is not a constant")
             ctx.param(node, 2, {0: 0}, y.labels)
         ctx.set_map(node.proto.output[0], y)
-        ctx.note(node, kind=kind, group=group, m=m)
+        ctx.note(node, kind=kind, m=m)
 
     def rewrite(self, node, ctx):
         info = ctx.note_of(node)
