@@ -74,21 +74,26 @@ def inspect(model, exclude: tuple[str, ...] = (), input_shapes=None) -> dict:
 
 def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
           exclude: tuple[str, ...] = (), input_shapes=None, verify: bool = True,
-          tolerance: float = 1e-4, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+          tolerance: float = 1e-4, seed: int = 0, heads: float | None = None,
+          mlp: float | None = None) -> tuple[onnx.ModelProto, dict]:
     """Prune ``ratio`` of the channels of every prunable group; return (model, report).
 
-    With ``verify`` (the default) the result must pass the full checker, run on ONNX Runtime
-    and match the masked original within ``tolerance``; otherwise VerificationError is raised
-    and nothing is returned.
+    ``heads`` and ``mlp`` override ``ratio`` for attention-head groups and for neurons between
+    Linear layers. With ``verify`` (the default) the result must pass the full checker, run on
+    ONNX Runtime and match the masked original within ``tolerance``; otherwise
+    VerificationError is raised and nothing is returned.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise UserError(f"ratio must be in [0, 1), got {ratio}")
+    by_kind = {k: v for k, v in (("heads", heads), ("mlp", mlp)) if v is not None}
+    for name, value in [("ratio", ratio)] + list(by_kind.items()):
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"{name} must be in [0, 1), got {value}")
     if round_to < 1:
         raise UserError(f"round-to must be a positive integer, got {round_to}")
     a = analyze_model(model, exclude)
-    plan, removed = plan_for(a, ratio, round_to)
+    plan, removed = plan_for(a, ratio, round_to, by_kind)
     pruned = apply_plan(a.model, a.analysis, removed, "prune")
     report = _report(a, plan, pruned, removed, ratio, round_to, input_shapes)
+    report["ratios_by_kind"] = by_kind
     if verify:
         masked = apply_plan(a.model, a.analysis, removed, "mask")
         feeds = make_inputs(a.model, input_shapes, seed)
@@ -106,23 +111,26 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
 
 
 def masked_original(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
-                    exclude: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+                    exclude: tuple[str, ...] = (), by_kind: dict[str, float] | None = None
+                    ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(pruned, masked original) without verification: the pair tests compare."""
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
-    removed = plan_for(a, ratio, round_to)[1]
+    removed = plan_for(a, ratio, round_to, by_kind)[1]
     return (apply_plan(a.model, a.analysis, removed, "prune"),
             apply_plan(a.model, a.analysis, removed, "mask"))
 
 
-def plan_for(a: Analyzed, ratio: float, round_to: int) -> tuple[Plan, np.ndarray]:
-    """The plan and the removed-atom mask for one ratio (L2 magnitude, uniform per group)."""
+def plan_for(a: Analyzed, ratio: float, round_to: int,
+             by_kind: dict[str, float] | None = None) -> tuple[Plan, np.ndarray]:
+    """The plan and the removed-atom mask (L2 magnitude, one ratio per group kind)."""
     scores = l2_magnitude(a.analysis, a.roots)
-    plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to)
+    plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to, by_kind)
     return plan, plan.removed_atoms(a.roots)
 
 
 def _group_entry(g: Group, plan: Plan | None = None) -> dict:
-    entry = {"id": g.id, "channels": g.size * g.width, "units": g.size, "width": g.width,
+    entry = {"id": g.id, "kind": g.kind, "channels": g.size * g.width, "units": g.size,
+             "width": g.width,
              "prunable": g.prunable and g.size > 1, "sources": g.sources, "members": g.members}
     if not g.prunable:
         entry["reason"] = g.reason

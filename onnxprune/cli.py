@@ -56,7 +56,8 @@ def print_prune_summary(report: dict) -> None:
     click.echo(f"groups: {len(groups)} found, {sum(g['prunable'] for g in groups)} prunable, "
                f"{len(pruned)} pruned; channels removed: {removed} of {total}")
     for g in pruned[:12]:
-        click.echo(f"  group {g['id']:>3}: {g['channels']:>5} -> {len(g['kept']) * g['width']:>5}"
+        click.echo(f"  group {g['id']:>3} ({g['kind']}): {g['channels']:>5} -> "
+                   f"{len(g['kept']) * g['width']:>5}"
                    f"  ({', '.join(g['sources'][:2])}{' ...' if len(g['sources']) > 2 else ''})")
     if len(pruned) > 12:
         click.echo(f"  ... {len(pruned) - 12} more (see --report)")
@@ -76,12 +77,13 @@ def print_prune_summary(report: dict) -> None:
                    f"-> {'OK' if check['ok'] else 'FAIL'}")
 
 
-def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance):
+def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance,
+               heads=None, mlp=None):
     shapes = parse_shapes(input_shape)
     if os.path.abspath(output) == os.path.abspath(str(model)):
         raise UserError("the output path is the input file; choose another -o")
     pruned, report = api.prune(model, ratio=ratio, round_to=round_to, exclude=tuple(exclude),
-                               input_shapes=shapes, tolerance=tolerance)
+                               input_shapes=shapes, tolerance=tolerance, heads=heads, mlp=mlp)
     save_model(pruned, output)
     report["output"] = str(output)
     if report_path:
@@ -107,6 +109,10 @@ def cli():
               help="Where to write the pruned model (default: MODEL.pruned.onnx).")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
               help="Fraction of channels to remove from every prunable group.")
+@click.option("--heads", type=float, default=None,
+              help="Fraction of attention heads to remove (default: --ratio).")
+@click.option("--mlp", type=float, default=None,
+              help="Fraction of MLP neurons (between Linear layers) to remove (default: --ratio).")
 @click.option("--round-to", type=int, default=api.DEFAULT_ROUND_TO, show_default=True,
               help="Keep channel counts that are multiples of N.")
 @click.option("--exclude", multiple=True, metavar="NODE",
@@ -116,10 +122,11 @@ def cli():
               help="Write the plan and results as JSON.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Max relative error against the masked original.")
-def prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance):
+def prune(model, output, ratio, heads, mlp, round_to, exclude, input_shape, report_path,
+          tolerance):
     """Prune MODEL and write a smaller, verified model."""
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
-               input_shape, report_path, tolerance)
+               input_shape, report_path, tolerance, heads, mlp)
 
 
 @cli.command()
@@ -135,12 +142,12 @@ def inspect(model, as_json, exclude, input_shape):
         return
     click.echo(f"opset {info['opset']}, {info['nodes']} nodes, params {_fmt(info['params'])}, "
                f"MACs {_fmt(info['macs'])}")
-    click.echo(f"{'group':>5} {'channels':>8}  {'prunable':<8} members")
+    click.echo(f"{'group':>5} {'kind':<8} {'channels':>8} {'units':>6}  {'prunable':<8} members")
     for g in info["groups"]:
         why = "" if g["prunable"] else f"  [{g.get('reason')}]"
         members = ", ".join(g["members"][:4]) + (" ..." if len(g["members"]) > 4 else "")
-        click.echo(f"{g['id']:>5} {g['channels']:>8}  {'yes' if g['prunable'] else 'no':<8} "
-                   f"{members}{why}")
+        click.echo(f"{g['id']:>5} {g['kind']:<8} {g['channels']:>8} {g['units']:>6}  "
+                   f"{'yes' if g['prunable'] else 'no':<8} {members}{why}")
     click.echo(f"{sum(g['prunable'] for g in info['groups'])} of {len(info['groups'])} groups "
                f"prunable; {len(info['barriers'])} barrier ops")
 

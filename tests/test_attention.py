@@ -63,3 +63,40 @@ def test_pruned_heads_rewrite_reshape_constants():
             for t in targets]
     assert [0, 0, H // 2, D] in dims and [0, 0, E // 2] in dims
     assert report["check"]["ok"]
+
+
+def _widths(report):
+    return {g["kind"]: (g["units"], len(g["kept"])) for g in report["groups"] if g["prunable"]}
+
+
+def test_group_kinds_heads_mlp_channels():
+    info = onnxprune.inspect(encoder_block())
+    kinds = {g["kind"] for g in info["groups"] if g["prunable"]}
+    assert kinds == {"heads", "mlp"}
+    from .test_patterns import residual
+    assert {g["kind"] for g in onnxprune.inspect(residual())["groups"]} == {"channels"}
+
+
+@pytest.mark.parametrize("heads,mlp", [(0.5, 0.0), (0.0, 0.5), (0.25, 0.75)])
+def test_heads_and_mlp_ratios_apply_to_their_own_groups(heads, mlp):
+    _, report = onnxprune.prune(encoder_block(), ratio=0.0, heads=heads, mlp=mlp, round_to=1)
+    widths = _widths(report)
+    assert widths["heads"] == (H, H - int(round(H * heads)))
+    assert widths["mlp"] == (4 * E, 4 * E - int(round(4 * E * mlp)))
+    assert report["check"]["ok"]
+
+
+def test_cli_heads_and_mlp(tmp_path, capsys):
+    import onnx
+
+    from onnxprune.cli import main
+
+    src = tmp_path / "block.onnx"
+    onnx.save(encoder_block(), src)
+    assert main(["prune", str(src), "-o", str(tmp_path / "o.onnx"), "--ratio", "0",
+                 "--heads", "0.5", "--mlp", "0.25", "--round-to", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(heads)" in out and "(mlp)" in out
+    assert main(["prune", str(src), "--heads", "1.0"]) == 2
+    assert main(["inspect", str(src)]) == 0
+    assert "heads" in capsys.readouterr().out

@@ -48,14 +48,16 @@ def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
 
 
 def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores: np.ndarray,
-             ratio: float, round_to: int = 1) -> Plan:
+             ratio: float, round_to: int = 1, by_kind: dict[str, float] | None = None) -> Plan:
+    """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels")."""
     plan = Plan()
     for group in groups:
         comps = group.components
-        if not group.prunable or ratio <= 0:
+        group_ratio = (by_kind or {}).get(group.kind, ratio)
+        if not group.prunable or group_ratio <= 0:
             keep = len(comps)
         else:
-            keep = kept_count(len(comps), group.width, ratio, round_to)
+            keep = kept_count(len(comps), group.width, group_ratio, round_to)
         order = np.argsort(-scores[comps], kind="stable")
         kept = np.sort(order[:keep])
         removed = np.sort(order[keep:])

@@ -44,6 +44,7 @@ class Analysis:
     barriers: dict[int, str] = field(default_factory=dict)
     deferred: list = field(default_factory=list)
     shaping: list = field(default_factory=list)
+    head_atoms: set = field(default_factory=set)
 
     # -- the interface rules use ---------------------------------------------------------
     def map(self, name: str) -> ChannelMap | None:
@@ -82,6 +83,10 @@ class Analysis:
         """Run ``step()`` after propagation but before the checks: for unifications whose
         choice depends on what later nodes tied (see ``rules.reshape``)."""
         self.shaping.append(step)
+
+    def mark_heads(self, labels: np.ndarray) -> None:
+        """Remember atoms that form attention heads (so groups can be told apart by kind)."""
+        self.head_atoms.update(np.asarray(labels).ravel().tolist())
 
     def note(self, node: NodeRef, **info) -> None:
         self.notes[node.index] = info

@@ -9,7 +9,7 @@ group of that stream. Ratios, rounding and reports work per group.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class Group:
     members: list[str]              # ops with parameters sliced with these channels
     prunable: bool
     reason: str | None = None
-    notes: list[str] = field(default_factory=list)
+    kind: str = "channels"          # "heads", "mlp" (neurons between Linear layers), "channels"
 
     @property
     def size(self) -> int:
@@ -44,9 +44,13 @@ def find_groups(analysis: Analysis) -> tuple[list[Group], np.ndarray]:
     for atom, root in enumerate(roots.tolist()):
         atoms_of[root].append(atom)
     members_of: dict[int, set[int]] = defaultdict(set)
+    read_by_linear: set[int] = set()
+    linear = {n.index for n in analysis.graph.nodes if n.op in ("MatMul", "Gemm")}
     for use in analysis.params:
         for root in np.unique(roots[use.labels]).tolist():
             members_of[root].add(use.node)
+            if use.consume and use.node in linear:
+                read_by_linear.add(root)
 
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for root, atoms in atoms_of.items():
@@ -54,13 +58,22 @@ def find_groups(analysis: Analysis) -> tuple[list[Group], np.ndarray]:
         by_key[key].append(root)
 
     groups = []
+    tagged = {int(roots[a]) for a in analysis.head_atoms}
     for (src, is_frozen), comp_roots in sorted(by_key.items(), key=lambda kv: min(kv[1])):
         comp_roots.sort()
         width = max(1, len(atoms_of[comp_roots[0]]) // max(1, len(src)))
         member_nodes = sorted(set().union(*(members_of[r] for r in comp_roots)))
         reason = frozen.get(comp_roots[0]) if is_frozen else None
+        if tagged.intersection(comp_roots):
+            kind = "heads"
+        elif (src and all(s in linear for s in src)
+              and read_by_linear.intersection(comp_roots)):
+            kind = "mlp"  # neurons made by one Linear layer and read by the next
+        else:
+            kind = "channels"
         groups.append(Group(
             id=len(groups), components=np.array(comp_roots, dtype=np.int64), width=width,
             sources=[labels.get(s, "graph input") for s in src],
-            members=[labels[n] for n in member_nodes], prunable=not is_frozen, reason=reason))
+            members=[labels[n] for n in member_nodes], prunable=not is_frozen, reason=reason,
+            kind=kind))
     return groups, roots

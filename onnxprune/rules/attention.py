@@ -47,6 +47,7 @@ def activation_matmul(node, ctx) -> None:
         grid = labels.reshape(labels.shape[:len(batch)] + (-1,))
         for k in range(1, grid.shape[-1]):          # one unit per head
             ctx.space.unify(grid[..., 0], grid[..., k])
+        ctx.mark_heads(grid)
         out_axes = tuple(cmap.axes[k] + out_rank - rank for k in batch)
         per_head.append((side, grid[..., 0], out_axes))
         if "col" in kinds:
