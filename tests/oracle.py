@@ -35,6 +35,10 @@ def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
         assert got[name].shape == reference[name].shape, f"output {name} changed shape"
         error = relative_error(got[name], want[name])
         assert error <= TOLERANCE, f"output {name}: relative error {error:.2e} vs masked original"
+    if expect_pruned:
+        # The check only means something if the removed channels mattered to the output.
+        effect = max(relative_error(want[n], reference[n]) for n in reference)
+        assert effect > 10 * TOLERANCE, f"masking changed the outputs by only {effect:.1e}"
 
     before, after = count_cost(original, shapes), count_cost(pruned, shapes)
     if expect_pruned:

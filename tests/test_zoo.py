@@ -24,8 +24,9 @@ NOT_EXPECTED_TO_SHRINK: set[str] = set()
 def break_symmetry(model: onnx.ModelProto) -> onnx.ModelProto:
     """The light models fill every weight with one value (ConstantOfShape 0.02), so every
     channel computes the same thing and the masked-original check could not see a wrong index.
-    Scale each filled weight element-wise by a random factor in [0.5, 1.5] (kept positive, so
-    BatchNorm variances stay valid) to give every channel its own values."""
+    Scale each filled tensor element-wise by a random factor: signed N(0, 1) for Conv/Gemm
+    weights (so activations neither blow up nor saturate the final Softmax), positive in
+    [0.5, 1.5] for everything else (BatchNorm variances must stay valid)."""
     rng = np.random.default_rng(0)
     graph = ModelGraph(model, infer_shapes=False)
     filled = []
@@ -33,7 +34,10 @@ def break_symmetry(model: onnx.ModelProto) -> onnx.ModelProto:
         value = graph.const(node.proto.output[0]) if node.op == "ConstantOfShape" else None
         if value is None or not np.issubdtype(value.dtype, np.floating) or value.ndim == 0:
             continue
-        value = value * rng.uniform(0.5, 1.5, value.shape).astype(value.dtype)
+        weight = any(r.op in ("Conv", "Gemm", "MatMul") and r.input(1) == node.proto.output[0]
+                     for r in graph.consumers.get(node.proto.output[0], []))
+        factor = rng.standard_normal(value.shape) if weight else rng.uniform(0.5, 1.5, value.shape)
+        value = value * factor.astype(value.dtype)
         filled.append(node.proto)
         name = node.proto.output[0]
         model.graph.initializer.append(numpy_helper.from_array(value, name))
