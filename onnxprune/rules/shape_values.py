@@ -60,30 +60,43 @@ def trace_dim(ctx, name: str) -> DimExpr | None:
                 num *= value
             name = node.input(0)
         elif node.op in ("Gather", "Slice"):
-            index = _picked_index(ctx, node)
             source = ctx.graph.producer.get(node.input(0))
-            if index is None or source is None or source.op != "Shape":
+            span = _shape_span(ctx, source) if source is not None and source.op == "Shape" else None
+            index = _picked_index(ctx, node, span[1]) if span else None
+            if index is None:
                 return None
-            rank = ctx.rank(source.input(0))
-            if rank is None:
-                return None
-            start = normalize_axis(int(source.attr("start", 0)), rank)
-            return DimExpr(source.input(0), start + index, num, den, add)
+            return DimExpr(source.input(0), span[0] + index, num, den, add)
         else:
             return None
     return None
 
 
-def _picked_index(ctx, node) -> int | None:
+def _shape_span(ctx, shape_node) -> tuple[int, int] | None:
+    """(first axis, number of entries) that a Shape node reports (opset 15 start/end)."""
+    rank = ctx.rank(shape_node.input(0))
+    if rank is None:
+        return None
+    start = min(max(normalize_axis(int(shape_node.attr("start", 0)), rank), 0), rank)
+    end = shape_node.attr("end")
+    end = rank if end is None else min(max(normalize_axis(int(end), rank), 0), rank)
+    return start, max(end - start, 0)
+
+
+def _picked_index(ctx, node, length: int) -> int | None:
+    """The one entry of a ``length``-long shape that a Gather or Slice picks, else None."""
     if node.op == "Gather":
         index = ctx.const(node.input(1))
         if int(node.attr("axis", 0)) != 0 or index is None or index.size != 1:
             return None
-        return int(index.ravel()[0])
+        picked = normalize_axis(int(index.ravel()[0]), length)
+        return picked if 0 <= picked < length else None
     starts, ends = ctx.const(node.input(1)), ctx.const(node.input(2))
-    if starts is None or ends is None or starts.size != 1 or int(ends[0]) != int(starts[0]) + 1:
+    steps = ctx.const(node.input(4)) if node.input(4) else None
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1 or (
+            node.input(4) and (steps is None or int(steps.ravel()[0]) != 1)):
         return None
-    return int(starts[0])
+    picked = range(length)[slice(int(starts[0]), int(ends[0]))]
+    return picked[0] if len(picked) == 1 else None
 
 
 def locate_entry(ctx, shape_name: str, t: int):
@@ -96,9 +109,8 @@ def locate_entry(ctx, shape_name: str, t: int):
     if producer is None:
         return None
     if producer.op == "Shape":
-        rank = ctx.rank(producer.input(0))
-        start = normalize_axis(int(producer.attr("start", 0)), rank) if rank else 0
-        return ("dim", DimExpr(producer.input(0), start + t))
+        span = _shape_span(ctx, producer)
+        return ("dim", None if span is None else DimExpr(producer.input(0), span[0] + t))
     if producer.op != "Concat":
         return None
     offset = 0
@@ -122,9 +134,8 @@ def _slice_of_shape(ctx, name: str, k: int) -> DimExpr | None:
     [N, C] part of a Resize's sizes."""
     node = ctx.graph.producer.get(name)
     if node is not None and node.op == "Shape":
-        rank = ctx.rank(node.input(0))
-        return None if rank is None else DimExpr(
-            node.input(0), normalize_axis(int(node.attr("start", 0)), rank) + k)
+        span = _shape_span(ctx, node)
+        return None if span is None else DimExpr(node.input(0), span[0] + k)
     if node is None or node.op != "Slice":
         return None
     source = ctx.graph.producer.get(node.input(0))
@@ -133,11 +144,11 @@ def _slice_of_shape(ctx, name: str, k: int) -> DimExpr | None:
     if source is None or source.op != "Shape" or starts is None or starts.size != 1 or (
             steps is not None and int(steps.ravel()[0]) != 1):
         return None
-    rank = ctx.rank(source.input(0))
-    if rank is None:
+    span = _shape_span(ctx, source)
+    if span is None:
         return None
-    start = normalize_axis(int(source.attr("start", 0)), rank)
-    return DimExpr(source.input(0), start + normalize_axis(int(starts[0]), rank) + k)
+    start, length = span
+    return DimExpr(source.input(0), start + normalize_axis(int(starts[0]), length) + k)
 
 
 def channel_dim(ctx, expr: DimExpr | None) -> bool:
