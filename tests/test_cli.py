@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import onnx
 import pytest
@@ -44,6 +45,9 @@ def test_prune_writes_model_and_report_and_leaves_input_alone(model_file, tmp_pa
     assert all(sorted(g["kept"] + g["removed"]) == list(range(g["units"])) for g in plan["groups"])
     assert onnx.load(out).graph.output[0].name == onnx.load(model_file).graph.output[0].name
     assert not list(tmp_path.glob(".*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_default_output_path(model_file):

@@ -59,6 +59,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
                             all_tensors_to_one_file=True, location=data_name)
         else:
             onnx.save_model(model, tmp_name)
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give a normal file's mode
         os.replace(tmp_name, target)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
@@ -66,6 +67,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fits_bytesize(model: onnx.ModelProto) -> bool:
