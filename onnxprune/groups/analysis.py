@@ -113,6 +113,12 @@ class Analysis:
         if hit:
             self.barriers[node.index] = reason
 
+    def late_barrier(self, node: NodeRef, reason: str, names) -> None:
+        """A barrier decided by a deferred check: freeze the channels of ``names``."""
+        for name in names:
+            self.freeze(self.map(name), f"{node.label} ({node.op}): {reason}")
+        self.barriers[node.index] = reason
+
     # -- driver --------------------------------------------------------------------------
     def run(self) -> "Analysis":
         for node in self.graph.order:

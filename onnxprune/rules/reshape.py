@@ -158,14 +158,14 @@ class ReshapeRule(Rule):
 
 
 def _evaluate(ctx, expr, fallback):
-    """The value of Shape(T)[axis]·num/den from T's inferred shape (a symbol if unscaled)."""
+    """The value of a run-time entry from T's inferred shape (a symbol if it is the dim as is)."""
     shape = ctx.shape(expr.tensor) if expr is not None else None
     if shape is None or expr.axis >= len(shape):
         return fallback
     dim = shape[expr.axis]
     if isinstance(dim, int):
-        return dim * expr.num // expr.den
-    return dim if (expr.num, expr.den) == (1, 1) and dim else fallback
+        return expr.value(dim)
+    return dim if (expr.num, expr.den, expr.add) == (1, 1, 0) and dim else fallback
 
 
 def _resolve_target(ctx, node, in_shape, inferred):

@@ -12,8 +12,9 @@ TRACED_TERMINALS = {("Reshape", 1), ("Resize", 3), ("Slice", 1), ("Slice", 2)}
 @register("Shape")
 class ShapeRule(Rule):
     """After pruning, Shape reports the new channel count. That is only safe where the count
-    reaches nothing but shape arithmetic ending in a Reshape target or Resize sizes whose rule
-    checked the entry stays proportional to the channels; otherwise it is a barrier."""
+    reaches nothing but shape arithmetic ending in a Reshape target, Resize sizes or Slice bounds
+    whose rule checked the entry against the channels (``shape_values``); otherwise it is a
+    barrier."""
 
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
@@ -43,9 +44,8 @@ class ShapeRule(Rule):
                     continue
                 if reader.op in SHAPE_ARITHMETIC:
                     continue
-                reason = f"the channel count is read by {reader.label} ({reader.op})"
-                ctx.freeze(ctx.map(node.input(0)), f"{node.label} (Shape): {reason}")
-                ctx.barriers[node.index] = reason
+                ctx.late_barrier(node, f"the channel count is read by {reader.label} "
+                                       f"({reader.op})", (node.input(0),))
                 return
 
 

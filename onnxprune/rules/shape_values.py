@@ -188,9 +188,7 @@ def require_proportional(ctx, node, out_name: str, out_axis: int, expr: DimExpr)
             else:
                 ok = False
         if not ok:
-            reason = "a run-time shape entry would not follow the pruned channels"
-            for name in (out_name, expr.tensor):
-                ctx.freeze(ctx.map(name), f"{node.label} ({node.op}): {reason}")
-            ctx.barriers[node.index] = reason
+            ctx.late_barrier(node, "a run-time shape entry would not follow the pruned channels",
+                             (out_name, expr.tensor))
 
     ctx.defer(check)
