@@ -120,6 +120,7 @@ def _build_torchvision(e: dict):
     model = torchvision.models.get_model(e["name"], weights=None, **e.get("kwargs", {}))
     _calibrate_batchnorm(model, e["inputs"][0]["test_shape"][1:])
     _wake_layer_scales(model)
+    _wake_zero_linears(model)
     if "output_key" in e:  # segmentation models return a dict of tensors
         model = _pick_output(model, e["output_key"])
     return model.eval()
@@ -160,6 +161,22 @@ def _wake_layer_scales(model) -> None:
                 scale.uniform_(0.5, 1.5)
 
 
+def _wake_zero_linears(model) -> None:
+    """ViT initialises its classification head (``heads.head``) to zero, so the output would be
+    the (zero) bias whatever the pruner did upstream. Give every all-zero ``Linear`` weight (and
+    its bias) N(0, 0.02) values from a generator of its own (seed 0): models without one keep
+    their exact weights, and exports stay reproducible."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                module.weight.normal_(0.0, 0.02, generator=gen)
+                if module.bias is not None:
+                    module.bias.normal_(0.0, 0.02, generator=gen)
+
+
 def _pick_output(model, key: str):
     """Wrap ``model`` so that it returns ``model(x)[key]`` (a plain tensor)."""
     import torch
@@ -185,20 +202,29 @@ def _export_torchvision(e: dict, exporter: str, out: Path) -> None:
     (inp,) = e["inputs"]
     x = torch.randn(EXPORT_BATCH, *inp["test_shape"][1:])
     names = dict(input_names=[inp["name"]], output_names=["output"])
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            torch.onnx.export(
-                model, (x,), str(out), dynamo=False, opset_version=17, do_constant_folding=True,
-                dynamic_axes={inp["name"]: {0: "batch"}, "output": {0: "batch"}}, **names,
-            )
-        elif exporter == "dynamo":
-            batch = torch.export.Dim("batch")
-            torch.onnx.export(
-                model, (x,), str(out), dynamo=True, dynamic_shapes=({0: batch},), verbose=False, **names,
-            )
-        else:
-            raise ValueError(f"unknown exporter {exporter!r}")
+    # In eval/no-grad mode nn.MultiheadAttention (ViT) takes a fused fast path, a single
+    # aten::_native_multi_head_attention that the torchscript exporter cannot translate; the
+    # plain path exports as MatMul/Reshape/Transpose/Softmax.  No effect on models without MHA.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                torch.onnx.export(
+                    model, (x,), str(out), dynamo=False, opset_version=17, do_constant_folding=True,
+                    dynamic_axes={inp["name"]: {0: "batch"}, "output": {0: "batch"}}, **names,
+                )
+            elif exporter == "dynamo":
+                batch = torch.export.Dim("batch")
+                torch.onnx.export(
+                    model, (x,), str(out), dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
+                    **names,
+                )
+            else:
+                raise ValueError(f"unknown exporter {exporter!r}")
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def _build_transformer(e: dict):
@@ -219,7 +245,8 @@ def _build_transformer(e: dict):
 
 
 def _export_transformer(e: dict, exporter: str, out: Path) -> None:
-    """Export an encoder/decoder stack whose graph returns the last hidden state."""
+    """Export a transformer whose graph returns its last hidden state, or the output the
+    manifest names (``"output": "logits"`` for a causal LM)."""
     import warnings
 
     import torch
@@ -232,20 +259,22 @@ def _export_transformer(e: dict, exporter: str, out: Path) -> None:
             self.encoder = encoder
 
         def forward(self, input_ids, attention_mask):
-            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            return getattr(out, e.get("output", "last_hidden_state"))
 
     ids_spec, mask_spec = e["inputs"]
     torch.manual_seed(0)
     ids = torch.randint(0, 1000, tuple(ids_spec["test_shape"]))
     mask = torch.ones(tuple(mask_spec["test_shape"]), dtype=torch.long)
-    names = dict(input_names=[ids_spec["name"], mask_spec["name"]], output_names=["hidden"])
+    names = dict(input_names=[ids_spec["name"], mask_spec["name"]],
+                 output_names=[e.get("output_name", "hidden")])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             axes = {0: "batch", 1: "sequence"}
             torch.onnx.export(LastHidden().eval(), (ids, mask), str(out), dynamo=False,
                               opset_version=17, dynamic_axes={n: axes for n in
-                                                              names["input_names"] + ["hidden"]},
+                                                              names["input_names"] + names["output_names"]},
                               **names)
         elif exporter == "dynamo":
             torch.onnx.export(LastHidden().eval(), (ids, mask), str(out), dynamo=True,

@@ -4,6 +4,8 @@ from . import (  # noqa: F401 - importing a module registers its rules
     concat_split,
     conv,
     elementwise,
+    expand,
+    fused,
     linear,
     normalization,
     reshape,

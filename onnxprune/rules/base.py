@@ -47,11 +47,18 @@ def register(*op_types: str) -> Callable[[type[Rule]], type[Rule]]:
     return wrap
 
 
+RULE_DOMAINS = ("com.microsoft",)  # other domains with rules, keyed "domain:OpType"
+
+
 def rule_for(node) -> Rule | None:
-    """The rule of a node's op, or None (a barrier). Only the default ONNX domain has rules."""
-    if node.proto.domain not in ("", "ai.onnx"):
-        return None
-    return RULES.get(node.op)
+    """The rule of a node's op, or None (a barrier). Default-domain ops are keyed by their op
+    type; ``com.microsoft`` ops by "com.microsoft:OpType" (see ``fused``)."""
+    domain = node.proto.domain
+    if domain in ("", "ai.onnx"):
+        return RULES.get(node.op)
+    if domain in RULE_DOMAINS:
+        return RULES.get(f"{domain}:{node.op}")
+    return None
 
 
 def normalize_axis(axis: int, rank: int) -> int:

@@ -11,7 +11,7 @@ from .shape_values import trace_dim
 
 @register("Concat")
 class ConcatRule(Rule):
-    """Along the tracked axis labels are concatenated (each input keeps its own atoms).
+    """Along a tracked axis labels are concatenated (each input keeps its own atoms).
 
     An untracked input there gets frozen atoms of its width. Along another axis the inputs
     sit side by side on the same channels, so they are unified like a residual Add.
@@ -25,20 +25,25 @@ class ConcatRule(Rule):
             return
         rank = known[0].rank
         axis = normalize_axis(int(node.attr("axis")), rank)
-        if any(m.rank != rank or len(m.axes) != 1 for m in known):
-            return ctx.barrier(node, "inputs are tracked on several axes")
-        if all(m.axes == (axis,) for m in known):
+        axes = known[0].axes
+        if any(m.rank != rank for m in known):
+            return ctx.barrier(node, "inputs differ in rank")
+        if all(m.axes == axes for m in known) and axis in axes:
+            j = axes.index(axis)
             pieces = []
             for name, m in zip(names, maps):
                 if m is None:
                     shape = ctx.shape(name)
-                    width = shape[axis] if shape is not None else None
-                    if not isinstance(width, int):
+                    dims = tuple(shape[a] for a in axes) if shape is not None else ()
+                    if len(dims) != len(axes) or not all(isinstance(d, int) for d in dims):
                         return ctx.barrier(node, "an untracked input has unknown width")
-                    m = ctx.new_map(node, rank, (axis,), (width,))
+                    m = ctx.new_map(node, rank, axes, dims)
                     ctx.freeze(m, f"{node.label}: concatenated with an untracked tensor")
                 pieces.append(m.labels)
-            ctx.set_map(node.proto.output[0], ChannelMap(rank, (axis,), np.concatenate(pieces)))
+            if any(np.delete(p.shape, j).tolist() != np.delete(pieces[0].shape, j).tolist()
+                   for p in pieces):
+                return ctx.barrier(node, "inputs are tracked with different grids")
+            ctx.set_map(node.proto.output[0], ChannelMap(rank, axes, np.concatenate(pieces, j)))
             ctx.note(node)
             return
         base = known[0]
@@ -108,7 +113,9 @@ def _split_sizes(node, ctx, width, count):
 
 @register("Slice")
 class SliceRule(Rule):
-    """A step-1 slice of the tracked axis keeps a contiguous run of labels; other axes pass."""
+    """A step-1 slice of one tracked axis keeps a contiguous run of its labels (in a grid of
+    several tracked axes, e.g. heads × head_dim, the other axes are untouched); other axes
+    pass."""
 
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
@@ -122,33 +129,38 @@ class SliceRule(Rule):
             ctx.set_map(node.proto.output[0], x)
             ctx.note(node, along=None)
             return
-        if len(touched) > 1 or x.single_axis is None:
-            return ctx.barrier(node, "slices a multi-axis channel grid")
+        if len(touched) > 1:
+            return ctx.barrier(node, "slices two tracked axes at once")
         k, axis = touched[0]
         if spec["steps"][k] != 1:
             return ctx.barrier(node, "strided slice of the channels")
-        width = x.labels.size
+        j = x.axes.index(axis)
+        width = x.labels.shape[j]
         start, stop, _ = slice(spec["starts"][k], spec["ends"][k]).indices(width)
-        ctx.set_map(node.proto.output[0], ChannelMap(x.rank, x.axes, x.labels[start:max(start, stop)]))
-        ctx.note(node, along=k, start=start, stop=max(start, stop))
+        stop = max(start, stop)
+        ctx.set_map(node.proto.output[0], _take(x, j, start, stop))
+        ctx.note(node, along=k, axis=axis, start=start, stop=stop)
 
     def _chunk(self, node, ctx, x):
-        """``torch.chunk`` exported with run-time bounds ((C + a) // d · m): the d parts must
-        keep equal counts for those bounds to stay right, so their channels are tied part to
-        part. The bounds then recompute themselves; nothing is rewritten."""
-        axis = x.single_axis
+        """``torch.chunk`` (or rotate_half's ``x[..., : d // 2]``) exported with run-time
+        bounds ((C + a) // d · m): the d parts must keep equal counts for those bounds to stay
+        right, so their channels are tied part to part. The bounds then recompute themselves;
+        nothing is rewritten. A constant bound may be 0 or "to the end"."""
         axes = ctx.const(node.input(3)) if node.input(3) else None
         steps = ctx.const(node.input(4)) if node.input(4) else None
-        if (axis is None or axes is None or axes.size != 1 or (node.input(4) and (
-                steps is None or int(steps.ravel()[0]) != 1))
-                or normalize_axis(int(axes.ravel()[0]), x.rank) != axis):
+        axis = normalize_axis(int(axes.ravel()[0]), x.rank) if (
+            axes is not None and axes.size == 1) else None
+        if (axis not in x.axes or (node.input(4) and (
+                steps is None or int(steps.ravel()[0]) != 1))):
             return ctx.barrier(node, "slice bounds are not constant")
-        width = x.labels.size
+        j = x.axes.index(axis)
+        width = x.labels.shape[j]
         bounds, parts = [], None
-        for name in (node.input(1), node.input(2)):
+        for end, name in enumerate((node.input(1), node.input(2))):
             value = ctx.const(name)
-            if value is not None and value.size == 1 and int(value.ravel()[0]) == 0:
-                bounds.append(0)
+            if value is not None and value.size == 1 and (
+                    int(value.ravel()[0]) == 0 or (end and int(value.ravel()[0]) >= width)):
+                bounds.append(min(int(value.ravel()[0]), width))
                 continue
             expr = trace_dim(ctx, name)
             if (expr is None or expr.tensor != node.input(0) or expr.axis != axis
@@ -159,16 +171,17 @@ class SliceRule(Rule):
             bounds.append(expr.value(width))
         if parts is None:
             return ctx.barrier(node, "slice bounds are not constant")
-        ctx.space.unify_along(x.labels.reshape(parts, width // parts), 0)
+        moved = np.moveaxis(x.labels, j, 0)
+        ctx.space.unify_along(moved.reshape((parts, width // parts) + moved.shape[1:]), 0)
         start, stop = bounds
-        ctx.set_map(node.proto.output[0], ChannelMap(x.rank, x.axes, x.labels[start:stop]))
+        ctx.set_map(node.proto.output[0], _take(x, j, start, stop))
         ctx.note(node, along=None, traced=True)
 
     def rewrite(self, node, ctx):
         info = ctx.note_of(node)
         if info["along"] is None:
             return
-        keep = ctx.keep(node.input(0))
+        keep = ctx.axis_keep(node.input(0))[info["axis"]]
         new_start = int(keep[: info["start"]].sum())
         new_stop = new_start + int(keep[info["start"]: info["stop"]].sum())
         k = info["along"]
@@ -182,6 +195,11 @@ class SliceRule(Rule):
                 bounds = list(node.attr(name))
                 bounds[k] = value
                 node.set_attr(name, bounds)
+
+
+def _take(x: ChannelMap, j: int, start: int, stop: int) -> ChannelMap:
+    """The map of ``x`` sliced to [start, stop) along its j-th tracked axis."""
+    return ChannelMap(x.rank, x.axes, np.take(x.labels, np.arange(start, stop), axis=j))
 
 
 def _slice_spec(node, ctx, rank):

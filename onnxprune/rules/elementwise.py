@@ -49,8 +49,9 @@ class BroadcastRule(Rule):
 
     Tracked inputs whose channels meet on the same output positions are unified (a residual
     Add, the Mul of a squeeze-excitation gate). A constant with one value per channel is sliced
-    with them. Any other input that is not constant along the channels would need channels the
-    tool cannot follow, so it is a barrier.
+    with them. A computed input that varies along a tracked axis (rotary cos/sin tables along
+    head_dim) cannot be sliced: it is allowed only where the units span that whole axis, so
+    the axis never shrinks (checked once grouping is final); otherwise it is a barrier.
     """
 
     def propagate(self, node, ctx):
@@ -88,13 +89,29 @@ class BroadcastRule(Rule):
             if all(d == 1 for d in along.values()):
                 continue
             if ctx.const(name) is None:
-                return ctx.barrier(node, f"input {i} varies along the channels but is not tracked")
+                varying = [base.axes.index(o) for o, d in along.items() if d > 1]
+                _require_whole(ctx, node, base.labels, varying, i,
+                               [n for n in names if n and ctx.map(n) is not None])
+                continue
             axes = {p: base.axes.index(o) for p, o in
                     ((p, p + out_rank - ranks[i]) for p in range(ranks[i])) if o in base.axes
                     and along[o] > 1}
             ctx.param(node, i, axes, base.labels, score=False)
         ctx.set_map(node.proto.output[0], ChannelMap(out_rank, base.axes, base.labels))
         ctx.note(node)
+
+
+def _require_whole(ctx, node, labels, varying, index, tracked_names) -> None:
+    def check(roots):
+        units = roots[labels]
+        for j in varying:
+            if not np.array_equal(units, np.broadcast_to(np.take(units, [0], axis=j),
+                                                         units.shape)):
+                ctx.late_barrier(node, f"input {index} varies along the channels but is not "
+                                       f"tracked", tracked_names)
+                return
+
+    ctx.defer(check)
 
 
 def _dims_along(ctx, name, rank, out_rank, out_axes) -> dict[int, int] | None:

@@ -61,19 +61,24 @@ def _walk(in_shape, out_shape, p: int, lo: int, hi: int):
 def _regroup(x: ChannelMap, in_shape, out_shape):
     """Carry labels from ``in_shape`` to ``out_shape`` of a row-major reshape.
 
-    Returns (out_axes, out_labels) or None when the channels cannot be followed (unknown dims
-    inside the block of axes the channels live in).
+    The tracked axes live in one block of axes with equal static sizes on both sides, or, when
+    a dynamic dim sits between them (heads ... sequence ... head_dim), in one block each.
+    Returns (out_axes, out_labels) or None when the channels cannot be followed.
     """
     if tuple(in_shape) == tuple(out_shape) and None not in in_shape:
         return x.axes, x.labels  # a no-op reshape (exporters write them around attention)
-    found = _block(tuple(in_shape), tuple(out_shape), min(x.axes), max(x.axes))
-    if found is None:
+    if list(x.axes) != sorted(x.axes):
+        order = np.argsort(x.axes)
+        x = ChannelMap(x.rank, tuple(np.asarray(x.axes)[order].tolist()),
+                       np.transpose(x.labels, order))
+    blocks = _blocks(tuple(in_shape), tuple(out_shape), x.axes)
+    if blocks is None:
         return None
-    a, b, c, d = found
-    if any(t < a or t >= b for t in x.axes):
-        return None
-    expand = [in_shape[k] if k in x.axes else 1 for k in range(a, b)]
-    full = np.broadcast_to(x.labels.reshape(expand), in_shape[a:b]).reshape(out_shape[c:d])
+    in_sizes, out_sizes = [1] * len(in_shape), [1] * len(out_shape)
+    for a, b, c, d in blocks:
+        in_sizes[a:b], out_sizes[c:d] = in_shape[a:b], out_shape[c:d]
+    expand = [in_shape[k] if k in x.axes else 1 for k in range(len(in_shape))]
+    full = np.broadcast_to(x.labels.reshape(expand), in_sizes).reshape(out_sizes)
     varying = []
     for k in range(full.ndim):
         first = np.take(full, [0], axis=k)
@@ -82,7 +87,35 @@ def _regroup(x: ChannelMap, in_shape, out_shape):
     if not varying:
         return None
     index = tuple(slice(None) if k in varying else 0 for k in range(full.ndim))
-    return tuple(c + k for k in varying), full[index]
+    return tuple(varying), full[index]
+
+
+def _blocks(in_shape, out_shape, axes):
+    """Blocks (a, b, c, d) holding the tracked axes: one block over all of them, else one per
+    axis when those are disjoint, in order, and the dims between them agree."""
+    found = _block(in_shape, out_shape, min(axes), max(axes))
+    if found is not None:
+        return [found] if all(found[0] <= t < found[1] for t in axes) else None
+    blocks = [_block(in_shape, out_shape, t, t) for t in axes]
+    if any(b is None or not b[0] <= t < b[1] for b, t in zip(blocks, axes)):
+        return None
+    edges_in = [0] + [e for a, b, _, _ in blocks for e in (a, b)] + [len(in_shape)]
+    edges_out = [0] + [e for _, _, c, d in blocks for e in (c, d)] + [len(out_shape)]
+    if edges_in != sorted(edges_in) or edges_out != sorted(edges_out):
+        return None
+    for k in range(0, len(edges_in), 2):   # the gaps before, between and after the blocks
+        if _volume(in_shape[edges_in[k]:edges_in[k + 1]]) != _volume(
+                out_shape[edges_out[k]:edges_out[k + 1]]):
+            return None
+    return blocks
+
+
+def _volume(dims):
+    """Element count of some dims as (static product, symbolic names); None if unknown."""
+    if any(d is None for d in dims):
+        return None, id(dims)
+    static = int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64))
+    return static, tuple(sorted(d for d in dims if isinstance(d, str)))
 
 
 def _rectangular(ctx, labels) -> None:

@@ -6,7 +6,11 @@ from .base import Rule, normalize_axis, register
 from .shape_values import SHAPE_ARITHMETIC
 
 # Readers that account for every entry of the shape they take (see shape_values).
-TRACED_TERMINALS = {("Reshape", 1), ("Resize", 3), ("Slice", 1), ("Slice", 2)}
+TRACED_TERMINALS = {("Reshape", 1), ("Resize", 3), ("Slice", 1), ("Slice", 2), ("Expand", 1)}
+# Readers of a derived shape vector that cannot leak a channel count: its length only, or
+# the vector itself reshaped (a Reshape's data input, not its target).
+LENGTH_ONLY = {("Shape", 0)}
+VALUE_PRESERVING = {("Reshape", 0)}
 
 
 @register("Shape")
@@ -38,11 +42,14 @@ class ShapeRule(Rule):
                 slots = {(reader.op, i) for i, n in enumerate(reader.proto.input) if n == name}
                 if slots & TRACED_TERMINALS and ctx.notes.get(reader.index, {}).get("traced"):
                     continue
-                if reader.op in SHAPE_ARITHMETIC and reader.index not in seen:
+                if slots <= LENGTH_ONLY:
+                    continue
+                follow = reader.op in SHAPE_ARITHMETIC or (slots and slots <= VALUE_PRESERVING)
+                if follow and reader.index not in seen:
                     seen.add(reader.index)
                     stack.extend(o for o in reader.proto.output if o)
                     continue
-                if reader.op in SHAPE_ARITHMETIC:
+                if follow:
                     continue
                 ctx.late_barrier(node, f"the channel count is read by {reader.label} "
                                        f"({reader.op})", (node.input(0),))

@@ -14,11 +14,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import numpy_helper
 
 from .base import normalize_axis
 
 PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Identity"}
-SHAPE_ARITHMETIC = PASS_THROUGH | {"Gather", "Slice", "Div", "Mul", "Add", "Concat"}
+SHAPE_ARITHMETIC = PASS_THROUGH | {"Gather", "Slice", "Div", "Mul", "Add", "Concat", "Equal",
+                                   "Where"}
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,64 @@ def _picked_index(ctx, node, length: int) -> int | None:
     return picked[0] if len(picked) == 1 else None
 
 
+def shape_source(ctx, name: str) -> str:
+    """Look through wrappers that leave a shape vector's dims unchanged: a Reshape of the
+    vector to [-1], and torch's ``Where(v == -1, 1, v)`` written before an Expand (an entry
+    read from a Shape is never negative, so it passes unchanged)."""
+    for _ in range(4):
+        node = ctx.graph.producer.get(name)
+        if node is None or ctx.const(name) is not None:
+            return name
+        if node.op == "Reshape" and _is_flat_target(ctx, node.input(1)):
+            name = node.input(0)
+        elif node.op == "Where":
+            cond = ctx.graph.producer.get(node.input(0))
+            if cond is None or cond.op != "Equal":
+                return name
+            value, other = node.input(2), cond.input(1) if cond.input(0) == node.input(2) \
+                else cond.input(0) if cond.input(1) == node.input(2) else None
+            if other is None or not _all_negative(ctx, other):
+                return name
+            name = value
+        else:
+            return name
+    return name
+
+
+def _is_flat_target(ctx, name: str) -> bool:
+    value = ctx.const(name)
+    return value is not None and value.size == 1 and int(value.ravel()[0]) == -1
+
+
+def _all_negative(ctx, name: str) -> bool:
+    """Is every entry of ``name`` negative? Constants, and ConstantOfShape fills times a
+    constant (torch writes ``ones(shape) * -1``)."""
+    value = ctx.const(name)
+    if value is not None:
+        return bool(np.all(value < 0))
+    node = ctx.graph.producer.get(name)
+    if node is None or node.op != "Mul":
+        return False
+    signs = []
+    for operand in node.proto.input:
+        const = ctx.const(operand)
+        fill = ctx.graph.producer.get(operand)
+        if const is not None and const.size == 1:
+            signs.append(float(const.ravel()[0]))
+        elif fill is not None and fill.op == "ConstantOfShape":
+            attr = fill.attr("value")
+            signs.append(float(numpy_helper.to_array(attr).ravel()[0]) if attr is not None
+                         else 0.0)
+        else:
+            return False
+    return len(signs) == 2 and signs[0] * signs[1] < 0
+
+
 def locate_entry(ctx, shape_name: str, t: int):
     """Entry ``t`` of a 1-D shape tensor: ("const",) when the whole tensor is constant,
     ("piece", concat node index, input index, offset) for a constant piece of a Concat,
     ("dim", DimExpr or None) for a run-time entry, or None when it cannot be followed."""
+    shape_name = shape_source(ctx, shape_name)
     if ctx.const(shape_name) is not None:
         return ("const",)
     producer = ctx.graph.producer.get(shape_name)
