@@ -75,15 +75,18 @@ def inspect(model, exclude: tuple[str, ...] = (), input_shapes=None) -> dict:
 def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
           exclude: tuple[str, ...] = (), input_shapes=None, verify: bool = True,
           tolerance: float = 1e-4, seed: int = 0, heads: float | None = None,
-          mlp: float | None = None) -> tuple[onnx.ModelProto, dict]:
+          mlp: float | None = None, hidden: float | None = None) -> tuple[onnx.ModelProto, dict]:
     """Prune ``ratio`` of the channels of every prunable group; return (model, report).
 
     ``heads`` and ``mlp`` override ``ratio`` for attention-head groups and for neurons between
-    Linear layers. With ``verify`` (the default) the result must pass the full checker, run on
+    Linear layers. ``hidden`` prunes the hidden size (channels that a LayerNorm or RMSNorm
+    reads across); it is never pruned without it, because the norms then average over fewer
+    channels and the model computes a different function (the report says so). With ``verify`` (the default) the result must pass the full checker, run on
     ONNX Runtime and match the masked original within ``tolerance``; otherwise
     VerificationError is raised and nothing is returned.
     """
-    by_kind = {k: v for k, v in (("heads", heads), ("mlp", mlp)) if v is not None}
+    by_kind = {k: v for k, v in (("heads", heads), ("mlp", mlp), ("hidden", hidden))
+               if v is not None}
     for name, value in [("ratio", ratio)] + list(by_kind.items()):
         if not 0.0 <= value < 1.0:
             raise UserError(f"{name} must be in [0, 1), got {value}")
@@ -94,6 +97,8 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     pruned = apply_plan(a.model, a.analysis, removed, "prune")
     report = _report(a, plan, pruned, removed, ratio, round_to, input_shapes)
     report["ratios_by_kind"] = by_kind
+    report["changes_function"] = any(
+        g["removed"] for g in report["groups"] if g["kind"] == "hidden")
     if verify:
         masked = apply_plan(a.model, a.analysis, removed, "mask")
         feeds = make_inputs(a.model, input_shapes, seed)

@@ -68,6 +68,9 @@ def print_prune_summary(report: dict) -> None:
     if report["barriers"]:
         click.echo(f"barriers: {len(report['barriers'])} ops left alone "
                    f"(first: {report['barriers'][0]['node']}: {report['barriers'][0]['reason']})")
+    if report.get("changes_function"):
+        click.echo("  note: the hidden size was pruned, so LayerNorm/RMSNorm now average over "
+                   "fewer channels: the model computes a different function (check its accuracy)")
     check = report.get("check")
     if check:
         click.echo(f" check: onnx.checker(full)={'pass' if check['checker'] else 'FAIL'}, "
@@ -78,12 +81,13 @@ def print_prune_summary(report: dict) -> None:
 
 
 def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance,
-               heads=None, mlp=None):
+               heads=None, mlp=None, hidden=None):
     shapes = parse_shapes(input_shape)
     if os.path.abspath(output) == os.path.abspath(str(model)):
         raise UserError("the output path is the input file; choose another -o")
     pruned, report = api.prune(model, ratio=ratio, round_to=round_to, exclude=tuple(exclude),
-                               input_shapes=shapes, tolerance=tolerance, heads=heads, mlp=mlp)
+                               input_shapes=shapes, tolerance=tolerance, heads=heads, mlp=mlp,
+                               hidden=hidden)
     save_model(pruned, output)
     report["output"] = str(output)
     if report_path:
@@ -113,6 +117,9 @@ def cli():
               help="Fraction of attention heads to remove (default: --ratio).")
 @click.option("--mlp", type=float, default=None,
               help="Fraction of MLP neurons (between Linear layers) to remove (default: --ratio).")
+@click.option("--hidden", type=float, default=None,
+              help="Fraction of the hidden size (channels a LayerNorm/RMSNorm reads across) to "
+                   "remove. Off by default: it changes what the norms compute.")
 @click.option("--round-to", type=int, default=api.DEFAULT_ROUND_TO, show_default=True,
               help="Keep channel counts that are multiples of N.")
 @click.option("--exclude", multiple=True, metavar="NODE",
@@ -122,11 +129,11 @@ def cli():
               help="Write the plan and results as JSON.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Max relative error against the masked original.")
-def prune(model, output, ratio, heads, mlp, round_to, exclude, input_shape, report_path,
+def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
           tolerance):
     """Prune MODEL and write a smaller, verified model."""
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
-               input_shape, report_path, tolerance, heads, mlp)
+               input_shape, report_path, tolerance, heads, mlp, hidden)
 
 
 @cli.command()

@@ -13,7 +13,7 @@ TOLERANCE = 1e-4
 
 
 def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
-                  exclude=()) -> dict:
+                  exclude=(), by_kind=None) -> dict:
     """1. checker + ORT + same IO; 2. ratio 0 is bit-identical; 3. mask equivalence;
     4. MACs/params fall as the weights say. Returns the measured numbers."""
     analyzed = analyze_model(model, exclude)
@@ -26,7 +26,7 @@ def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
     for name, want in reference.items():
         assert np.array_equal(same[name], want), f"ratio 0 changed output {name}"
 
-    pruned, masked = masked_original(analyzed, ratio=ratio, round_to=round_to)
+    pruned, masked = masked_original(analyzed, ratio=ratio, round_to=round_to, by_kind=by_kind)
     onnx.checker.check_model(pruned, full_check=True)
     assert user_inputs(pruned) == user_inputs(original)
     assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]

@@ -5,6 +5,8 @@ MatMul, Transpose, Reshape, output projection, residual + LayerNorm, and an MLP.
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 import onnxprune
@@ -100,3 +102,31 @@ def test_cli_heads_and_mlp(tmp_path, capsys):
     assert main(["prune", str(src), "--heads", "1.0"]) == 2
     assert main(["inspect", str(src)]) == 0
     assert "heads" in capsys.readouterr().out
+
+
+def packed_qkv_block():
+    """Swin/ViT style: one qkv projection reshaped to [B, S, 3, H, D], permuted to
+    [3, B, H, S, D] and split by Gather 0/1/2."""
+    b = GraphBuilder()
+    qkv = b.op("MatMul", ["x", b.weight(E, 3 * E)])
+    qkv = b.op("Transpose", [b.op("Reshape", [qkv, b.const(np.array([1, S, 3, H, D], np.int64))])],
+               perm=[2, 0, 3, 1, 4])
+    q, k, v = (b.op("Gather", [qkv, b.const(np.int64(i))], axis=0) for i in range(3))
+    scores = b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    context = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+    context = b.op("Reshape", [b.op("Transpose", [context], perm=[0, 2, 1, 3]),
+                               b.const(np.array([1, S, E], np.int64))])
+    return b.model({"x": [1, S, E]}, [b.op("MatMul", [context, b.weight(E, E)])])
+
+
+def test_packed_qkv_split_by_gather_prunes_heads():
+    model = packed_qkv_block()
+    heads = [g for g in onnxprune.inspect(model)["groups"] if g["kind"] == "heads"]
+    assert len(heads) == 1 and heads[0]["prunable"] and heads[0]["units"] == H
+    assert_oracle(model, ratio=0.5)
+    pruned, report = onnxprune.prune(model, ratio=0.0, heads=0.5, round_to=1)
+    assert report["check"]["ok"]
+    picks = sorted(int(np.asarray(onnx.numpy_helper.to_array(t)))
+                   for n in pruned.graph.node if n.op_type == "Gather"
+                   for t in pruned.graph.initializer if t.name == n.input[1])
+    assert picks == [0, 1, 2]   # q, k, v rows survive; the indices stay valid

@@ -76,3 +76,26 @@ def test_zoo_model_prunes_correctly(name, exporter):
         assert measured == stats["macs"][1]
     params = report["params"]
     assert abs(params["after"] - params["planned_after"]) <= 0.01 * params["before"]
+
+
+# Models whose hidden size (the channels a LayerNorm/RMSNorm reads across) is prunable as
+# exported. Elsewhere it is a graph output (BERT, MiniLM and GPT-2 return the hidden states),
+# or torchvision's nn.MultiheadAttention reads the embedding size from a Shape (ViT's and
+# Swin's TorchScript exports).
+HIDDEN_CASES = [("llama_gqa", "torchscript"), ("llama_gqa", "dynamo"),
+                ("convnext_tiny", "torchscript"), ("convnext_tiny", "dynamo"),
+                ("vit_b_16", "dynamo"), ("swin_t", "dynamo")]
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name,exporter", HIDDEN_CASES, ids=[f"{n}-{x}" for n, x in HIDDEN_CASES])
+def test_zoo_hidden_size_prunes_correctly(name, exporter):
+    entry = zoo.entry(name)
+    if not _available(entry):
+        pytest.skip(f"{entry['source']} is not installed")
+    model = onnx.load(str(zoo.ensure(name, exporter)))
+    shapes = {i["name"]: tuple(i["test_shape"]) for i in entry["inputs"]}
+    hidden = [g for g in onnxprune.inspect(model, input_shapes=shapes)["groups"]
+              if g["kind"] == "hidden"]
+    assert hidden and any(g["prunable"] for g in hidden)
+    assert_oracle(model, ratio=0.5, shapes=shapes, round_to=8, by_kind={"hidden": 0.5})

@@ -16,6 +16,10 @@ import numpy as np
 
 from ..groups import Analysis, Group
 
+# Kinds pruned only when asked for by name: removing hidden-size channels changes the
+# statistics of every normalization that reads them, so the model computes something else.
+OPT_IN_KINDS = {"hidden": 0.0}
+
 
 @dataclass
 class GroupPlan:
@@ -49,11 +53,13 @@ def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
 
 def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores: np.ndarray,
              ratio: float, round_to: int = 1, by_kind: dict[str, float] | None = None) -> Plan:
-    """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels")."""
+    """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels");
+    "hidden" groups are pruned only at their own ratio in ``by_kind``."""
     plan = Plan()
+    by_kind = {**OPT_IN_KINDS, **(by_kind or {})}
     for group in groups:
         comps = group.components
-        group_ratio = (by_kind or {}).get(group.kind, ratio)
+        group_ratio = by_kind.get(group.kind, ratio)
         if not group.prunable or group_ratio <= 0:
             keep = len(comps)
         else:

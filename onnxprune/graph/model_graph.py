@@ -88,8 +88,9 @@ class ModelGraph:
         self.order = self._topological_order()
         self._foldable = self._find_foldable()
         self.shapes: dict[str, tuple[Dim, ...]] = {}
+        self.dtypes: dict[str, int] = {}   # TensorProto element types that inference found
         if infer_shapes:
-            self.shapes = infer_static_shapes(model)
+            self.shapes = infer_static_shapes(model, self.dtypes)
         self._const_cache: dict[str, np.ndarray] = {}
 
     # -- structure -----------------------------------------------------------------------
@@ -278,15 +279,23 @@ def skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelPro
     return light
 
 
-def infer_static_shapes(model: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
-    """Shapes of every value: ints, symbol names, or None where nothing is known.
+def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = None
+                        ) -> dict[str, tuple[Dim, ...]]:
+    """Shapes of every value: ints, symbol names, or None where nothing is known (element
+    types go into ``dtypes`` when given).
 
     ONNX shape inference runs first; where it leaves dims open (shapes computed at run time
     from Shape → Gather → Div → Concat, as exporters write them), ONNX Runtime's symbolic
     shape inference fills them in.
     """
     light = skeleton(model)
-    shapes = _read_shapes(_onnx_inference(light))
+    inferred = _onnx_inference(light)
+    shapes = _read_shapes(inferred)
+    if dtypes is not None:
+        graph = inferred.graph
+        dtypes.update({info.name: info.type.tensor_type.elem_type for info in
+                       list(graph.input) + list(graph.value_info) + list(graph.output)
+                       if info.type.tensor_type.elem_type})
     if any(_open(d) for dims in shapes.values() for d in dims):
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference

@@ -45,6 +45,7 @@ class Analysis:
     deferred: list = field(default_factory=list)
     shaping: list = field(default_factory=list)
     head_atoms: set = field(default_factory=set)
+    hidden_atoms: set = field(default_factory=set)
 
     # -- the interface rules use ---------------------------------------------------------
     def map(self, name: str) -> ChannelMap | None:
@@ -87,6 +88,11 @@ class Analysis:
     def mark_heads(self, labels: np.ndarray) -> None:
         """Remember atoms that form attention heads (so groups can be told apart by kind)."""
         self.head_atoms.update(np.asarray(labels).ravel().tolist())
+
+    def mark_hidden(self, labels: np.ndarray) -> None:
+        """Remember atoms that a normalization or reduction reads across (a transformer's
+        hidden size): removing them changes the statistics, so their groups are opt-in."""
+        self.hidden_atoms.update(np.asarray(labels).ravel().tolist())
 
     def note(self, node: NodeRef, **info) -> None:
         self.notes[node.index] = info

@@ -25,7 +25,8 @@ class Group:
     members: list[str]              # ops with parameters sliced with these channels
     prunable: bool
     reason: str | None = None
-    kind: str = "channels"          # "heads", "mlp" (neurons between Linear layers), "channels"
+    kind: str = "channels"          # "heads", "hidden", "mlp" (neurons between Linear layers),
+                                    # "channels"
 
     @property
     def size(self) -> int:
@@ -59,6 +60,7 @@ def find_groups(analysis: Analysis) -> tuple[list[Group], np.ndarray]:
 
     groups = []
     tagged = {int(roots[a]) for a in analysis.head_atoms}
+    normed = {int(roots[a]) for a in analysis.hidden_atoms}
     for (src, is_frozen), comp_roots in sorted(by_key.items(), key=lambda kv: min(kv[1])):
         comp_roots.sort()
         width = max(1, len(atoms_of[comp_roots[0]]) // max(1, len(src)))
@@ -66,6 +68,8 @@ def find_groups(analysis: Analysis) -> tuple[list[Group], np.ndarray]:
         reason = frozen.get(comp_roots[0]) if is_frozen else None
         if tagged.intersection(comp_roots):
             kind = "heads"
+        elif normed.intersection(comp_roots):
+            kind = "hidden"  # read across by a normalization: pruning changes its statistics
         elif (src and all(s in linear for s in src)
               and read_by_linear.intersection(comp_roots)):
             kind = "mlp"  # neurons made by one Linear layer and read by the next

@@ -3,7 +3,9 @@
 ``mode="prune"`` slices every declared constant and lets each rule update its attributes and
 shape constants. ``mode="mask"`` builds the oracle for verification: the original model in which
 the weights that *read* removed channels are zeroed, so it computes exactly what the pruned model
-should compute.
+should compute. Ops that read *across* the channels (a LayerNorm or a ReduceMean over the
+hidden size) get their rule's ``mask_rewrite``: they are rewritten to read only the kept
+channels, so the oracle holds for hidden-size pruning too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class RewriteContext:
         self.analysis = analysis
         self.removed_atom = removed_atom
         self.mode = mode
+        self._before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
+        self._dropped: set[int] = set()
 
     def keep(self, name: str) -> np.ndarray:
         return ~self.removed_atom[self.analysis.maps[name].labels]
@@ -56,6 +60,41 @@ class RewriteContext:
 
     def const(self, name: str):
         return self.graph.const(name)
+
+    # -- building the masked oracle (mask_rewrite hooks) -------------------------------------
+    def add_const(self, value: np.ndarray, hint: str) -> str:
+        """A new initializer; returns its name."""
+        name = self.graph._fresh_name(hint)
+        self.graph.add_initializer(name, value)
+        return name
+
+    def add_node(self, before, op: str, inputs: list[str], hint: str, output: str = "",
+                 **attrs) -> str:
+        """A node placed just before ``before`` (so the order stays topological), writing
+        ``output`` or a fresh name; returns that name. Nodes enter the model in :meth:`finish`."""
+        out = output or self.graph._fresh_name(hint)
+        self.graph.producer[out] = before  # reserves the name
+        self._before[before.index].append(
+            onnx.helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def drop_node(self, node) -> None:
+        """Remove ``node`` (its outputs are now written by nodes from :meth:`add_node`)."""
+        self._dropped.add(node.index)
+
+    def finish(self) -> None:
+        if not self._before and not self._dropped:
+            return
+        nodes = []
+        for ref in self.graph.nodes:
+            nodes.extend(self._before.get(ref.index, []))
+            if ref.index not in self._dropped:
+                nodes.append(ref.proto)
+        copies = [onnx.NodeProto() for _ in nodes]
+        for copy, node in zip(copies, nodes):
+            copy.CopyFrom(node)
+        del self.graph.model.graph.node[:]
+        self.graph.model.graph.node.extend(copies)
 
     def add_const_input(self, node, index: int, value: np.ndarray, suffix: str) -> None:
         name = self.graph._fresh_name(f"{node.label}_{suffix}")
@@ -88,6 +127,13 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
             rule_for(node).rewrite(node, ctx)
         _drop_orphaned_constants(out, model)
         _refresh_value_info(out, had_value_info=len(model.graph.value_info) > 0)
+    else:
+        for index in analysis.notes:
+            node = ctx.graph.nodes[index]
+            hook = getattr(rule_for(node), "mask_rewrite", None)
+            if hook is not None:
+                hook(node, ctx)
+        ctx.finish()
     return out
 
 

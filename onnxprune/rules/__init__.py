@@ -6,6 +6,7 @@ from . import (  # noqa: F401 - importing a module registers its rules
     elementwise,
     expand,
     fused,
+    gather,
     linear,
     normalization,
     reshape,

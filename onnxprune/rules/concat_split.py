@@ -6,7 +6,7 @@ import numpy as np
 
 from ..graph import ChannelMap
 from .base import Rule, normalize_axis, register
-from .shape_values import trace_dim
+from .shape_values import locate_entry, shape_source, trace_dim
 
 
 @register("Concat")
@@ -47,14 +47,43 @@ class ConcatRule(Rule):
             ctx.note(node)
             return
         base = known[0]
-        if axis in base.axes or any(m is None for m in maps):
+        if axis in base.axes:
             return ctx.barrier(node, "inputs are tracked on different axes")
+        for i, (name, m) in enumerate(zip(names, maps)):
+            if m is None and not _slice_expanded_constant(ctx, name, base):
+                return ctx.barrier(node, f"input {i} is untracked but varies along the channels")
         for m in known[1:]:
             if m.axes != base.axes or m.labels.shape != base.labels.shape:
                 return ctx.barrier(node, "inputs are tracked on different axes")
             ctx.space.unify(base.labels, m.labels)
         ctx.set_map(node.proto.output[0], base)
         ctx.note(node)
+
+
+def _slice_expanded_constant(ctx, name: str, base: ChannelMap) -> bool:
+    """A learned token broadcast to the batch (ViT's class token: ``Expand(const [1, 1, D],
+    [N, 1|-1, 1|-1])``) sits beside tracked tokens: slice the constant with their channels.
+    The target must leave every tracked axis at the constant's own size."""
+    expand = ctx.graph.producer.get(name)
+    if expand is None or expand.op != "Expand":
+        return False
+    value = ctx.const(expand.input(0))
+    if value is None or value.ndim != base.rank:
+        return False
+    if any(value.shape[a] != base.labels.shape[j] for j, a in enumerate(base.axes)):
+        return False
+    for a in base.axes:
+        loc = locate_entry(ctx, expand.input(1), a)
+        if loc is None or loc[0] == "dim":
+            return False
+        if loc[0] == "const":
+            entry = ctx.const(shape_source(ctx, expand.input(1))).ravel()[a]
+        else:
+            entry = ctx.const(ctx.graph.nodes[loc[1]].input(loc[2])).ravel()[loc[3]]
+        if int(entry) not in (1, -1):   # -1: torch's "keep this size" (see shape_source)
+            return False
+    ctx.param(expand, 0, {a: j for j, a in enumerate(base.axes)}, base.labels)
+    return True
 
 
 @register("Split")

@@ -5,7 +5,8 @@ followed by a Reshape that merges the copies)."""
 from __future__ import annotations
 
 from .base import Rule, register
-from .shape_values import channel_dim, locate_entry, require_proportional, shape_source
+from .shape_values import (channel_dim, locate_entry, require_proportional, shape_source,
+                           write_kept_counts)
 
 
 @register("Expand")
@@ -56,9 +57,4 @@ class ExpandRule(Rule):
         ctx.note(node, entries=entries, traced=True)
 
     def rewrite(self, node, ctx):
-        keep = ctx.axis_keep(node.proto.output[0])
-        for axis, (owner_index, index, offset) in ctx.note_of(node)["entries"].items():
-            owner = ctx.graph.nodes[owner_index]
-            values = ctx.const(owner.input(index)).copy()
-            values.ravel()[offset] = int(keep[axis].sum())
-            ctx.graph.set_const(owner, index, values)
+        write_kept_counts(ctx, ctx.note_of(node)["entries"], ctx.axis_keep(node.proto.output[0]))

@@ -1,8 +1,11 @@
-"""Normalizations with per-channel parameters along axis 1."""
+"""Normalizations: per-channel (BN, IN), per-group (GN), and LayerNorm over the hidden size."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from .base import Rule, register
+from .hidden import mask_layer_norm
 
 
 @register("BatchNormalization", "InstanceNormalization")
@@ -59,7 +62,12 @@ class GroupNormRule(Rule):
 
 @register("LayerNormalization")
 class LayerNormRule(Rule):
-    """Normalizes over axes [axis, rank): tracked channels may only live before ``axis``."""
+    """Normalizes over axes [axis, rank). Channels before ``axis`` pass through untouched.
+
+    Channels on the normalized axis itself (a transformer's hidden size, normalized over the
+    last axis alone) may be pruned as a *hidden* group: scale and bias are sliced, the norm
+    then averages over the kept channels (a different function, so the kind is opt-in).
+    """
 
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
@@ -67,7 +75,27 @@ class LayerNormRule(Rule):
             return
         axis = int(node.attr("axis", -1))
         axis = axis + x.rank if axis < 0 else axis
-        if any(a >= axis for a in x.axes):
-            return ctx.barrier(node, "normalizes over the tracked channels")
+        if not any(a >= axis for a in x.axes):
+            ctx.set_map(node.proto.output[0], x)
+            ctx.note(node, hidden=False)
+            return
+        if x.axes != (x.rank - 1,) or axis != x.rank - 1:
+            return ctx.barrier(node, "normalizes over the tracked channels and other axes")
+        if any(node.proto.output[1:]):
+            return ctx.barrier(node, "its mean or inverse std-dev output is used")
+        width = x.labels.size
+        for i in (1, 2):
+            if not node.input(i):
+                continue
+            value = ctx.const(node.input(i))
+            if value is None or value.shape != (width,):
+                return ctx.barrier(node, "scale or bias is not a constant per channel")
+            ctx.param(node, i, {0: 0}, x.labels, score=(i == 1))
+        ctx.mark_hidden(x.labels)
         ctx.set_map(node.proto.output[0], x)
-        ctx.note(node)
+        ctx.note(node, hidden=True)
+
+    def mask_rewrite(self, node, ctx):
+        if ctx.note_of(node)["hidden"]:
+            scale = ctx.const(node.input(1))
+            mask_layer_norm(node, ctx, scale.dtype, float(node.attr("epsilon", 1e-5)))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..graph import ChannelMap
 from .base import Rule, normalize_axis, register
-from .shape_values import channel_dim, locate_entry, require_proportional
+from .shape_values import channel_dim, locate_entry, require_proportional, write_kept_counts
 
 
 def _static(dims) -> bool:
@@ -182,12 +182,7 @@ class ReshapeRule(Rule):
         ctx.note(node, entries=entries, traced=True)
 
     def rewrite(self, node, ctx):
-        keep = ctx.axis_keep(node.proto.output[0])
-        for t, (owner_index, index, offset) in ctx.note_of(node)["entries"].items():
-            owner = ctx.graph.nodes[owner_index]
-            values = ctx.const(owner.input(index)).copy()
-            values[offset] = int(keep[t].sum())
-            ctx.graph.set_const(owner, index, values)
+        write_kept_counts(ctx, ctx.note_of(node)["entries"], ctx.axis_keep(node.proto.output[0]))
 
 
 def _evaluate(ctx, expr, fallback):

@@ -248,3 +248,13 @@ def require_proportional(ctx, node, out_name: str, out_axis: int, expr: DimExpr)
                              (out_name, expr.tensor))
 
     ctx.defer(check)
+
+
+def write_kept_counts(ctx, entries: dict, keep: dict) -> None:
+    """Rewrite constant shape entries to the kept channel counts: ``entries`` maps an output
+    axis to (owner node index, input index, offset) of the constant that holds its size."""
+    for axis, (owner_index, index, offset) in entries.items():
+        owner = ctx.graph.nodes[owner_index]
+        values = ctx.const(owner.input(index)).copy()
+        values.ravel()[offset] = int(keep[axis].sum())
+        ctx.graph.set_const(owner, index, values)

@@ -5,7 +5,10 @@ Each passes the channels through unchanged as long as it leaves the tracked axes
 
 from __future__ import annotations
 
+from onnx import helper
+
 from .base import Rule, normalize_axis, register
+from .hidden import MASKABLE_REDUCTIONS, mask_reduction
 from .shape_values import channel_dim, locate_entry, require_proportional
 
 
@@ -99,7 +102,12 @@ class PadRule(Rule):
 @register("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 class ReduceRule(Rule):
-    """Reducing over spatial axes keeps the channels; reducing over them is a barrier."""
+    """Reducing over spatial axes keeps the channels.
+
+    A sum-like reduction over exactly the tracked axis (RMSNorm's mean of squares over the
+    hidden size) reads across the channels: they may be pruned as a *hidden* group, and the
+    reduction then runs over the kept ones. Any other reduction over them is a barrier.
+    """
 
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
@@ -116,12 +124,24 @@ class ReduceRule(Rule):
             return ctx.barrier(node, "reduces over every axis")
         axes = {normalize_axis(int(a), x.rank) for a in axes}
         if axes & set(x.axes):
-            return ctx.barrier(node, "reduces over the channels")
+            dtype = ctx.graph.dtypes.get(node.input(0))
+            if (node.op not in MASKABLE_REDUCTIONS or axes != set(x.axes) or len(x.axes) != 1
+                    or dtype is None):
+                return ctx.barrier(node, "reduces over the channels")
+            ctx.mark_hidden(x.labels)
+            ctx.note(node, hidden=(x.axes[0], x.rank,
+                                   helper.tensor_dtype_to_np_dtype(dtype)))
+            return
         if int(node.attr("keepdims", 1)):
             return _pass(node, ctx, x)
         shifted = tuple(a - sum(1 for r in axes if r < a) for a in x.axes)
         ctx.set_map(node.proto.output[0], x.with_axes(x.rank - len(axes), shifted))
         ctx.note(node)
+
+    def mask_rewrite(self, node, ctx):
+        hidden = ctx.note_of(node).get("hidden")
+        if hidden:
+            mask_reduction(node, ctx, *hidden)
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")
