@@ -130,3 +130,47 @@ def test_packed_qkv_split_by_gather_prunes_heads():
                    for n in pruned.graph.node if n.op_type == "Gather"
                    for t in pruned.graph.initializer if t.name == n.input[1])
     assert picks == [0, 1, 2]   # q, k, v rows survive; the indices stay valid
+
+
+def batch_merged_heads_block():
+    """torchvision's nn.MultiheadAttention as the dynamo exporter writes it: sequence-first
+    [S, N, E], heads merged with the dynamic batch by ``view(S, N * H, D)``, then split out
+    again as [N, H, S, D] for the attention MatMuls."""
+    b = GraphBuilder()
+
+    def heads(x, perm):
+        merged = b.op("Reshape", [x, b.const(np.array([S, -1, D], np.int64))])     # [S, N·H, D]
+        x = b.op("Transpose", [merged], perm=[1, 0, 2])                             # [N·H, S, D]
+        x = b.op("Reshape", [x, b.const(np.array([-1, H, S, D], np.int64))])       # [N, H, S, D]
+        return b.op("Transpose", [x], perm=perm) if perm else x
+
+    q, k, v = (b.op("MatMul", ["x", b.weight(E, E)]) for _ in range(3))
+    scores = b.op("MatMul", [heads(q, None), heads(k, [0, 1, 3, 2])])
+    context = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), heads(v, None)])
+    context = b.op("Reshape", [b.op("Transpose", [context], perm=[2, 0, 1, 3]),
+                               b.const(np.array([S, -1, E], np.int64))])
+    return b.model({"x": [S, "N", E]}, [b.op("MatMul", [context, b.weight(E, E)])])
+
+
+def test_heads_merged_with_a_dynamic_batch_prune_whole():
+    model = batch_merged_heads_block()
+    heads = [g for g in onnxprune.inspect(model)["groups"] if g["kind"] == "heads"]
+    assert len(heads) == 1 and heads[0]["prunable"] and heads[0]["units"] == H
+    assert_oracle(model, ratio=0.5, shapes={"x": (S, 3, E)})   # batch 3: the tiling matters
+    pruned, report = onnxprune.prune(model, ratio=0.0, heads=0.5, round_to=1,
+                                     input_shapes={"x": (S, 2, E)})
+    assert report["check"]["ok"]
+    targets = {tuple(onnx.numpy_helper.to_array(t).tolist()) for n in pruned.graph.node
+               if n.op_type == "Reshape" for t in pruned.graph.initializer if t.name == n.input[1]}
+    assert {(S, -1, D), (-1, H // 2, S, D), (S, -1, E // 2)} <= targets
+
+
+def test_tiled_heads_reaching_an_unknown_op_are_a_barrier():
+    b = GraphBuilder()
+    q = b.op("MatMul", ["x", b.weight(E, E)])
+    merged = b.op("Reshape", [q, b.const(np.array([S, -1, D], np.int64))])
+    out = b.op("Reshape", [b.op("Relu", [merged]), b.const(np.array([S, -1, E], np.int64))])
+    model = b.model({"x": [S, "N", E]}, [b.op("MatMul", [out, b.weight(E, E)])])
+    reasons = {b["reason"] for b in onnxprune.inspect(model)["barriers"]}
+    assert any("merged with the batch" in r for r in reasons)
+    assert_oracle(model, ratio=0.5, shapes={"x": (S, 2, E)}, expect_pruned=False)

@@ -18,17 +18,26 @@ import numpy as np
 
 @dataclass
 class ChannelMap:
-    """Tracked channels of one tensor: ``labels`` has the tensor's dims along ``axes``."""
+    """Tracked channels of one tensor: ``labels`` has the tensor's dims along ``axes``.
+
+    An axis in ``tiled`` merges a dynamic outer dim with the channels (torch's
+    ``view(seq, batch * heads, head_dim)``): its size is batch × ``labels.shape[k]``, and the
+    labels repeat for every batch index. Only rules that declare ``follows_tiled`` see such
+    maps (see ``groups.analysis``).
+    """
 
     rank: int
     axes: tuple[int, ...]
     labels: np.ndarray
+    tiled: tuple[int, ...] = ()
 
     def __post_init__(self):
         if len(self.axes) != self.labels.ndim:
             raise ValueError("one label dimension per tracked axis")
         if list(self.axes) != sorted(set(self.axes)) or any(a < 0 or a >= self.rank for a in self.axes):
             raise ValueError(f"tracked axes must be sorted and within rank: {self.axes}")
+        if not set(self.tiled) <= set(self.axes):
+            raise ValueError(f"tiled axes must be tracked: {self.tiled}")
 
     @property
     def single_axis(self) -> int | None:
@@ -36,7 +45,9 @@ class ChannelMap:
         return self.axes[0] if len(self.axes) == 1 else None
 
     def with_axes(self, rank: int, axes: tuple[int, ...]) -> "ChannelMap":
-        return ChannelMap(rank, axes, self.labels)
+        """The same labels on other axes (``axes`` lists each tracked axis's new position)."""
+        tiled = tuple(new for old, new in zip(self.axes, axes) if old in self.tiled)
+        return ChannelMap(rank, axes, self.labels, tiled)
 
 
 class ChannelSpace:

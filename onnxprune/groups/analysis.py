@@ -132,6 +132,11 @@ class Analysis:
             if rule is None:
                 self.barrier(node, "no channel rule for this op")
                 continue
+            if not rule.follows_tiled and any(
+                    m is not None and m.tiled for m in map(self.map, node.proto.input)):
+                self.barrier(node, "heads merged with the batch axis reach an op that cannot "
+                                   "follow them")
+                continue
             try:
                 rule.propagate(node, self)
             except (ValueError, IndexError, KeyError, TypeError) as exc:

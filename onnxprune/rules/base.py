@@ -24,7 +24,13 @@ RULES: dict[str, "Rule"] = {}
 
 
 class Rule:
-    """Base class: the default rewrite changes nothing beyond the declared constants."""
+    """Base class: the default rewrite changes nothing beyond the declared constants.
+
+    ``follows_tiled``: the rule understands maps with tiled axes (heads merged with the batch,
+    see ``ChannelMap``); for every other rule such an input is a barrier.
+    """
+
+    follows_tiled = False
 
     def propagate(self, node, ctx) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

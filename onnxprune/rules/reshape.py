@@ -90,6 +90,59 @@ def _regroup(x: ChannelMap, in_shape, out_shape):
     return tuple(varying), full[index]
 
 
+def _split_symbolic(shape):
+    """Virtual axes of a shape: a dim like "12*batch" (ONNX Runtime's symbolic inference)
+    becomes two, the symbol outer and the factor inner, as ``view(S, batch * 12, d)`` lays
+    them out. Returns (virtual dims, real axis of each, is-factor-of-a-product flags) or None
+    for a dim it cannot read."""
+    dims, owner, factor = [], [], []
+    for p, d in enumerate(shape):
+        if isinstance(d, str) and "*" in d:
+            parts = d.split("*")
+            ints = [q for q in parts if q.strip().isdigit()]
+            syms = [q.strip() for q in parts if not q.strip().isdigit()]
+            if len(ints) != 1 or len(syms) != 1:
+                return None
+            dims += [syms[0], int(ints[0])]
+            owner += [p, p]
+            factor += [False, True]
+        elif d is None:
+            return None
+        else:
+            dims.append(d)
+            owner.append(p)
+            factor.append(False)
+    return dims, owner, factor
+
+
+def _regroup_tiled(x: ChannelMap, in_shape, out_shape):
+    """``_regroup`` through dims that merge a dynamic batch with channels ("12*batch"): the
+    shapes are split into virtual axes, the labels carried between those, and a product axis
+    whose factor holds labels comes out tiled. Returns (axes, labels, tiled) or None."""
+    vin, vout = _split_symbolic(in_shape), _split_symbolic(out_shape)
+    if vin is None or vout is None:
+        return None
+    (in_dims, in_owner, in_factor), (out_dims, out_owner, out_factor) = vin, vout
+    if len(in_dims) == len(in_shape) and len(out_dims) == len(out_shape):
+        return None                                  # no product dims: nothing to add
+    virtual_axes = []
+    for j, a in enumerate(x.axes):
+        spots = [v for v, p in enumerate(in_owner) if p == a and isinstance(in_dims[v], int)]
+        if len(spots) != 1 or (a in x.tiled) != in_factor[spots[0]] \
+                or in_dims[spots[0]] != x.labels.shape[j]:
+            return None
+        virtual_axes.append(spots[0])
+    moved = _regroup(ChannelMap(len(in_dims), tuple(virtual_axes), x.labels), in_dims, out_dims)
+    if moved is None:
+        return None
+    axes, labels = moved
+    real = [out_owner[v] for v in axes]
+    if len(set(real)) != len(real) or any(not isinstance(out_dims[v], int) for v in axes):
+        return None
+    tiled = tuple(sorted(out_owner[v] for v in axes if out_factor[v]))
+    return tuple(real), labels, tiled
+
+
 def _blocks(in_shape, out_shape, axes):
     """Blocks (a, b, c, d) holding the tracked axes: one block over all of them, else one per
     axis when those are disjoint, in order, and the dims between them agree."""
@@ -134,14 +187,19 @@ def _carry(ctx, node, x, in_shape, out_shape):
     if in_shape is None or out_shape is None:
         ctx.barrier(node, "input or output shape unknown")
         return None
-    moved = _regroup(x, in_shape, out_shape)
+    moved = _regroup(x, in_shape, out_shape) if not x.tiled else None
+    tiled = ()
+    if moved is None:
+        moved = _regroup_tiled(x, in_shape, out_shape)
+        if moved is not None:
+            *moved, tiled = moved
     if moved is None:
         ctx.barrier(node, "channels sit in a block of dynamic or mismatched dims")
         return None
     axes, labels = moved
     if labels.ndim > 1:
         ctx.defer_shaping(lambda: _rectangular(ctx, labels))
-    y = ChannelMap(len(out_shape), axes, labels)
+    y = ChannelMap(len(out_shape), axes, labels, tiled)
     ctx.set_map(node.proto.output[0], y)
     return y
 
@@ -149,7 +207,11 @@ def _carry(ctx, node, x, in_shape, out_shape):
 @register("Reshape")
 class ReshapeRule(Rule):
     """Every entry of the target is accounted for: constants at channel axes are rewritten,
-    run-time entries that read channel counts must stay proportional (``shape_values``)."""
+    run-time entries that read channel counts must stay proportional (``shape_values``).
+    Heads merged with a dynamic batch (``[S, B, E] → [S, B·H, d]`` and back) are followed as
+    tiled axes (see ``ChannelMap``)."""
+
+    follows_tiled = True
 
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
@@ -211,7 +273,11 @@ def _resolve_target(ctx, node, in_shape, inferred):
             continue
         owner, index, offset = (node.index, 1, t) if loc[0] == "const" else loc[1:]
         value = int(ctx.const(ctx.graph.nodes[owner].input(index))[offset])
-        dims[t] = in_shape[t] if value == 0 else (None if value == -1 else value)
+        if value == -1:   # what remains: keep a symbolic size inference found ("12*batch")
+            dims[t] = dims[t] if isinstance(dims[t], str) and not dims[t].startswith(
+                "unk__") else None
+        else:
+            dims[t] = in_shape[t] if value == 0 else value
     if dims.count(None) == 1 and None not in in_shape:
         known = [d for d in dims if d is not None]
         if Counter(d for d in known if isinstance(d, str)) == Counter(
@@ -247,6 +313,8 @@ class FlattenRule(Rule):
 
 @register("Transpose")
 class TransposeRule(Rule):
+    follows_tiled = True
+
     def propagate(self, node, ctx):
         x = ctx.map(node.input(0))
         if x is None:
@@ -255,7 +323,9 @@ class TransposeRule(Rule):
         new_pos = {old: new for new, old in enumerate(perm)}
         order = sorted(range(len(x.axes)), key=lambda k: new_pos[x.axes[k]])
         axes = tuple(new_pos[x.axes[k]] for k in order)
-        ctx.set_map(node.proto.output[0], ChannelMap(x.rank, axes, x.labels.transpose(order)))
+        tiled = tuple(sorted(new_pos[a] for a in x.tiled))
+        ctx.set_map(node.proto.output[0],
+                    ChannelMap(x.rank, axes, x.labels.transpose(order), tiled))
         ctx.note(node)
 
 

@@ -204,7 +204,9 @@ def _slice_of_shape(ctx, name: str, k: int) -> DimExpr | None:
     if span is None:
         return None
     start, length = span
-    return DimExpr(source.input(0), start + normalize_axis(int(starts[0]), length) + k)
+    first = int(starts[0])
+    first = min(max(first + length if first < 0 else first, 0), length)  # as Slice clamps
+    return DimExpr(source.input(0), start + first + k)
 
 
 def channel_dim(ctx, expr: DimExpr | None) -> bool:
