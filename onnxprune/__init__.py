@@ -4,8 +4,8 @@
     pruned, report = onnxprune.prune("model.onnx", ratio=0.5)
 """
 
-from .api import inspect, prune
+from .api import Strategy, inspect, prune
 from .errors import OnnxPruneError, UserError, VerificationError
 
-__all__ = ["OnnxPruneError", "UserError", "VerificationError", "inspect", "prune"]
+__all__ = ["OnnxPruneError", "Strategy", "UserError", "VerificationError", "inspect", "prune"]
 __version__ = "0.1.0"

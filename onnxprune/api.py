@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
 
-from .allocation import Plan, allocate
+from .allocation import ALLOCATIONS, Plan, allocate
 from .errors import UserError, VerificationError
 from .graph import ModelGraph
 from .groups import Analysis, Group, analyze, find_groups
-from .importance import l2_magnitude
+from .calibration import capture_stats, load_calibration
+from .compensation import METHODS, compensate, obs_inputs, obs_patches
+from .importance import (CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, consumed_inputs,
+                         normalize, score)
 from .io import load_model
 from .rewrite import apply_plan
 from .rewrite.apply import project
@@ -24,6 +27,52 @@ from .verify import compare_outputs, count_cost, make_inputs
 from .verify.cost import Cost, count_params, node_macs
 
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How channels are chosen: the criterion, how member scores combine into a group score
+    (``reduction``), how groups are made comparable (``normalization``, for global
+    allocation), how the ratio is spread over groups (``allocation``), and the most a single
+    group may lose under global allocation (``max_ratio``)."""
+
+    criterion: str = "l2"
+    reduction: str = "sum"
+    normalization: str = "mean"
+    allocation: str = "uniform"
+    max_ratio: float = 0.9
+    seed: int = 0
+    compensate: str | None = None   # none, bias, obs; default: obs for obspa, else none
+
+    @property
+    def compensation(self) -> str:
+        if self.compensate is not None:
+            return self.compensate
+        return "obs" if self.criterion in ("obs", "obspa") else "none"
+
+    @property
+    def needs(self) -> str | None:
+        """What data the strategy reads: "calibration", "synthetic" or None."""
+        need = CRITERIA[self.criterion].needs if self.criterion in CRITERIA else "weights"
+        if need == "weights" and self.compensation != "none":
+            return "synthetic" if self.criterion == "obspa" else "calibration"
+        return None if need == "weights" else need
+
+    def check(self, has_calibration: bool = False) -> None:
+        for name, value, allowed in (("criterion", self.criterion, tuple(CRITERIA)),
+                                     ("group reduction", self.reduction, REDUCTIONS),
+                                     ("normalization", self.normalization, NORMALIZATIONS),
+                                     ("allocation", self.allocation, ALLOCATIONS),
+                                     ("compensation", self.compensation, METHODS)):
+            if value not in allowed:
+                raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.needs == "calibration" and not has_calibration:
+            what = (f"criterion {self.criterion!r}" if CRITERIA[self.criterion].needs ==
+                    "calibration" else f"--compensate {self.compensation}")
+            raise UserError(f"{what} needs calibration data (--calib data.npz, or --calib "
+                            f"random)")
+        if not 0.0 < self.max_ratio < 1.0:
+            raise UserError(f"max-ratio must be in (0, 1), got {self.max_ratio}")
 
 
 @dataclass
@@ -75,13 +124,20 @@ def inspect(model, exclude: tuple[str, ...] = (), input_shapes=None) -> dict:
 def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
           exclude: tuple[str, ...] = (), input_shapes=None, verify: bool = True,
           tolerance: float = 1e-4, seed: int = 0, heads: float | None = None,
-          mlp: float | None = None, hidden: float | None = None) -> tuple[onnx.ModelProto, dict]:
+          mlp: float | None = None, hidden: float | None = None,
+          strategy: Strategy | None = None, calib=None) -> tuple[onnx.ModelProto, dict]:
     """Prune ``ratio`` of the channels of every prunable group; return (model, report).
+
+    ``model`` is a path, a ModelProto, or an :class:`Analyzed` model (its analysis is reused;
+    ``exclude`` must then have been given to :func:`analyze_model`).
 
     ``heads`` and ``mlp`` override ``ratio`` for attention-head groups and for neurons between
     Linear layers. ``hidden`` prunes the hidden size (channels that a LayerNorm or RMSNorm
     reads across); it is never pruned without it, because the norms then average over fewer
-    channels and the model computes a different function (the report says so). With ``verify`` (the default) the result must pass the full checker, run on
+    channels and the model computes a different function (the report says so). ``strategy``
+    picks the criterion and allocation (default: group L2, uniform); ``calib`` is calibration
+    data for the criteria that need it: an ``.npz`` path, ``"random"``, or a list of feed
+    dicts. With ``verify`` (the default) the result must pass the full checker, run on
     ONNX Runtime and match the masked original within ``tolerance``; otherwise
     VerificationError is raised and nothing is returned.
     """
@@ -92,15 +148,25 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
             raise UserError(f"{name} must be in [0, 1), got {value}")
     if round_to < 1:
         raise UserError(f"round-to must be a positive integer, got {round_to}")
-    a = analyze_model(model, exclude)
-    plan, removed = plan_for(a, ratio, round_to, by_kind)
-    pruned = apply_plan(a.model, a.analysis, removed, "prune")
+    strategy = strategy or Strategy()
+    strategy.check(calib is not None)
+    a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
+    if strategy.needs == "synthetic" and calib is None:
+        calib = "random"
+    gram = strategy.compensation == "obs" or strategy.criterion in ("obs", "obspa")
+    stats = calibration_stats(a, calib, input_shapes, gram) if strategy.needs else None
+    plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats)
+    base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation)
+    notes += more
+    pruned = apply_plan(base, a.analysis, removed, "prune")
     report = _report(a, plan, pruned, removed, ratio, round_to, input_shapes)
+    report["strategy"] = {**asdict(strategy), "compensate": strategy.compensation,
+                          "calibration": _describe(calib, stats), "notes": notes}
     report["ratios_by_kind"] = by_kind
     report["changes_function"] = any(
         g["removed"] for g in report["groups"] if g["kind"] == "hidden")
     if verify:
-        masked = apply_plan(a.model, a.analysis, removed, "mask")
+        masked = apply_plan(base, a.analysis, removed, "mask")
         feeds = make_inputs(a.model, input_shapes, seed)
         result = compare_outputs(pruned, masked, feeds, tolerance)
         report["check"] = {"checker": result.checker, "runs": result.runs,
@@ -116,21 +182,51 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
 
 
 def masked_original(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
-                    exclude: tuple[str, ...] = (), by_kind: dict[str, float] | None = None
+                    exclude: tuple[str, ...] = (), by_kind: dict[str, float] | None = None,
+                    strategy: Strategy | None = None, stats=None
                     ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(pruned, masked original) without verification: the pair tests compare."""
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
-    removed = plan_for(a, ratio, round_to, by_kind)[1]
-    return (apply_plan(a.model, a.analysis, removed, "prune"),
-            apply_plan(a.model, a.analysis, removed, "mask"))
+    strategy = strategy or Strategy()
+    removed = plan_for(a, ratio, round_to, by_kind, strategy, stats)[1]
+    base = compensate(a.model, a.analysis, removed, stats, strategy.compensation)[0]
+    return (apply_plan(base, a.analysis, removed, "prune"),
+            apply_plan(base, a.analysis, removed, "mask"))
 
 
 def plan_for(a: Analyzed, ratio: float, round_to: int,
-             by_kind: dict[str, float] | None = None) -> tuple[Plan, np.ndarray]:
-    """The plan and the removed-atom mask (L2 magnitude, one ratio per group kind)."""
-    scores = l2_magnitude(a.analysis, a.roots)
-    plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to, by_kind)
-    return plan, plan.removed_atoms(a.roots)
+             by_kind: dict[str, float] | None = None,
+             strategy: Strategy | None = None, stats=None) -> tuple[Plan, np.ndarray]:
+    """The plan and the removed-atom mask (one ratio per group kind)."""
+    plan, removed, _ = _plan(a, ratio, round_to, by_kind, strategy or Strategy(), stats)
+    return plan, removed
+
+
+def calibration_stats(a: Analyzed, calib, input_shapes=None, gram: bool = True):
+    """Per-channel statistics of the tensors linear layers read, on calibration data (an .npz
+    path, "random", or a list of feed dicts), with the Gram matrices OBS needs."""
+    batches = load_calibration(calib, a.model, input_shapes) if isinstance(calib, str) else calib
+    return capture_stats(a.model, consumed_inputs(a.analysis), batches,
+                         obs_inputs(a.analysis) if gram else set(),
+                         obs_patches(a.analysis) if gram else None)
+
+
+def _describe(calib, stats) -> dict | None:
+    if stats is None:
+        return None
+    source = calib if isinstance(calib, str) else "feeds given by the caller"
+    return {"source": "synthetic (random inputs)" if calib == "random" else source,
+            "samples": stats.samples}
+
+
+def _plan(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats=None):
+    ctx = ScoringContext(a.analysis, a.roots, a.groups, strategy.reduction, strategy.seed,
+                         stats)
+    scores = score(strategy.criterion, ctx)
+    ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalization)
+    plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to, by_kind,
+                    strategy.allocation, strategy.max_ratio, ranking)
+    return plan, plan.removed_atoms(a.roots), ctx.notes
 
 
 def _group_entry(g: Group, plan: Plan | None = None) -> dict:
@@ -159,7 +255,7 @@ def _report(a: Analyzed, plan: Plan, pruned, removed, ratio, round_to, input_sha
     after = count_cost(pruned, input_shapes)
     sizes = _sliced_sizes(a, removed)
     return {
-        "ratio": ratio, "round_to": round_to, "criterion": "l2-magnitude",
+        "ratio": ratio, "round_to": round_to,
         "params": {"before": before.params, "after": after.params,
                    "planned_after": _planned_params(a, sizes, before.params)},
         "macs": {"before": before.macs, "after": after.macs,

@@ -14,6 +14,9 @@ from importlib import resources
 import click
 
 from . import api
+from .allocation import ALLOCATIONS
+from .compensation import METHODS
+from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from .errors import EXIT_INTERNAL, OnnxPruneError, UserError
 from .io import save_model
 
@@ -81,13 +84,13 @@ def print_prune_summary(report: dict) -> None:
 
 
 def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance,
-               heads=None, mlp=None, hidden=None):
+               heads=None, mlp=None, hidden=None, strategy=None, calib=None):
     shapes = parse_shapes(input_shape)
     if os.path.abspath(output) == os.path.abspath(str(model)):
         raise UserError("the output path is the input file; choose another -o")
     pruned, report = api.prune(model, ratio=ratio, round_to=round_to, exclude=tuple(exclude),
                                input_shapes=shapes, tolerance=tolerance, heads=heads, mlp=mlp,
-                               hidden=hidden)
+                               hidden=hidden, strategy=strategy, calib=calib)
     save_model(pruned, output)
     report["output"] = str(output)
     if report_path:
@@ -129,11 +132,33 @@ def cli():
               help="Write the plan and results as JSON.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Max relative error against the masked original.")
+@click.option("--criterion", default="l2", show_default=True,
+              help=f"How channels are scored: {', '.join(sorted(CRITERIA))}.")
+@click.option("--group-reduction", default="sum", show_default=True,
+              help=f"Combine a group's member scores by {', '.join(REDUCTIONS)}.")
+@click.option("--normalize", "normalization", default="mean", show_default=True,
+              help=f"Make groups comparable for --allocation global: {', '.join(NORMALIZATIONS)}.")
+@click.option("--allocation", default="uniform", show_default=True,
+              help=f"Spread the ratio over groups: {', '.join(ALLOCATIONS)}.")
+@click.option("--max-ratio", type=float, default=0.9, show_default=True,
+              help="Most of one group that --allocation global may remove.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the random criterion and the check inputs.")
+@click.option("--calib", default=None, metavar="DATA.npz|random",
+              help="Calibration inputs for data-driven criteria: an .npz with one array per "
+                   "model input (samples on axis 0), or 'random'.")
+@click.option("--compensate", default=None,
+              help=f"Re-fit the layers that read removed channels: {', '.join(METHODS)} "
+                   "(default: obs for --criterion obspa, else none). Needs --calib, except "
+                   "with obspa.")
 def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
-          tolerance):
+          tolerance, criterion, group_reduction, normalization, allocation, max_ratio, seed,
+          calib, compensate):
     """Prune MODEL and write a smaller, verified model."""
+    strategy = api.Strategy(criterion, group_reduction, normalization, allocation, max_ratio,
+                            seed, compensate)
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
-               input_shape, report_path, tolerance, heads, mlp, hidden)
+               input_shape, report_path, tolerance, heads, mlp, hidden, strategy, calib)
 
 
 @cli.command()

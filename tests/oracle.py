@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.api import analyze_model, masked_original
+from onnxprune.api import Analyzed, analyze_model, masked_original
 from onnxprune.verify import count_cost, make_inputs, run_model
 from onnxprune.verify.checks import relative_error, user_inputs
 
@@ -13,10 +13,10 @@ TOLERANCE = 1e-4
 
 
 def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
-                  exclude=(), by_kind=None) -> dict:
+                  exclude=(), by_kind=None, strategy=None, stats=None) -> dict:
     """1. checker + ORT + same IO; 2. ratio 0 is bit-identical; 3. mask equivalence;
     4. MACs/params fall as the weights say. Returns the measured numbers."""
-    analyzed = analyze_model(model, exclude)
+    analyzed = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
     original = analyzed.model
     feeds = make_inputs(original, shapes)
     reference = run_model(original, feeds)
@@ -26,7 +26,8 @@ def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
     for name, want in reference.items():
         assert np.array_equal(same[name], want), f"ratio 0 changed output {name}"
 
-    pruned, masked = masked_original(analyzed, ratio=ratio, round_to=round_to, by_kind=by_kind)
+    pruned, masked = masked_original(analyzed, ratio=ratio, round_to=round_to, by_kind=by_kind,
+                                     strategy=strategy, stats=stats)
     onnx.checker.check_model(pruned, full_check=True)
     assert user_inputs(pruned) == user_inputs(original)
     assert [o.name for o in pruned.graph.output] == [o.name for o in original.graph.output]

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 import onnxprune
 from models import zoo
+from onnxprune.api import analyze_model
 from onnxprune.graph import ModelGraph
 
 from .oracle import assert_oracle
@@ -72,9 +73,11 @@ def test_zoo_model_prunes_correctly(name, exporter):
     model = onnx.load(str(path))
     if entry["source"] == "onnx-light":
         model = break_symmetry(model)
-    stats = assert_oracle(model, ratio=0.5, shapes=shapes, round_to=8,
+    analyzed = analyze_model(model)   # one analysis serves the oracle and the report
+    stats = assert_oracle(analyzed, ratio=0.5, shapes=shapes, round_to=8,
                           expect_pruned=name not in NOT_EXPECTED_TO_SHRINK)
-    _, report = onnxprune.prune(model, ratio=0.5, round_to=8, input_shapes=shapes, verify=False)
+    _, report = onnxprune.prune(analyzed, ratio=0.5, round_to=8, input_shapes=shapes,
+                                verify=False)
     planned, measured = report["macs"]["planned_after"], report["macs"]["after"]
     if measured is not None:
         assert planned == measured, "MACs differ from what the plan says"
@@ -101,9 +104,7 @@ def test_zoo_hidden_size_prunes_correctly(name, exporter):
     entry = zoo.entry(name)
     if not _available(entry):
         pytest.skip(f"{entry['source']} is not installed")
-    model = onnx.load(str(zoo.ensure(name, exporter)))
+    analyzed = analyze_model(onnx.load(str(zoo.ensure(name, exporter))))
     shapes = {i["name"]: tuple(i["test_shape"]) for i in entry["inputs"]}
-    hidden = [g for g in onnxprune.inspect(model, input_shapes=shapes)["groups"]
-              if g["kind"] == "hidden"]
-    assert hidden and any(g["prunable"] for g in hidden)
-    assert_oracle(model, ratio=0.5, shapes=shapes, round_to=8, by_kind={"hidden": 0.5})
+    assert any(g.prunable and g.size > 1 for g in analyzed.groups if g.kind == "hidden")
+    assert_oracle(analyzed, ratio=0.5, shapes=shapes, round_to=8, by_kind={"hidden": 0.5})

@@ -1,5 +1,5 @@
 """Allocation: how many channels each group keeps, and which."""
 
-from .ratio import GroupPlan, Plan, allocate
+from .ratio import ALLOCATIONS, GroupPlan, Plan, allocate
 
-__all__ = ["GroupPlan", "Plan", "allocate"]
+__all__ = ["ALLOCATIONS", "GroupPlan", "Plan", "allocate"]

@@ -1,4 +1,4 @@
-"""Uniform per-group ratio with hardware-friendly rounding.
+"""Per-group ratios (uniform, or from one global ranking) with hardware-friendly rounding.
 
 Each prunable group keeps ``round(size · (1 − ratio))`` components, rounded to a multiple of
 ``round_to`` channels (a component may span several channels, e.g. one column of a grouped
@@ -51,16 +51,34 @@ def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
     return int(min(size, max(step, keep, 1)))
 
 
+ALLOCATIONS = ("uniform", "global")
+
+
 def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores: np.ndarray,
-             ratio: float, round_to: int = 1, by_kind: dict[str, float] | None = None) -> Plan:
+             ratio: float, round_to: int = 1, by_kind: dict[str, float] | None = None,
+             allocation: str = "uniform", max_ratio: float = 0.9,
+             ranking: np.ndarray | None = None) -> Plan:
     """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels");
-    "hidden" groups are pruned only at their own ratio in ``by_kind``."""
-    plan = Plan()
+    "hidden" groups are pruned only at their own ratio in ``by_kind``.
+
+    ``uniform``: every group loses its kind's ratio. ``global``: all components of a kind are
+    ranked together by ``ranking`` (scores normalized per group, see
+    ``importance.normalize``) and the lowest go until the kind's ratio of its channels is
+    reached, no group losing more than ``max_ratio``; each group's share is then rounded to
+    ``round_to`` like a uniform ratio. Within a group the lowest ``scores`` go.
+    """
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {allocation!r} (one of {ALLOCATIONS})")
     by_kind = {**OPT_IN_KINDS, **(by_kind or {})}
+    ratios = {g.id: (by_kind.get(g.kind, ratio) if g.prunable else 0.0) for g in groups}
+    if allocation == "global":
+        ratios = _global_ratios(groups, ratios, scores if ranking is None else ranking,
+                                max_ratio)
+    plan = Plan()
     for group in groups:
         comps = group.components
-        group_ratio = by_kind.get(group.kind, ratio)
-        if not group.prunable or group_ratio <= 0:
+        group_ratio = ratios[group.id]
+        if group_ratio <= 0:
             keep = len(comps)
         else:
             keep = kept_count(len(comps), group.width, group_ratio, round_to)
@@ -71,6 +89,30 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
         plan.removed_roots.update(comps[removed].tolist())
     _keep_every_tensor_alive(analysis, roots, scores, plan, groups)
     return plan
+
+
+def _global_ratios(groups, ratios, ranking, max_ratio) -> dict[int, float]:
+    """Per-group ratios from one ranking per kind (groups that take part share a budget)."""
+    out = {g.id: 0.0 for g in groups}
+    kinds = {g.kind for g in groups if ratios[g.id] > 0 and g.size > 1}
+    for kind in kinds:
+        members = [g for g in groups if g.kind == kind and ratios[g.id] > 0 and g.size > 1]
+        target = ratios[members[0].id]
+        budget = target * sum(g.size * g.width for g in members)
+        entries = sorted((float(ranking[r]), g.id, g.width)
+                         for g in members for r in g.components.tolist())
+        cap = {g.id: min(int(np.floor(max_ratio * g.size)), g.size - 1) for g in members}
+        taken = dict.fromkeys(cap, 0)
+        removed = 0.0
+        for _, gid, width in entries:
+            if removed >= budget:
+                break
+            if taken[gid] < cap[gid]:
+                taken[gid] += 1
+                removed += width
+        for g in members:
+            out[g.id] = taken[g.id] / g.size
+    return out
 
 
 def _keep_every_tensor_alive(analysis, roots, scores, plan, groups) -> None:

@@ -1,5 +1,13 @@
-"""Importance: one score per component, computed in the group's own coordinates."""
+"""Importance: one score per component, computed in the group's own coordinates.
 
+``base`` holds the registry and the member reduction / group normalization; each module adds
+criteria (``magnitude``: data-free weight criteria; ``activation``: criteria that read
+calibration data; ``obs``: OBS saliency, from calibration or synthetic data)."""
+
+from . import activation, magnitude, obs  # noqa: F401 - importing a module registers criteria
+from .activation import consumed_inputs
+from .base import CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, normalize, score
 from .magnitude import l2_magnitude
 
-__all__ = ["l2_magnitude"]
+__all__ = ["CRITERIA", "consumed_inputs", "NORMALIZATIONS", "REDUCTIONS", "ScoringContext", "l2_magnitude",
+           "normalize", "score"]

@@ -1,37 +1,86 @@
-"""Group-level L2 magnitude: the squared norm of every weight slice a channel owns, summed
-over all members of its group (producers' rows, consumers' columns, BN scales)."""
+"""Data-free criteria that read the weights only: L1 and L2 magnitude, BN scale, FPGM, and
+random (the honest baseline every other criterion must beat)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..groups import Analysis
+from .base import MemberScores, ScoringContext, criterion, per_atom
+
+NORM_OPS = {"BatchNormalization", "InstanceNormalization", "GroupNormalization",
+            "LayerNormalization"}
+
+
+def _magnitude(ctx: ScoringContext, power: int) -> np.ndarray:
+    acc = MemberScores(len(ctx.roots), ctx.roots, ctx.reduction)
+    for use in ctx.scored_uses():
+        value = ctx.value(use)
+        if value is not None:
+            acc.add(use.labels, per_atom(use, np.abs(value, dtype=np.float64) ** power))
+    return acc.result()
+
+
+@criterion("l1")
+def l1(ctx: ScoringContext) -> np.ndarray:
+    """Sum of |w| over every weight slice a component owns (producers' filters, consumers'
+    input columns, norm scales), reduced across the group's members."""
+    return _magnitude(ctx, 1)
+
+
+@criterion("l2")
+def l2(ctx: ScoringContext) -> np.ndarray:
+    """Sum of w² over every weight slice a component owns, reduced across members."""
+    return _magnitude(ctx, 2)
+
+
+@criterion("bn_scale")
+def bn_scale(ctx: ScoringContext) -> np.ndarray:
+    """|γ| of the normalizations in the group (network slimming). Groups without one fall back
+    to L2, and the report says which."""
+    graph = ctx.analysis.graph
+    acc = MemberScores(len(ctx.roots), ctx.roots, ctx.reduction)
+    for use in ctx.scored_uses():
+        if graph.nodes[use.node].op in NORM_OPS and use.input_index == 1:
+            value = ctx.value(use)
+            if value is not None:
+                acc.add(use.labels, per_atom(use, np.abs(value, dtype=np.float64)))
+    scores = acc.result()
+    fallback = None
+    for g in ctx.groups:
+        if g.prunable and not acc.count[g.components].any():
+            fallback = _magnitude(ctx, 2) if fallback is None else fallback
+            scores[g.components] = fallback[g.components]
+            ctx.notes.append(f"group {g.id}: no normalization scale, scored by l2")
+    return scores
+
+
+@criterion("fpgm")
+def fpgm(ctx: ScoringContext) -> np.ndarray:
+    """Filter pruning via geometric median: a producer's filter close to all the others (small
+    summed distance) is redundant. Consumers' columns are not filters and do not count."""
+    acc = MemberScores(len(ctx.roots), ctx.roots, ctx.reduction)
+    for use in ctx.scored_uses():
+        value = ctx.value(use)
+        if value is None or use.consume or len(use.axes) != 1 or value.ndim < 2:
+            continue
+        (axis, label_axis), = use.axes.items()
+        if use.labels.ndim != 1:
+            continue
+        rows = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1).astype(np.float64)
+        sq = np.square(rows).sum(axis=1)
+        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * rows @ rows.T, 0.0))
+        acc.add(use.labels, dist.sum(axis=1))
+    return acc.result()
+
+
+@criterion("random")
+def random(ctx: ScoringContext) -> np.ndarray:
+    """Uniform random scores (seeded): the baseline that shows what a criterion is worth."""
+    rng = np.random.default_rng(ctx.seed)
+    return rng.random(len(ctx.roots))
 
 
 def l2_magnitude(analysis: Analysis, roots: np.ndarray) -> np.ndarray:
-    """Score per atom's component: index the result with a root atom id."""
-    per_atom = np.zeros(len(roots), dtype=np.float64)
-    squares: dict[tuple[int, int], np.ndarray] = {}
-    for use in analysis.params:
-        if not use.score:
-            continue
-        key = (use.node, use.input_index)
-        if key not in squares:
-            value = analysis.graph.const(analysis.graph.nodes[use.node].input(use.input_index))
-            if value is None or not np.issubdtype(value.dtype, np.floating):
-                continue
-            squares[key] = np.square(value, dtype=np.float32)
-        squared = squares[key]
-        kept_axes = sorted(use.axes)
-        other = tuple(a for a in range(squared.ndim) if a not in use.axes)
-        reduced = squared.sum(axis=other, dtype=np.float64) if other else squared
-        # reduced has the constant's mapped axes in ascending order; lay them out as labels.
-        order = [use.axes[a] for a in kept_axes]
-        shape = [1] * use.labels.ndim
-        for size, label_axis in zip(reduced.shape, order):
-            shape[label_axis] = size
-        arranged = np.transpose(reduced, np.argsort(order)).reshape(shape)
-        np.add.at(per_atom, use.labels.ravel(), np.broadcast_to(arranged, use.labels.shape).ravel())
-    per_component = np.zeros(len(roots), dtype=np.float64)
-    np.add.at(per_component, roots, per_atom)
-    return per_component
+    """Group L2 (sum of squares across members): the default criterion."""
+    return l2(ScoringContext(analysis, roots, []))

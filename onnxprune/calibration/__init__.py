@@ -1,0 +1,7 @@
+"""Calibration data: loading it (``data``) and the per-channel statistics that data-driven
+criteria and compensation read, captured through ONNX Runtime (``capture``)."""
+
+from .capture import ChannelStats, capture_stats
+from .data import load_calibration
+
+__all__ = ["ChannelStats", "capture_stats", "load_calibration"]

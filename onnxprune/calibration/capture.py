@@ -1,0 +1,117 @@
+"""Per-channel statistics of intermediate tensors on calibration data, through ONNX Runtime.
+
+The tensors to watch are exposed as extra graph outputs of a copy of the model; each batch's
+values are reduced at once over every axis that carries no tracked channels, so memory stays
+at one batch. What is kept per channel position (laid out like the tensor's ChannelMap
+labels): the element count, Σx, Σx², Σ|x| and the number of exact zeros, and, for the inputs
+of linear layers, the Gram matrix XᵀX over the channels (OBS compensation needs it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..graph import ChannelMap
+from ..verify.checks import session
+
+
+@dataclass
+class Moments:
+    count: int = 0
+    sum: np.ndarray | None = None
+    sum_sq: np.ndarray | None = None
+    sum_abs: np.ndarray | None = None
+    zeros: np.ndarray | None = None
+    gram: np.ndarray | None = None   # Σ over samples of x xᵀ (channels flattened)
+    patches: dict = field(default_factory=dict)   # conv node → (Σ p pᵀ over patches, count)
+
+    def add(self, values: np.ndarray, cmap: ChannelMap, gram: bool) -> None:
+        other = tuple(a for a in range(values.ndim) if a not in cmap.axes)
+        x = values.astype(np.float64)
+        n = int(np.prod([values.shape[a] for a in other], dtype=np.int64))
+        parts = (x.sum(other), np.square(x).sum(other), np.abs(x).sum(other),
+                 (x == 0).sum(other).astype(np.float64))
+        if self.sum is None:
+            self.sum, self.sum_sq, self.sum_abs, self.zeros = parts
+        else:
+            self.sum += parts[0]
+            self.sum_sq += parts[1]
+            self.sum_abs += parts[2]
+            self.zeros += parts[3]
+        self.count += n
+        if gram:
+            flat = np.moveaxis(x, cmap.axes, range(x.ndim - len(cmap.axes), x.ndim))
+            flat = flat.reshape(-1, int(np.prod(cmap.labels.shape)))
+            g = flat.T @ flat
+            self.gram = g if self.gram is None else self.gram + g
+
+    def add_patches(self, values: np.ndarray, key, window) -> None:
+        """The Gram matrix of a k×k conv's input patches (channel-major, then kernel
+        positions, as the weight is laid out)."""
+        p = unfold(values.astype(np.float64), *window)
+        g = p.T @ p
+        old, count = self.patches.get(key, (0.0, 0))
+        self.patches[key] = (old + g, count + p.shape[0])
+
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    def mean_abs(self) -> np.ndarray:
+        return self.sum_abs / max(self.count, 1)
+
+    def rms(self) -> np.ndarray:
+        return np.sqrt(self.sum_sq / max(self.count, 1))
+
+    def zero_rate(self) -> np.ndarray:
+        return self.zeros / max(self.count, 1)
+
+
+@dataclass
+class ChannelStats:
+    """Moments per watched tensor name; ``samples`` counts calibration samples seen."""
+
+    tensors: dict[str, Moments] = field(default_factory=dict)
+    samples: int = 0
+
+    def get(self, name: str) -> Moments | None:
+        return self.tensors.get(name)
+
+
+def unfold(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
+    """2-D conv input [N, C, H, W] → patches [N·outH·outW, C·kh·kw]."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = np.lib.stride_tricks.sliding_window_view(
+        x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]          # [N, C, oH, oW, kh, kw]
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(
+        -1, x.shape[1] * kh * kw)
+
+
+def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
+                  gram_for: set[str] = frozenset(), patches_for: dict | None = None
+                  ) -> ChannelStats:
+    """Run ``batches`` through ``model`` and reduce every tensor in ``maps`` to per-channel
+    moments (with the Gram matrix for names in ``gram_for``, and the patch Gram matrices of
+    the convs in ``patches_for``: {tensor: [(conv key, window)]})."""
+    patches_for = patches_for or {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = {o.name for o in probe.graph.output}
+    for name in maps:
+        if name not in declared:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = session(probe)
+    names = list(maps)
+    stats = ChannelStats({n: Moments() for n in names})
+    for feeds in batches:
+        values = sess.run(names, feeds)
+        for name, value in zip(names, values):
+            stats.tensors[name].add(value, maps[name], name in gram_for)
+            for key, window in patches_for.get(name, []):
+                stats.tensors[name].add_patches(value, key, window)
+        stats.samples += len(next(iter(feeds.values())))
+    return stats

@@ -1,0 +1,87 @@
+"""Where calibration inputs come from: an ``.npz`` file (one array per model input, samples on
+the first axis) or ``random`` (seeded random inputs of the right shapes and dtypes)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+
+from ..errors import UserError
+from ..verify.checks import input_shapes, make_inputs, user_inputs
+
+DEFAULT_RANDOM_SAMPLES = 32
+
+
+def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_size: int = 16,
+                     samples: int = DEFAULT_RANDOM_SAMPLES, seed: int = 0
+                     ) -> list[dict[str, np.ndarray]]:
+    """Batches of feeds for ``model``. Every input must be given with the model's dtype and
+    its static dims; the first (batch) axis is split into batches of ``batch_size``, or of the
+    model's own batch size when that is fixed (samples that do not fill a batch are left out)."""
+    names = user_inputs(model)
+    fixed = _fixed_batch(model, names)
+    batch_size = fixed or batch_size
+    if source == "random":
+        concrete = input_shapes(model, shapes)
+        one = {n: (1,) + tuple(concrete[n][1:]) for n in names}
+        if fixed:
+            samples = max(samples - samples % fixed, fixed)
+        return _batches([make_inputs(model, one, seed + k) for k in range(samples)], batch_size)
+    if not os.path.isfile(source):
+        raise UserError(f"calibration data not found: {source} (give an .npz file or 'random')")
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
+        raise UserError(f"cannot read calibration data {source}: {exc}") from None
+    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    _check(model, names, arrays, source)
+    count = len(next(iter(arrays.values())))
+    samples = [{n: arrays[n][i:i + 1] for n in names} for i in range(count)]
+    if fixed and len(samples) < fixed:
+        raise UserError(f"{source}: the model takes batches of {fixed}, the data has "
+                        f"{len(samples)} samples")
+    if fixed:
+        samples = samples[:len(samples) - len(samples) % fixed]
+    return _batches(samples, batch_size)
+
+
+def _fixed_batch(model, names) -> int | None:
+    """The batch size every input fixes, if the first dim of the inputs is static."""
+    by_name = {i.name: i for i in model.graph.input}
+    sizes = set()
+    for n in names:
+        dims = by_name[n].type.tensor_type.shape.dim
+        if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+            return None
+        sizes.add(dims[0].dim_value)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _check(model, names, arrays, source) -> None:
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise UserError(f"{source} has no array for model input {missing[0]!r} "
+                        f"(it has {', '.join(sorted(arrays)) or 'none'})")
+    counts = {len(a) if a.ndim else 0 for a in arrays.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise UserError(f"{source}: every array needs the same number of samples on axis 0")
+    by_name = {i.name: i for i in model.graph.input}
+    for n in names:
+        tt = by_name[n].type.tensor_type
+        want = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        got = arrays[n]
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if got.dtype != want:
+            raise UserError(f"{source}: input {n!r} is {got.dtype}, the model wants {want}")
+        if got.ndim != len(dims) or any(d and d != g for d, g in zip(dims[1:], got.shape[1:])):
+            raise UserError(f"{source}: input {n!r} has shape {list(got.shape)}, the model "
+                            f"wants {['N' if d is None else d for d in dims]}")
+
+
+def _batches(samples: list[dict[str, np.ndarray]], batch_size: int):
+    return [{n: np.concatenate([s[n] for s in samples[i:i + batch_size]])
+             for n in samples[0]} for i in range(0, len(samples), batch_size)]

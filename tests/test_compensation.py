@@ -1,0 +1,143 @@
+"""Compensation re-fits the layers that read removed channels: the OBS update equals the
+least-squares optimum on a small case, the bias update keeps each output's mean, the patch
+unfolding matches a real convolution, and the oracle holds with every method (the pruned and
+the masked model both come from the compensated original)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnxprune
+from onnxprune.api import Strategy, analyze_model, calibration_stats
+from onnxprune.calibration.capture import unfold
+from onnxprune.compensation.consumers import find_consumers
+from onnxprune.compensation.refit import _obs
+from onnxprune.verify.checks import run_model
+
+from .builder import GraphBuilder
+from .oracle import assert_oracle
+
+N_IN, N_HID, N_OUT, SAMPLES = 6, 8, 5, 200
+
+
+def two_layers():
+    """x → MatMul → Add(bias) → Relu → MatMul → Add(bias): the hidden neurons are one group."""
+    b = GraphBuilder(seed=4)
+    h = b.op("Relu", [b.op("Add", [b.op("MatMul", ["x", b.weight(N_IN, N_HID)]),
+                                   b.weight(N_HID)])])
+    out = b.op("Add", [b.op("MatMul", [h, b.weight(N_HID, N_OUT)]), b.weight(N_OUT)])
+    graph = helper.make_graph(b.nodes, "mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", N_IN])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", N_OUT])],
+                              b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def calibration(seed=0):
+    x = np.random.default_rng(seed).standard_normal((SAMPLES, N_IN)).astype(np.float32)
+    return [{"x": x[i:i + 50]} for i in range(0, SAMPLES, 50)]
+
+
+def hidden_and_output(model, batches):
+    """The second layer's input H and the model output Y on the calibration data."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    relu = next(n for n in probe.graph.node if n.op_type == "Relu").output[0]
+    probe.graph.output.append(onnx.ValueInfoProto(name=relu))
+    runs = [run_model(probe, f) for f in batches]
+    out = probe.graph.output[0].name
+    return (np.concatenate([r[relu] for r in runs]).astype(np.float64),
+            np.concatenate([r[out] for r in runs]).astype(np.float64))
+
+
+def test_obs_update_is_the_least_squares_optimum():
+    model = two_layers()
+    a = analyze_model(model)
+    batches = calibration()
+    stats = calibration_stats(a, batches)
+    consumer = next(c for c in find_consumers(a.analysis) if c.weight.shape == (N_OUT, N_HID, 1))
+    removed = np.zeros(N_HID, bool)
+    removed[[1, 4, 6]] = True
+    moments = stats.get(consumer.input_name)
+    delta_w, delta_b = _obs(consumer, removed, moments, moments.gram, moments.count, damping=0.0)
+
+    h, y = hidden_and_output(model, batches)
+    # Least squares of the layer's outputs on the kept inputs and a constant.
+    w = consumer.weight[:, :, 0]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    add = [n for n in model.graph.node if n.op_type == "Add"][-1]
+    bias = next(inits[i] for i in add.input if i in inits).astype(np.float64)
+    target = h @ w.T + bias
+    design = np.concatenate([h[:, ~removed], np.ones((len(h), 1))], axis=1)
+    best, *_ = np.linalg.lstsq(design, target, rcond=None)
+    np.testing.assert_allclose((w + delta_w[:, :, 0])[:, ~removed], best[:-1].T, atol=1e-6)
+    np.testing.assert_allclose(bias + delta_b, best[-1], atol=1e-6)
+
+
+def test_bias_update_keeps_each_output_mean():
+    model = two_layers()
+    batches = calibration()
+    strategy = Strategy("l2", compensate="bias")
+    pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1, strategy=strategy,
+                                     calib=batches)
+    assert report["check"]["ok"]
+    _, dense = hidden_and_output(model, batches)
+    got = np.concatenate([run_model(pruned, f)[pruned.graph.output[0].name] for f in batches])
+    np.testing.assert_allclose(got.mean(0), dense.mean(0), atol=1e-4)
+
+
+def test_compensation_lowers_the_error():
+    model = two_layers()
+    batches = calibration()
+    _, dense = hidden_and_output(model, batches)
+    errors = {}
+    for method in ("none", "bias", "obs"):
+        pruned, _ = onnxprune.prune(model, ratio=0.5, round_to=1, calib=batches,
+                                    strategy=Strategy("l2", compensate=method))
+        got = np.concatenate([run_model(pruned, f)[pruned.graph.output[0].name]
+                              for f in batches])
+        errors[method] = float(np.mean(np.square(got - dense)))
+    assert errors["obs"] < errors["bias"] < errors["none"]
+
+
+def test_unfold_matches_a_convolution():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    window = ((3, 2), (2, 1), (1, 0, 1, 1), (1, 2))
+    b = GraphBuilder()
+    b.initializers.append(onnx.numpy_helper.from_array(w, "w"))
+    y = b.op("Conv", ["x", "w"], kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1],
+             dilations=[1, 2])
+    model = b.model({"x": [2, 3, 7, 6]}, [y])
+    want = run_model(model, {"x": x})[y]
+    patches = unfold(x.astype(np.float64), *window)
+    got = (patches @ w.reshape(4, -1).T).reshape(2, want.shape[2], want.shape[3], 4)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["bias", "obs"])
+@pytest.mark.parametrize("criterion", ["l2", "obs", "obspa"])
+def test_oracle_holds_after_compensation(method, criterion):
+    from .test_patterns import residual
+
+    model = residual()
+    a = analyze_model(model)
+    stats = calibration_stats(a, "random")
+    assert_oracle(a, ratio=0.5, strategy=Strategy(criterion, compensate=method), stats=stats)
+    _, report = onnxprune.prune(model, ratio=0.5, round_to=1, calib="random",
+                                strategy=Strategy(criterion, compensate=method))
+    assert report["check"]["ok"] and report["strategy"]["compensate"] == method
+
+
+def test_obspa_needs_no_data_and_says_where_its_statistics_came_from():
+    _, report = onnxprune.prune(two_layers(), ratio=0.5, round_to=1,
+                                strategy=Strategy("obspa"))
+    assert report["strategy"]["compensate"] == "obs"
+    assert report["strategy"]["calibration"]["source"] == "synthetic (random inputs)"
+    assert report["check"]["ok"]
