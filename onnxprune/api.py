@@ -16,7 +16,7 @@ from .allocation import ALLOCATIONS, Plan, allocate
 from .errors import UserError, VerificationError
 from .graph import ModelGraph
 from .groups import Analysis, Group, analyze, find_groups
-from .calibration import capture_stats, load_calibration
+from .calibration import capture_stats, load_calibration, match_batchnorm_statistics
 from .compensation import METHODS, compensate, obs_inputs, obs_patches
 from .importance import (CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, consumed_inputs,
                          normalize, score)
@@ -152,7 +152,7 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     strategy.check(calib is not None)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
     if strategy.needs == "synthetic" and calib is None:
-        calib = "random"
+        calib = "synthetic"
     gram = strategy.compensation == "obs" or strategy.criterion in ("obs", "obspa")
     stats = calibration_stats(a, calib, input_shapes, gram) if strategy.needs else None
     plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats)
@@ -203,20 +203,36 @@ def plan_for(a: Analyzed, ratio: float, round_to: int,
 
 
 def calibration_stats(a: Analyzed, calib, input_shapes=None, gram: bool = True):
-    """Per-channel statistics of the tensors linear layers read, on calibration data (an .npz
-    path, "random", or a list of feed dicts), with the Gram matrices OBS needs."""
-    batches = load_calibration(calib, a.model, input_shapes) if isinstance(calib, str) else calib
-    return capture_stats(a.model, consumed_inputs(a.analysis), batches,
-                         obs_inputs(a.analysis) if gram else set(),
-                         obs_patches(a.analysis) if gram else None)
+    """Per-channel statistics of the tensors linear layers read, with the Gram matrices OBS
+    needs. ``calib``: an .npz path, a list of feed dicts, "random" (random inputs), or
+    "synthetic" (random inputs whose activations are matched to every BatchNormalization's
+    running statistics; see ``calibration.synthetic``)."""
+    probe, matched = None, 0
+    if calib == "synthetic":
+        probe, matched = match_batchnorm_statistics(a.model)
+    if isinstance(calib, str):
+        batches = load_calibration("random" if calib == "synthetic" else calib, a.model,
+                                   input_shapes)
+    else:
+        batches = calib
+    stats = capture_stats(a.model, consumed_inputs(a.analysis), batches,
+                          obs_inputs(a.analysis) if gram else set(),
+                          obs_patches(a.analysis) if gram else None, probe)
+    stats.matched_norms = matched
+    return stats
 
 
 def _describe(calib, stats) -> dict | None:
     if stats is None:
         return None
-    source = calib if isinstance(calib, str) else "feeds given by the caller"
-    return {"source": "synthetic (random inputs)" if calib == "random" else source,
-            "samples": stats.samples}
+    if calib == "synthetic":
+        source = (f"synthetic: random inputs, activations matched to the running statistics "
+                  f"of {stats.matched_norms} BatchNormalization layers")
+    elif calib == "random":
+        source = "random inputs"
+    else:
+        source = calib if isinstance(calib, str) else "feeds given by the caller"
+    return {"source": source, "samples": stats.samples}
 
 
 def _plan(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats=None):

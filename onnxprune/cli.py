@@ -144,9 +144,11 @@ def cli():
               help="Most of one group that --allocation global may remove.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random criterion and the check inputs.")
-@click.option("--calib", default=None, metavar="DATA.npz|random",
-              help="Calibration inputs for data-driven criteria: an .npz with one array per "
-                   "model input (samples on axis 0), or 'random'.")
+@click.option("--calib", default=None, metavar="DATA.npz|random|synthetic",
+              help="Calibration inputs for data-driven criteria and compensation: an .npz with "
+                   "one array per model input (samples on axis 0); 'random' inputs; or "
+                   "'synthetic' (random inputs matched to the BatchNorm statistics, obspa's "
+                   "default).")
 @click.option("--compensate", default=None,
               help=f"Re-fit the layers that read removed channels: {', '.join(METHODS)} "
                    "(default: obs for --criterion obspa, else none). Needs --calib, except "

@@ -139,5 +139,39 @@ def test_obspa_needs_no_data_and_says_where_its_statistics_came_from():
     _, report = onnxprune.prune(two_layers(), ratio=0.5, round_to=1,
                                 strategy=Strategy("obspa"))
     assert report["strategy"]["compensate"] == "obs"
-    assert report["strategy"]["calibration"]["source"] == "synthetic (random inputs)"
+    assert report["strategy"]["calibration"]["source"].startswith("synthetic")
     assert report["check"]["ok"]
+
+
+def test_synthetic_probe_matches_batchnorm_statistics():
+    """In the BN-matched probe every BatchNormalization input has, per channel, the running
+    mean and variance the model stores, whatever the random inputs were."""
+    from onnx import numpy_helper
+
+    from onnxprune.calibration import match_batchnorm_statistics
+
+    from .test_criteria import conv_bn_conv
+
+    model, _ = conv_bn_conv()
+    probe, matched = match_batchnorm_statistics(model)
+    assert matched == 1
+    onnx.checker.check_model(probe, full_check=True)
+    bn = next(n for n in probe.graph.node if n.op_type == "BatchNormalization")
+    inits = {t.name: numpy_helper.to_array(t) for t in probe.graph.initializer}
+    probe.graph.output.append(onnx.ValueInfoProto(name=bn.input[0]))
+    x = np.random.default_rng(1).normal(3.0, 5.0, (16, 2, 5, 5)).astype(np.float32)
+    seen = run_model(probe, {"x": x})[bn.input[0]]
+    np.testing.assert_allclose(seen.mean(axis=(0, 2, 3)), inits[bn.input[3]], atol=1e-4)
+    np.testing.assert_allclose(seen.var(axis=(0, 2, 3)), inits[bn.input[4]], rtol=1e-3)
+    # The model itself is untouched.
+    assert [n.op_type for n in model.graph.node] == ["Conv", "BatchNormalization", "Relu", "Conv"]
+
+
+def test_obspa_defaults_to_bn_matched_synthetic_data():
+    from .test_criteria import conv_bn_conv
+
+    _, report = onnxprune.prune(conv_bn_conv()[0], ratio=0.5, round_to=1,
+                                strategy=Strategy("obspa"))
+    assert report["check"]["ok"]
+    assert report["strategy"]["calibration"]["source"].startswith(
+        "synthetic: random inputs, activations matched to the running statistics of 1")

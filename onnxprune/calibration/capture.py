@@ -75,6 +75,7 @@ class ChannelStats:
 
     tensors: dict[str, Moments] = field(default_factory=dict)
     samples: int = 0
+    matched_norms: int = 0          # BatchNorms a synthetic probe matched (see synthetic)
 
     def get(self, name: str) -> Moments | None:
         return self.tensors.get(name)
@@ -92,14 +93,16 @@ def unfold(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
 
 
 def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
-                  gram_for: set[str] = frozenset(), patches_for: dict | None = None
-                  ) -> ChannelStats:
+                  gram_for: set[str] = frozenset(), patches_for: dict | None = None,
+                  probe: onnx.ModelProto | None = None) -> ChannelStats:
     """Run ``batches`` through ``model`` and reduce every tensor in ``maps`` to per-channel
     moments (with the Gram matrix for names in ``gram_for``, and the patch Gram matrices of
-    the convs in ``patches_for``: {tensor: [(conv key, window)]})."""
+    the convs in ``patches_for``: {tensor: [(conv key, window)]}). ``probe``: a variant of
+    the model to run instead (it must keep the watched tensors' names)."""
     patches_for = patches_for or {}
+    source = probe if probe is not None else model
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe.CopyFrom(source)
     declared = {o.name for o in probe.graph.output}
     for name in maps:
         if name not in declared:

@@ -1,5 +1,6 @@
 """Where calibration inputs come from: an ``.npz`` file (one array per model input, samples on
-the first axis) or ``random`` (seeded random inputs of the right shapes and dtypes)."""
+the first axis) or ``random`` (seeded random inputs of the right shapes and dtypes; the API's
+``synthetic`` source runs them through a BN-matched probe, see ``synthetic``)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,22 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
     names = user_inputs(model)
     fixed = _fixed_batch(model, names)
     batch_size = fixed or batch_size
-    if source == "random":
+    if source in ("random", "synthetic"):
         concrete = input_shapes(model, shapes)
         one = {n: (1,) + tuple(concrete[n][1:]) for n in names}
         if fixed:
             samples = max(samples - samples % fixed, fixed)
-        return _batches([make_inputs(model, one, seed + k) for k in range(samples)], batch_size)
+        vocab = _lookup_sizes(model, names)
+        rng = np.random.default_rng(seed)
+        made = []
+        for k in range(samples):
+            feeds = make_inputs(model, one, seed + k)
+            for n, value in feeds.items():
+                if np.issubdtype(value.dtype, np.integer):   # ids into a table, else flags
+                    feeds[n] = (rng.integers(0, vocab[n], value.shape).astype(value.dtype)
+                                if n in vocab else np.ones_like(value))
+            made.append(feeds)
+        return _batches(made, batch_size)
     if not os.path.isfile(source):
         raise UserError(f"calibration data not found: {source} (give an .npz file or 'random')")
     try:
@@ -47,6 +58,30 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
     if fixed:
         samples = samples[:len(samples) - len(samples) % fixed]
     return _batches(samples, batch_size)
+
+
+def _lookup_sizes(model, names) -> dict[str, int]:
+    """Integer inputs that index a constant table (token ids into an embedding, maybe through
+    Cast/Unsqueeze/Reshape): the table's row count, so random ids stay in range."""
+    from ..graph import ModelGraph
+
+    graph = ModelGraph(model, infer_shapes=False)
+    sizes = {}
+    for name in names:
+        frontier, seen = [name], set()
+        while frontier:
+            tensor = frontier.pop()
+            for reader in graph.consumers.get(tensor, []):
+                if reader.index in seen:
+                    continue
+                seen.add(reader.index)
+                if reader.op == "Gather" and reader.input(1) == tensor:
+                    table = graph.const(reader.input(0))
+                    if table is not None and table.ndim >= 1:
+                        sizes[name] = min(sizes.get(name, table.shape[0]), table.shape[0])
+                elif reader.op in ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Identity"):
+                    frontier.extend(o for o in reader.proto.output if o)
+    return sizes
 
 
 def _fixed_batch(model, names) -> int | None:

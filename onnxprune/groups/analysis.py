@@ -134,8 +134,8 @@ class Analysis:
                 continue
             if not rule.follows_tiled and any(
                     m is not None and m.tiled for m in map(self.map, node.proto.input)):
-                self.barrier(node, "heads merged with the batch axis reach an op that cannot "
-                                   "follow them")
+                self.barrier(node, "channels merged with a dynamic (batch) axis reach an op "
+                                   "that cannot follow them")
                 continue
             try:
                 rule.propagate(node, self)
