@@ -1,5 +1,9 @@
 """Accuracy of the bundled digits CNN (trained, BN kept) pruned without fine-tuning: criteria ×
-compensation × allocation × ratio, against the random baseline.
+compensation × allocation at equal MACs, against the random baseline.
+
+Every configuration is pruned to the same MAC budgets (``--target-macs``: 50%, 25% and 10% of
+the dense MACs kept), so uniform and global allocation are compared at equal cost. ``--sweep``
+adds a table of group reduction × normalization for global allocation.
 
 The metric is top-1 accuracy on the test split of scikit-learn's digits (540 images); the
 model is the one ``onnxprune demo`` prunes. "calibration" is the first 128 images of the
@@ -8,12 +12,13 @@ BatchNorm's input matched to its running statistics (no data: OBSPA's default). 
 pruned model is verified against its masked original. Random is averaged over 5 seeds
 (min–max shown). Run from the repository root::
 
-    python -m benchmarks.bench_criteria [--ratios 0.3 0.5 0.7] [--round-to 1]
+    python -m benchmarks.bench_criteria [--macs 0.5 0.25 0.1] [--round-to 1] [--sweep]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from importlib import resources
 
 import numpy as np
@@ -21,6 +26,7 @@ import numpy as np
 import onnxprune
 from benchmarks.common import machine
 from models.digits_cnn import accuracy, load_split
+from onnxprune.importance import NORMALIZATIONS, REDUCTIONS
 
 RANDOM_SEEDS = 5
 CALIB_SAMPLES = 128
@@ -45,8 +51,11 @@ CONFIGS = [
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--macs", type=float, nargs="+", default=[0.5, 0.25, 0.1],
+                        help="fractions of the dense MACs to keep")
     parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--sweep", action="store_true",
+                        help="also sweep group reduction × normalization (global allocation)")
     args = parser.parse_args(argv)
     model = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
     x_train, _, x_test, y_test = load_split()
@@ -54,27 +63,45 @@ def main(argv=None) -> None:
     print(machine())
     print(f"dense accuracy {accuracy(model, x_test, y_test):.4f}; round_to {args.round_to}")
     print("| criterion | compensation | allocation | data | "
-          + " | ".join(f"ratio {r}" for r in args.ratios) + " |")
-    print("|---|---|---|---|" + "---|" * len(args.ratios))
+          + " | ".join(f"MACs ≤ {m:.0%}" for m in args.macs) + " |")
+    print("|---|---|---|---|" + "---|" * len(args.macs))
     for name, compensation, allocation, data in CONFIGS:
-        cells = []
-        for ratio in args.ratios:
-            accs, macs = [], []
-            for seed in range(RANDOM_SEEDS) if name == "random" else [0]:
-                strategy = onnxprune.Strategy(name, allocation=allocation, seed=seed,
-                                              compensate=compensation)
-                source = calib if data == "calibration" else data
-                pruned, report = onnxprune.prune(model, ratio=ratio, round_to=args.round_to,
-                                                 strategy=strategy, calib=source)
-                assert report["check"]["ok"]
-                accs.append(accuracy(pruned, x_test, y_test))
-                macs.append(report["macs"]["after"] / report["macs"]["before"])
-            cell = f"{np.mean(accs):.3f}"
-            if len(accs) > 1:
-                cell += f" ({min(accs):.3f}–{max(accs):.3f})"
-            cells.append(f"{cell} (MACs {np.mean(macs):.0%})")
+        seeds = range(RANDOM_SEEDS) if name == "random" else [0]
+        cells = [_cell(model, x_test, y_test, target, args.round_to, calib if data ==
+                       "calibration" else data, [onnxprune.Strategy(
+                           name, allocation=allocation, seed=seed, compensate=compensation)
+                           for seed in seeds]) for target in args.macs]
         print(f"| {name} | {compensation} | {allocation} | {data or 'none'} | "
               + " | ".join(cells) + " |", flush=True)
+    if args.sweep:
+        print()
+        print("| criterion | reduction | normalization | "
+              + " | ".join(f"MACs ≤ {m:.0%}" for m in args.macs) + " |")
+        print("|---|---|---|" + "---|" * len(args.macs))
+        for (name, data), reduction, normalization in itertools.product(
+                [("l1", None), ("l2", None), ("wanda", "calibration")], REDUCTIONS,
+                NORMALIZATIONS):
+            cells = [_cell(model, x_test, y_test, target, args.round_to,
+                           calib if data else None,
+                           [onnxprune.Strategy(name, reduction, normalization, "global")])
+                     for target in args.macs]
+            print(f"| {name} | {reduction} | {normalization} | " + " | ".join(cells) + " |",
+                  flush=True)
+
+
+def _cell(model, x_test, y_test, target, round_to, calib, strategies) -> str:
+    """Mean accuracy (min–max over several strategies, e.g. seeds) at one MAC budget."""
+    accs, ratios = [], []
+    for strategy in strategies:
+        pruned, report = onnxprune.prune(model, target_macs=target, round_to=round_to,
+                                         strategy=strategy, calib=calib)
+        assert report["check"]["ok"]
+        accs.append(accuracy(pruned, x_test, y_test))
+        ratios.append(report["target"]["ratio"])
+    cell = f"{np.mean(accs):.3f}"
+    if len(accs) > 1:
+        cell += f" ({min(accs):.3f}–{max(accs):.3f})"
+    return f"{cell} (ratio {np.mean(ratios):.2f})"
 
 
 if __name__ == "__main__":

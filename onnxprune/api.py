@@ -38,7 +38,7 @@ class Strategy:
 
     criterion: str = "l2"
     reduction: str = "sum"
-    normalization: str = "mean"
+    normalization: str = "mean"    # measured at equal MACs: benchmarks/RESULTS.md (issue 4)
     allocation: str = "uniform"
     max_ratio: float = 0.9
     seed: int = 0
@@ -125,7 +125,8 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
           exclude: tuple[str, ...] = (), input_shapes=None, verify: bool = True,
           tolerance: float = 1e-4, seed: int = 0, heads: float | None = None,
           mlp: float | None = None, hidden: float | None = None,
-          strategy: Strategy | None = None, calib=None) -> tuple[onnx.ModelProto, dict]:
+          strategy: Strategy | None = None, calib=None, target_macs: float | None = None,
+          target_params: float | None = None) -> tuple[onnx.ModelProto, dict]:
     """Prune ``ratio`` of the channels of every prunable group; return (model, report).
 
     ``model`` is a path, a ModelProto, or an :class:`Analyzed` model (its analysis is reused;
@@ -137,7 +138,9 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     channels and the model computes a different function (the report says so). ``strategy``
     picks the criterion and allocation (default: group L2, uniform); ``calib`` is calibration
     data for the criteria that need it: an ``.npz`` path, ``"random"``, or a list of feed
-    dicts. With ``verify`` (the default) the result must pass the full checker, run on
+    dicts. ``target_macs`` / ``target_params`` (fractions of the dense model to keep) replace
+    ``ratio`` by the smallest one that reaches them. With ``verify`` (the default) the result
+    must pass the full checker, run on
     ONNX Runtime and match the masked original within ``tolerance``; otherwise
     VerificationError is raised and nothing is returned.
     """
@@ -155,6 +158,15 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
         calib = "synthetic"
     gram = strategy.compensation == "obs" or strategy.criterion in ("obs", "obspa")
     stats = calibration_stats(a, calib, input_shapes, gram) if strategy.needs else None
+    target = None
+    if target_macs is not None and target_params is not None:
+        raise UserError("give --target-macs or --target-params, not both")
+    if target_macs is not None or target_params is not None:
+        kind, fraction = ("macs", target_macs) if target_macs is not None else (
+            "params", target_params)
+        ratio, planned = ratio_for_target(a, kind, fraction, round_to, by_kind, strategy,
+                                          stats, input_shapes)
+        target = {"kind": kind, "fraction": fraction, "ratio": ratio, "planned": planned}
     plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats)
     base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation)
     notes += more
@@ -163,6 +175,7 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     report["strategy"] = {**asdict(strategy), "compensate": strategy.compensation,
                           "calibration": _describe(calib, stats), "notes": notes}
     report["ratios_by_kind"] = by_kind
+    report["target"] = target
     report["changes_function"] = any(
         g["removed"] for g in report["groups"] if g["kind"] == "hidden")
     if verify:
@@ -235,14 +248,61 @@ def _describe(calib, stats) -> dict | None:
     return {"source": source, "samples": stats.samples}
 
 
-def _plan(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats=None):
+def _plan(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats=None,
+          scored=None):
+    """(plan, removed atoms, notes); ``scored`` reuses ``_scores``' result."""
+    scores, ranking, notes = scored or _scores(a, strategy, stats)
+    plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to, by_kind,
+                    strategy.allocation, strategy.max_ratio, ranking)
+    return plan, plan.removed_atoms(a.roots), list(notes)
+
+
+def _scores(a: Analyzed, strategy: Strategy, stats=None):
     ctx = ScoringContext(a.analysis, a.roots, a.groups, strategy.reduction, strategy.seed,
                          stats)
     scores = score(strategy.criterion, ctx)
     ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalization)
-    plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to, by_kind,
-                    strategy.allocation, strategy.max_ratio, ranking)
-    return plan, plan.removed_atoms(a.roots), ctx.notes
+    return scores, ranking, ctx.notes
+
+
+MAX_TARGET_RATIO = 0.95
+
+
+def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_kind,
+                     strategy: Strategy, stats=None, input_shapes=None) -> tuple[float, float]:
+    """The smallest ratio (for every group without a ratio of its own) whose plan keeps at
+    most ``fraction`` of the dense model's MACs or params; returns (ratio, planned fraction).
+    Found by bisection on the plan's own cost model, which the report checks against the
+    pruned model."""
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"--target-{kind} must be in (0, 1], got {fraction}")
+    per_node = node_macs(a.model, input_shapes) if kind == "macs" else None
+    if kind == "macs" and (per_node is None or None in per_node):
+        raise UserError("the MACs of this model are unknown (give --input-shape, or use "
+                        "--target-params)")
+    dense = int(sum(per_node)) if kind == "macs" else count_params(a.model)
+    scored = _scores(a, strategy, stats)
+
+    def kept(ratio: float) -> float:
+        _, removed, _ = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
+        sizes = _sliced_sizes(a, removed)
+        value = (_planned_macs(a, removed, sizes, per_node) if kind == "macs"
+                 else _planned_params(a, sizes, dense))
+        return value / dense
+
+    lo, hi = 0.0, MAX_TARGET_RATIO
+    best = kept(hi)
+    if best > fraction:
+        raise UserError(f"cannot reach --target-{kind} {fraction:g}: even at ratio {hi} the "
+                        f"plan keeps {best:.1%} (frozen and excluded groups stay whole)")
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        value = kept(mid)
+        if value <= fraction:
+            hi, best = mid, value
+        else:
+            lo = mid
+    return hi, best
 
 
 def _group_entry(g: Group, plan: Plan | None = None) -> dict:

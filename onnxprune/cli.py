@@ -71,6 +71,10 @@ def print_prune_summary(report: dict) -> None:
     if report["barriers"]:
         click.echo(f"barriers: {len(report['barriers'])} ops left alone "
                    f"(first: {report['barriers'][0]['node']}: {report['barriers'][0]['reason']})")
+    if report.get("target"):
+        t = report["target"]
+        click.echo(f"target: keep {t['fraction']:.1%} of the {t['kind']} -> ratio {t['ratio']:.3f} "
+                   f"(plan keeps {t['planned']:.1%})")
     if report.get("changes_function"):
         click.echo("  note: the hidden size was pruned, so LayerNorm/RMSNorm now average over "
                    "fewer channels: the model computes a different function (check its accuracy)")
@@ -84,13 +88,13 @@ def print_prune_summary(report: dict) -> None:
 
 
 def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance,
-               heads=None, mlp=None, hidden=None, strategy=None, calib=None):
+               heads=None, mlp=None, hidden=None, strategy=None, calib=None, targets=None):
     shapes = parse_shapes(input_shape)
     if os.path.abspath(output) == os.path.abspath(str(model)):
         raise UserError("the output path is the input file; choose another -o")
     pruned, report = api.prune(model, ratio=ratio, round_to=round_to, exclude=tuple(exclude),
                                input_shapes=shapes, tolerance=tolerance, heads=heads, mlp=mlp,
-                               hidden=hidden, strategy=strategy, calib=calib)
+                               hidden=hidden, strategy=strategy, calib=calib, **(targets or {}))
     save_model(pruned, output)
     report["output"] = str(output)
     if report_path:
@@ -149,18 +153,23 @@ def cli():
                    "one array per model input (samples on axis 0); 'random' inputs; or "
                    "'synthetic' (random inputs matched to the BatchNorm statistics, obspa's "
                    "default).")
+@click.option("--target-macs", type=float, default=None,
+              help="Keep this fraction of the MACs: the ratio is searched for (replaces --ratio).")
+@click.option("--target-params", type=float, default=None,
+              help="Keep this fraction of the params: the ratio is searched for.")
 @click.option("--compensate", default=None,
               help=f"Re-fit the layers that read removed channels: {', '.join(METHODS)} "
                    "(default: obs for --criterion obspa, else none). Needs --calib, except "
                    "with obspa.")
 def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
           tolerance, criterion, group_reduction, normalization, allocation, max_ratio, seed,
-          calib, compensate):
+          calib, target_macs, target_params, compensate):
     """Prune MODEL and write a smaller, verified model."""
     strategy = api.Strategy(criterion, group_reduction, normalization, allocation, max_ratio,
                             seed, compensate)
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
-               input_shape, report_path, tolerance, heads, mlp, hidden, strategy, calib)
+               input_shape, report_path, tolerance, heads, mlp, hidden, strategy, calib,
+               {"target_macs": target_macs, "target_params": target_params})
 
 
 @cli.command()
