@@ -20,6 +20,7 @@ from .calibration import capture_stats, load_calibration, match_batchnorm_statis
 from .compensation import METHODS, compensate, obs_inputs, obs_patches
 from .importance import (CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, consumed_inputs,
                          normalize, score)
+from .importance.sensitivity import dead_channels, group_sensitivity
 from .io import load_model
 from .rewrite import apply_plan
 from .rewrite.apply import project
@@ -233,6 +234,30 @@ def calibration_stats(a: Analyzed, calib, input_shapes=None, gram: bool = True):
                           obs_patches(a.analysis) if gram else None, probe)
     stats.matched_norms = matched
     return stats
+
+
+def sensitivity(model, calib: str | list = "synthetic", ratios=(0.25, 0.5, 0.75),
+                strategy: Strategy | None = None, input_shapes=None, exclude=(),
+                progress=None) -> dict:
+    """Per-group output distortion when the group alone is pruned at each ratio, and the
+    dead-channel rate where linear layers read (see ``importance.sensitivity``)."""
+    for r in ratios:
+        if not 0.0 < r < 1.0:
+            raise UserError(f"ratios must be in (0, 1), got {r}")
+    strategy = strategy or Strategy()
+    strategy.check(True)
+    a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
+    if isinstance(calib, str):
+        batches = load_calibration("random" if calib == "synthetic" else calib, a.model,
+                                   input_shapes)
+    else:
+        batches = calib
+    stats = calibration_stats(a, calib, input_shapes, gram=strategy.criterion in
+                              ("obs", "obspa"))
+    return {"criterion": strategy.criterion, "ratios": list(ratios),
+            "calibration": _describe(calib, stats),
+            "groups": group_sensitivity(a, stats, batches, list(ratios), strategy, progress),
+            "dead_channels": dead_channels(a, stats)}
 
 
 def _describe(calib, stats) -> dict | None:

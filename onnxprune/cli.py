@@ -1,4 +1,4 @@
-"""Command line: ``onnxprune inspect``, ``onnxprune prune``, ``onnxprune demo``.
+"""Command line: ``onnxprune inspect``, ``prune``, ``sensitivity``, ``demo``.
 
 Every failure is one line on stderr and a non-zero exit (2: bad input, 1: internal error);
 the output file is written only after the pruned model has passed verification.
@@ -193,6 +193,80 @@ def inspect(model, as_json, exclude, input_shape):
                    f"{'yes' if g['prunable'] else 'no':<8} {members}{why}")
     click.echo(f"{sum(g['prunable'] for g in info['groups'])} of {len(info['groups'])} groups "
                f"prunable; {len(info['barriers'])} barrier ops")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--calib", default="synthetic", show_default=True,
+              metavar="DATA.npz|random|synthetic", help="Inputs the distortion is measured on.")
+@click.option("--ratios", default="0.25,0.5,0.75", show_default=True,
+              help="Comma-separated shares of each group to mask.")
+@click.option("--criterion", default="l2", show_default=True,
+              help="Which components of a group are masked first (the lowest-scoring).")
+@click.option("--exclude", multiple=True, metavar="NODE")
+@_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", type=click.Path(), default=None,
+              help="Write a PNG of distortion against ratio per group (needs matplotlib).")
+def sensitivity(model, calib, ratios, criterion, exclude, input_shape, as_json, plot):
+    """How much each group hurts MODEL's outputs when pruned alone, and its dead channels."""
+    try:
+        values = tuple(float(r) for r in ratios.split(","))
+    except ValueError:
+        raise UserError(f"--ratios expects numbers like 0.25,0.5, got {ratios!r}") from None
+    if plot and not plot.lower().endswith(".png"):
+        raise UserError("--plot writes a PNG: give a path ending in .png")
+    info = api.sensitivity(model, calib, values, api.Strategy(criterion),
+                           parse_shapes(input_shape), tuple(exclude),
+                           progress=None if as_json else _progress)
+    if plot:
+        _plot_sensitivity(info, plot)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    click.echo(f"distortion = |y_masked - y|^2 / |y|^2 on {info['calibration']['samples']} "
+               f"samples ({info['calibration']['source']}); lowest-{criterion} components first")
+    head = "".join(f"{f'r={r:g}':>10}" for r in values)
+    click.echo(f"{'group':>5} {'kind':<8} {'channels':>8} {head}  source")
+    for g in sorted(info["groups"], key=lambda g: -g["distortion"][values[-1]]):
+        cells = "".join(f"{g['distortion'][r]:>10.4f}" for r in values)
+        click.echo(f"{g['group']:>5} {g['kind']:<8} {g['channels']:>8} {cells}  {g['source']}")
+    dead = sorted(info["dead_channels"], key=lambda d: -d["mean_zero_rate"])
+    if dead:
+        click.echo("dead channels (share of exact zeros where linear layers read):")
+        for d in dead[:10]:
+            click.echo(f"  {d['mean_zero_rate']:6.1%} zeros, {d['dead']:>4} of "
+                       f"{d['channels']:>4} channels always 0  {d['tensor']}")
+    if plot:
+        click.echo(f"wrote {plot}")
+
+
+def _progress(done: int, total: int) -> None:
+    click.echo(f"\rmeasuring group {done}/{total}", nl=done == total, err=True)
+
+
+def _plot_sensitivity(info: dict, path: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'onnxprune[plot]'") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for g in info["groups"]:
+        ratios = sorted(g["distortion"], key=float)
+        ax.plot([float(r) for r in ratios], [g["distortion"][r] for r in ratios], marker="o",
+                alpha=0.7, label=f"{g['group']} {g['kind']} ({g['channels']})")
+    ax.set_xlabel("share of the group masked")
+    ax.set_ylabel("output distortion |Δy|² / |y|²")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_title(f"sensitivity per group ({info['criterion']} order)")
+    if len(info["groups"]) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 @cli.command()
