@@ -8,7 +8,8 @@ adds a table of group reduction × normalization for global allocation.
 The metric is top-1 accuracy on the test split of scikit-learn's digits (540 images); the
 model is the one ``onnxprune demo`` prunes. "calibration" is the first 128 images of the
 training split; "random" is 32 seeded random inputs; "synthetic" is the same inputs with every
-BatchNorm's input matched to its running statistics (no data: OBSPA's default). Every
+BatchNorm's input matched to its running statistics (no data: OBSPA's default). Adaptive
+allocation measures each group's sensitivity on that data. Every
 pruned model is verified against its masked original. Random is averaged over 5 seeds
 (min–max shown). Run from the repository root::
 
@@ -36,6 +37,7 @@ CONFIGS = [
     ("random", "none", "uniform", None), ("random", "none", "global", None),
     ("l1", "none", "uniform", None), ("l1", "none", "global", None),
     ("l2", "none", "uniform", None), ("l2", "none", "global", None),
+    ("l2", "none", "adaptive", "synthetic"),
     ("bn_scale", "none", "uniform", None), ("bn_scale", "none", "global", None),
     ("fpgm", "none", "uniform", None),
     ("activation", "none", "uniform", "calibration"), ("apoz", "none", "uniform", "calibration"),
@@ -43,9 +45,11 @@ CONFIGS = [
     ("l2", "bias", "uniform", "calibration"), ("l2", "obs", "uniform", "calibration"),
     ("wanda", "obs", "uniform", "calibration"),
     ("obs", "obs", "uniform", "calibration"), ("obs", "obs", "global", "calibration"),
+    ("obs", "obs", "adaptive", "calibration"),
     ("obspa", "obs", "uniform", "random"),
     ("l2", "obs", "uniform", "synthetic"),
     ("obspa", "obs", "uniform", "synthetic"), ("obspa", "obs", "global", "synthetic"),
+    ("obspa", "obs", "adaptive", "synthetic"),
 ]
 
 

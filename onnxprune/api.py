@@ -20,7 +20,7 @@ from .calibration import capture_stats, load_calibration, match_batchnorm_statis
 from .compensation import METHODS, compensate, obs_inputs, obs_patches
 from .importance import (CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, consumed_inputs,
                          normalize, score)
-from .importance.sensitivity import dead_channels, group_sensitivity
+from .importance.sensitivity import adaptive_weights, dead_channels, group_sensitivity
 from .io import load_model
 from .rewrite import apply_plan
 from .rewrite.apply import project
@@ -57,6 +57,8 @@ class Strategy:
         need = CRITERIA[self.criterion].needs if self.criterion in CRITERIA else "weights"
         if need == "weights" and self.compensation != "none":
             return "synthetic" if self.criterion == "obspa" else "calibration"
+        if need == "weights" and self.allocation == "adaptive":
+            return "synthetic"     # sensitivity is measured; with no data, on synthetic inputs
         return None if need == "weights" else need
 
     def check(self, has_calibration: bool = False) -> None:
@@ -159,6 +161,8 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
         calib = "synthetic"
     gram = strategy.compensation == "obs" or strategy.criterion in ("obs", "obspa")
     stats = calibration_stats(a, calib, input_shapes, gram) if strategy.needs else None
+    if stats is not None and strategy.allocation == "adaptive":
+        stats.batches = _batches(a, calib, input_shapes)
     target = None
     if target_macs is not None and target_params is not None:
         raise UserError("give --target-macs or --target-params, not both")
@@ -247,11 +251,7 @@ def sensitivity(model, calib: str | list = "synthetic", ratios=(0.25, 0.5, 0.75)
     strategy = strategy or Strategy()
     strategy.check(True)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
-    if isinstance(calib, str):
-        batches = load_calibration("random" if calib == "synthetic" else calib, a.model,
-                                   input_shapes)
-    else:
-        batches = calib
+    batches = _batches(a, calib, input_shapes)
     stats = calibration_stats(a, calib, input_shapes, gram=strategy.criterion in
                               ("obs", "obspa"))
     return {"criterion": strategy.criterion, "ratios": list(ratios),
@@ -276,9 +276,9 @@ def _describe(calib, stats) -> dict | None:
 def _plan(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats=None,
           scored=None):
     """(plan, removed atoms, notes); ``scored`` reuses ``_scores``' result."""
-    scores, ranking, notes = scored or _scores(a, strategy, stats)
+    scores, ranking, notes, weights = scored or _scores(a, strategy, stats)
     plan = allocate(a.analysis, a.groups, a.roots, scores, ratio, round_to, by_kind,
-                    strategy.allocation, strategy.max_ratio, ranking)
+                    strategy.allocation, strategy.max_ratio, ranking, weights)
     return plan, plan.removed_atoms(a.roots), list(notes)
 
 
@@ -287,7 +287,20 @@ def _scores(a: Analyzed, strategy: Strategy, stats=None):
                          stats)
     scores = score(strategy.criterion, ctx)
     ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalization)
-    return scores, ranking, ctx.notes
+    weights = None
+    if strategy.allocation == "adaptive":
+        weights = adaptive_weights(a, stats, stats.batches, strategy)
+        ctx.notes.append("adaptive ratio multipliers per group: " + ", ".join(
+            f"{g}: {w:.2f}" for g, w in sorted(weights.items())))
+    return scores, ranking, ctx.notes, weights
+
+
+def _batches(a: Analyzed, calib, input_shapes):
+    """The calibration feeds themselves (what sensitivity runs the model on)."""
+    if isinstance(calib, str):
+        return load_calibration("random" if calib == "synthetic" else calib, a.model,
+                                input_shapes)
+    return calib
 
 
 MAX_TARGET_RATIO = 0.95
@@ -316,9 +329,11 @@ def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_
         return value / dense
 
     lo, hi = 0.0, MAX_TARGET_RATIO
+    if scored[3]:     # adaptive: the ratio scales per-group multipliers, some below 1
+        hi = MAX_TARGET_RATIO / min(min(scored[3].values()), 1.0)
     best = kept(hi)
     if best > fraction:
-        raise UserError(f"cannot reach --target-{kind} {fraction:g}: even at ratio {hi} the "
+        raise UserError(f"cannot reach --target-{kind} {fraction:g}: even at ratio {hi:.2f} the "
                         f"plan keeps {best:.1%} (frozen and excluded groups stay whole)")
     for _ in range(14):
         mid = (lo + hi) / 2

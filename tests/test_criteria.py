@@ -202,3 +202,28 @@ def test_bad_calibration_data_is_a_user_error(tmp_path, capsys, arrays, words):
     assert main(["prune", str(src), "--criterion", "wanda"]) == 2
     assert "needs calibration data" in capsys.readouterr().err
     assert not (tmp_path / "m.pruned.onnx").exists()
+
+
+def test_adaptive_allocation_scales_each_group_by_its_weight():
+    from onnxprune.allocation import allocate
+    from onnxprune.groups.grouping import Group
+
+    a = Group(0, np.arange(0, 10), 1, [], [], True)
+    b = Group(1, np.arange(10, 20), 1, [], [], True)
+    from onnxprune.groups import Analysis
+
+    empty = Analysis(analyze_model(conv_bn_conv()[0]).graph)   # not run: no tensors to keep
+    plan = allocate(empty, [a, b], np.arange(20), np.arange(20.0), 0.4,
+                    allocation="adaptive", weights={0: 2.0, 1: 0.5}, max_ratio=0.9)
+    assert len(plan.groups[0].removed) == 8 and len(plan.groups[1].removed) == 2
+
+
+def test_adaptive_allocation_runs_end_to_end_without_data():
+    from .test_patterns import residual
+
+    model = residual()
+    _, report = onnxprune.prune(model, ratio=0.5, round_to=1,
+                                strategy=Strategy("l2", allocation="adaptive"))
+    assert report["check"]["ok"]
+    assert any(n.startswith("adaptive ratio multipliers") for n in report["strategy"]["notes"])
+    assert report["strategy"]["calibration"]["source"].startswith("synthetic")

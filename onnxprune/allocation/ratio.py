@@ -51,13 +51,14 @@ def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
     return int(min(size, max(step, keep, 1)))
 
 
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "adaptive")
 
 
 def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores: np.ndarray,
              ratio: float, round_to: int = 1, by_kind: dict[str, float] | None = None,
              allocation: str = "uniform", max_ratio: float = 0.9,
-             ranking: np.ndarray | None = None) -> Plan:
+             ranking: np.ndarray | None = None,
+             weights: dict[int, float] | None = None) -> Plan:
     """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels");
     "hidden" groups are pruned only at their own ratio in ``by_kind``.
 
@@ -65,7 +66,9 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
     ranked together by ``ranking`` (scores normalized per group, see
     ``importance.normalize``) and the lowest go until the kind's ratio of its channels is
     reached, no group losing more than ``max_ratio``; each group's share is then rounded to
-    ``round_to`` like a uniform ratio. Within a group the lowest ``scores`` go.
+    ``round_to`` like a uniform ratio. ``adaptive``: each group's ratio is its kind's ratio
+    times ``weights[group]`` (from measured sensitivity: below 1 where pruning hurts more),
+    capped at ``max_ratio``. Within a group the lowest ``scores`` go.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r} (one of {ALLOCATIONS})")
@@ -74,6 +77,11 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
     if allocation == "global":
         ratios = _global_ratios(groups, ratios, scores if ranking is None else ranking,
                                 max_ratio)
+    elif allocation == "adaptive":
+        if weights is None:
+            raise ValueError("adaptive allocation needs per-group weights")
+        ratios = {gid: min(max_ratio, r * weights.get(gid, 1.0)) if r > 0 else 0.0
+                  for gid, r in ratios.items()}
     plan = Plan()
     for group in groups:
         comps = group.components

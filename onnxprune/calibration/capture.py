@@ -76,6 +76,7 @@ class ChannelStats:
     tensors: dict[str, Moments] = field(default_factory=dict)
     samples: int = 0
     matched_norms: int = 0          # BatchNorms a synthetic probe matched (see synthetic)
+    batches: list | None = None     # the feeds themselves, where a step re-runs the model
 
     def get(self, name: str) -> Moments | None:
         return self.tensors.get(name)

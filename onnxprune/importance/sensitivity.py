@@ -71,3 +71,19 @@ def _distortion(got, want) -> float:
             num += float(np.sum(np.square(g[name].astype(np.float64) - w[name])))
             den += float(np.sum(np.square(w[name].astype(np.float64))))
     return num / den if den > 0 else num
+
+
+ADAPTIVE_PROBE = 0.5      # share of each group masked to measure its sensitivity
+ADAPTIVE_POWER = 0.5      # how strongly ratios follow sensitivity (0: uniform)
+
+
+def adaptive_weights(a, stats, batches, strategy) -> dict[int, float]:
+    """Per-group ratio multipliers, Adapt-Pruner style: prune less where masking hurts the
+    outputs more. w_g = (geometric mean of the distortions / d_g)^ADAPTIVE_POWER, measured at
+    ADAPTIVE_PROBE; a group with no measurable effect gets the largest multiplier seen."""
+    rows = group_sensitivity(a, stats, batches, [ADAPTIVE_PROBE], strategy)
+    d = {r["group"]: max(r["distortion"][ADAPTIVE_PROBE], 1e-9) for r in rows}
+    if not d:
+        return {}
+    centre = float(np.exp(np.mean(np.log(list(d.values())))))
+    return {g: (centre / v) ** ADAPTIVE_POWER for g, v in d.items()}
