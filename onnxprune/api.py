@@ -161,8 +161,6 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
         calib = "synthetic"
     gram = strategy.compensation == "obs" or strategy.criterion in ("obs", "obspa")
     stats = calibration_stats(a, calib, input_shapes, gram) if strategy.needs else None
-    if stats is not None and strategy.allocation == "adaptive":
-        stats.batches = _batches(a, calib, input_shapes)
     target = None
     if target_macs is not None and target_params is not None:
         raise UserError("give --target-macs or --target-params, not both")
@@ -228,15 +226,11 @@ def calibration_stats(a: Analyzed, calib, input_shapes=None, gram: bool = True):
     probe, matched = None, 0
     if calib == "synthetic":
         probe, matched = match_batchnorm_statistics(a.model)
-    if isinstance(calib, str):
-        batches = load_calibration("random" if calib == "synthetic" else calib, a.model,
-                                   input_shapes)
-    else:
-        batches = calib
+    batches = _batches(a, calib, input_shapes)
     stats = capture_stats(a.model, consumed_inputs(a.analysis), batches,
                           obs_inputs(a.analysis) if gram else set(),
                           obs_patches(a.analysis) if gram else None, probe)
-    stats.matched_norms = matched
+    stats.matched_norms, stats.batches = matched, batches
     return stats
 
 
@@ -251,12 +245,12 @@ def sensitivity(model, calib: str | list = "synthetic", ratios=(0.25, 0.5, 0.75)
     strategy = strategy or Strategy()
     strategy.check(True)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
-    batches = _batches(a, calib, input_shapes)
     stats = calibration_stats(a, calib, input_shapes, gram=strategy.criterion in
                               ("obs", "obspa"))
     return {"criterion": strategy.criterion, "ratios": list(ratios),
             "calibration": _describe(calib, stats),
-            "groups": group_sensitivity(a, stats, batches, list(ratios), strategy, progress),
+            "groups": group_sensitivity(a, stats, stats.batches, list(ratios), strategy,
+                                        progress),
             "dead_channels": dead_channels(a, stats)}
 
 

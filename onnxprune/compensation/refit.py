@@ -103,7 +103,7 @@ def _obs(c: Consumer, removed: np.ndarray, moments, gram: np.ndarray, count: int
     out, channels, k = c.weight.shape
     size = channels * k
     n = max(count, 1)
-    mean = np.repeat(moments.sum / max(moments.count, 1), k) if k > 1 else moments.sum / n
+    mean = np.repeat(moments.mean(), k)      # a patch feature's mean is its channel's
     h = np.empty((size + 1, size + 1))
     h[:size, :size] = gram / n
     h[:size, size] = h[size, :size] = mean

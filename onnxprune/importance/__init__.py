@@ -9,5 +9,5 @@ from .activation import consumed_inputs
 from .base import CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, normalize, score
 from .magnitude import l2_magnitude
 
-__all__ = ["CRITERIA", "consumed_inputs", "NORMALIZATIONS", "REDUCTIONS", "ScoringContext", "l2_magnitude",
-           "normalize", "score"]
+__all__ = ["CRITERIA", "NORMALIZATIONS", "REDUCTIONS", "ScoringContext", "consumed_inputs",
+           "l2_magnitude", "normalize", "score"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .base import Rule, register
 from .hidden import mask_layer_norm
 
