@@ -50,9 +50,11 @@ CALIBRATION = [
     "They watched the sunset from the top of the hill.",
     "The orchestra rehearsed the symphony all afternoon.",
 ]
-# (criterion, compensation, calibration)
-CONFIGS = [("l2", "none", None), ("wanda", "none", "sentences"), ("l2", "obs", "sentences"),
-           ("obs", "obs", "sentences"), ("obspa", "obs", "synthetic")]
+# (criterion, compensation, calibration, OBS damping)
+CONFIGS = [("l2", "none", None, None), ("wanda", "none", "sentences", None),
+           ("l2", "obs", "sentences", 0.01), ("l2", "obs", "sentences", 1.0),
+           ("obs", "obs", "sentences", 0.01), ("obs", "obs", "sentences", 1.0),
+           ("obspa", "obs", "synthetic", 0.01)]
 
 
 def embed(model, ids, mask) -> np.ndarray:
@@ -77,20 +79,22 @@ def main() -> None:
     analyzed = onnxprune.api.analyze_model(path)
     dense = embed(path, ids, mask)
     print(machine())
-    print("| ratio (heads and MLP neurons) | criterion | compensation | calibration | params kept "
-          "| MACs kept | mean cosine | min cosine |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| ratio (heads and MLP neurons) | criterion | compensation | calibration | damping "
+          "| params kept | MACs kept | mean cosine | min cosine |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for ratio in (0.1, 0.25, 0.5):
-        for criterion, compensation, data in CONFIGS:
+        for criterion, compensation, data, damping in CONFIGS:
+            strategy = onnxprune.Strategy(criterion, compensate=compensation,
+                                          damping=damping or onnxprune.api.DAMPING)
             pruned, report = onnxprune.prune(
                 analyzed, ratio=ratio, round_to=1, calib=calib if data == "sentences" else None,
-                strategy=onnxprune.Strategy(criterion, compensate=compensation),
+                strategy=strategy,
                 input_shapes={"input_ids": ids.shape, "attention_mask": mask.shape})
             cos = (embed(pruned, ids, mask) * dense).sum(1)
             p, m = report["params"], report["macs"]
             macs = f"{m['after'] / m['before']:.1%}" if m["before"] else "n/a"
             print(f"| {ratio} | {criterion} | {compensation} | {data or 'none'} | "
-                  f"{p['after'] / p['before']:.1%} | {macs} | {cos.mean():.4f} | "
+                  f"{damping or '-'} | {p['after'] / p['before']:.1%} | {macs} | {cos.mean():.4f} | "
                   f"{cos.min():.4f} |", flush=True)
 
 

@@ -17,7 +17,7 @@ from .errors import UserError, VerificationError
 from .graph import ModelGraph
 from .groups import Analysis, Group, analyze, find_groups
 from .calibration import capture_stats, load_calibration, match_batchnorm_statistics
-from .compensation import METHODS, compensate, obs_inputs, obs_patches
+from .compensation import DAMPING, METHODS, compensate, obs_inputs, obs_patches
 from .importance import (CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, consumed_inputs,
                          normalize, score)
 from .importance.sensitivity import adaptive_weights, dead_channels, group_sensitivity
@@ -44,6 +44,7 @@ class Strategy:
     max_ratio: float = 0.9
     seed: int = 0
     compensate: str | None = None   # none, bias, obs; default: obs for obspa, else none
+    damping: float = DAMPING        # λ of the OBS update, relative to mean(diag H)
 
     @property
     def compensation(self) -> str:
@@ -74,6 +75,8 @@ class Strategy:
                     "calibration" else f"--compensate {self.compensation}")
             raise UserError(f"{what} needs calibration data (--calib data.npz, or --calib "
                             f"random)")
+        if not self.damping > 0.0:
+            raise UserError(f"--obs-damping must be positive, got {self.damping}")
         if not 0.0 < self.max_ratio < 1.0:
             raise UserError(f"max-ratio must be in (0, 1), got {self.max_ratio}")
 
@@ -171,7 +174,8 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
                                           stats, input_shapes)
         target = {"kind": kind, "fraction": fraction, "ratio": ratio, "planned": planned}
     plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats)
-    base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation)
+    base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
+                            strategy.damping)
     notes += more
     pruned = apply_plan(base, a.analysis, removed, "prune")
     report = _report(a, plan, pruned, removed, ratio, round_to, input_shapes)
@@ -205,7 +209,8 @@ def masked_original(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
     strategy = strategy or Strategy()
     removed = plan_for(a, ratio, round_to, by_kind, strategy, stats)[1]
-    base = compensate(a.model, a.analysis, removed, stats, strategy.compensation)[0]
+    base = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
+                      strategy.damping)[0]
     return (apply_plan(base, a.analysis, removed, "prune"),
             apply_plan(base, a.analysis, removed, "mask"))
 

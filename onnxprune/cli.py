@@ -15,7 +15,7 @@ import click
 
 from . import api
 from .allocation import ALLOCATIONS
-from .compensation import METHODS
+from .compensation import DAMPING, METHODS
 from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from .errors import EXIT_INTERNAL, OnnxPruneError, UserError
 from .io import save_model
@@ -161,12 +161,15 @@ def cli():
               help=f"Re-fit the layers that read removed channels: {', '.join(METHODS)} "
                    "(default: obs for --criterion obspa, else none). Needs --calib, except "
                    "with obspa.")
+@click.option("--obs-damping", type=float, default=DAMPING, show_default=True,
+              help="Damping of the OBS update, relative to the mean of diag(H). Larger is safer "
+                   "with few calibration samples per input feature (see RESULTS.md).")
 def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
           tolerance, criterion, group_reduction, normalization, allocation, max_ratio, seed,
-          calib, target_macs, target_params, compensate):
+          calib, target_macs, target_params, compensate, obs_damping):
     """Prune MODEL and write a smaller, verified model."""
     strategy = api.Strategy(criterion, group_reduction, normalization, allocation, max_ratio,
-                            seed, compensate)
+                            seed, compensate, obs_damping)
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
                input_shape, report_path, tolerance, heads, mlp, hidden, strategy, calib,
                {"target_macs": target_macs, "target_params": target_params})

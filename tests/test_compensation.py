@@ -175,3 +175,20 @@ def test_obspa_defaults_to_bn_matched_synthetic_data():
     assert report["check"]["ok"]
     assert report["strategy"]["calibration"]["source"].startswith(
         "synthetic: random inputs, activations matched to the running statistics of 1")
+
+
+def test_stronger_damping_keeps_the_update_smaller():
+    """λ → ∞ turns the OBS update into plain removal; a larger λ gives a smaller update."""
+    model = two_layers()
+    a = analyze_model(model)
+    stats = calibration_stats(a, calibration())
+    consumer = next(c for c in find_consumers(a.analysis) if c.weight.shape == (N_OUT, N_HID, 1))
+    removed = np.zeros(N_HID, bool)
+    removed[[0, 3]] = True
+    m = stats.get(consumer.input_name)
+    sizes = [np.linalg.norm(_obs(consumer, removed, m, m.gram, m.count, damping=d)[0])
+             for d in (0.01, 1.0, 100.0)]
+    assert sizes[0] > sizes[1] > sizes[2]
+    _, report = onnxprune.prune(model, ratio=0.5, round_to=1, calib=calibration(),
+                                strategy=Strategy("obs", damping=1.0))
+    assert report["check"]["ok"] and report["strategy"]["damping"] == 1.0

@@ -43,9 +43,11 @@ def obs_patches(analysis: Analysis) -> dict[str, list]:
 
 
 def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray, stats,
-               method: str) -> tuple[onnx.ModelProto, list[str]]:
+               method: str, damping: float = DAMPING) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` with every consumer of removed channels re-fitted; notes say which
-    layers were left as they are, and why."""
+    layers were left as they are, and why. ``damping``: λ of the OBS update (a larger one
+    keeps it closer to plain removal, which is safer when there are few calibration samples
+    per input feature)."""
     if method not in METHODS:
         raise ValueError(method)
     if method == "none":
@@ -68,7 +70,7 @@ def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
             continue
         gram = _gram(c, moments)
         if method == "obs" and gram is not None:
-            delta_w, delta_b = _obs(c, removed, moments, *gram)
+            delta_w, delta_b = _obs(c, removed, moments, *gram, damping=damping)
         else:
             if method == "obs":
                 notes.append(f"{label}: not pointwise (or too wide), bias compensation instead")
