@@ -167,13 +167,14 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     target = None
     if target_macs is not None and target_params is not None:
         raise UserError("give --target-macs or --target-params, not both")
+    scored = _scores(a, strategy, stats)    # once: a target search re-allocates many times
     if target_macs is not None or target_params is not None:
         kind, fraction = ("macs", target_macs) if target_macs is not None else (
             "params", target_params)
         ratio, planned = ratio_for_target(a, kind, fraction, round_to, by_kind, strategy,
-                                          stats, input_shapes)
+                                          stats, input_shapes, scored)
         target = {"kind": kind, "fraction": fraction, "ratio": ratio, "planned": planned}
-    plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats)
+    plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
     base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
                             strategy.damping)
     notes += more
@@ -306,7 +307,8 @@ MAX_TARGET_RATIO = 0.95
 
 
 def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_kind,
-                     strategy: Strategy, stats=None, input_shapes=None) -> tuple[float, float]:
+                     strategy: Strategy, stats=None, input_shapes=None,
+                     scored=None) -> tuple[float, float]:
     """The smallest ratio (for every group without a ratio of its own) whose plan keeps at
     most ``fraction`` of the dense model's MACs or params; returns (ratio, planned fraction).
     Found by bisection on the plan's own cost model, which the report checks against the
@@ -318,7 +320,7 @@ def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_
         raise UserError("the MACs of this model are unknown (give --input-shape, or use "
                         "--target-params)")
     dense = int(sum(per_node)) if kind == "macs" else count_params(a.model)
-    scored = _scores(a, strategy, stats)
+    scored = scored or _scores(a, strategy, stats)
 
     def kept(ratio: float) -> float:
         _, removed, _ = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)

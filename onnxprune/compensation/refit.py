@@ -68,7 +68,7 @@ def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
         if c.bias is None:
             notes.append(f"{label}: no bias to absorb the correction, not compensated")
             continue
-        gram = _gram(c, moments)
+        gram = input_gram(c, moments)
         if method == "obs" and gram is not None:
             delta_w, delta_b = _obs(c, removed, moments, *gram, damping=damping)
         else:
@@ -90,7 +90,7 @@ def _bias(c: Consumer, removed: np.ndarray, moments) -> np.ndarray:
     return c.weight[:, removed, :].sum(axis=2) @ moments.mean()[removed]
 
 
-def _gram(c: Consumer, moments):
+def input_gram(c: Consumer, moments):
     """(Σ x xᵀ over the layer's input features, sample count), or None when not captured."""
     if c.pointwise and moments.gram is not None:
         return moments.gram, moments.count

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compensation.consumers import find_consumers
-from ..compensation.refit import DAMPING, _gram
+from ..compensation.refit import DAMPING, input_gram
 from .base import MemberScores, ScoringContext, criterion
 
 
@@ -26,7 +26,7 @@ def _saliency(ctx: ScoringContext) -> np.ndarray:
         moments = ctx.calibration.get(c.input_name)
         if moments is None or not moments.count:
             continue
-        gram = _gram(c, moments)
+        gram = input_gram(c, moments)
         out, channels, k = c.weight.shape
         if gram is not None:
             h = gram[0] / max(gram[1], 1)
