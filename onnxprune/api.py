@@ -53,6 +53,11 @@ class Strategy:
         return "obs" if self.criterion in ("obs", "obspa") else "none"
 
     @property
+    def needs_gram(self) -> bool:
+        """Does it read Gram matrices (OBS scoring or OBS compensation)?"""
+        return self.compensation == "obs" or self.criterion in ("obs", "obspa")
+
+    @property
     def needs(self) -> str | None:
         """What data the strategy reads: "calibration", "synthetic" or None."""
         need = CRITERIA[self.criterion].needs if self.criterion in CRITERIA else "weights"
@@ -146,9 +151,8 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     data for the criteria that need it: an ``.npz`` path, ``"random"``, or a list of feed
     dicts. ``target_macs`` / ``target_params`` (fractions of the dense model to keep) replace
     ``ratio`` by the smallest one that reaches them. With ``verify`` (the default) the result
-    must pass the full checker, run on
-    ONNX Runtime and match the masked original within ``tolerance``; otherwise
-    VerificationError is raised and nothing is returned.
+    must pass the full checker, run on ONNX Runtime and match the masked original within
+    ``tolerance``; otherwise VerificationError is raised and nothing is returned.
     """
     by_kind = {k: v for k, v in (("heads", heads), ("mlp", mlp), ("hidden", hidden))
                if v is not None}
@@ -157,16 +161,16 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
             raise UserError(f"{name} must be in [0, 1), got {value}")
     if round_to < 1:
         raise UserError(f"round-to must be a positive integer, got {round_to}")
+    if target_macs is not None and target_params is not None:
+        raise UserError("give --target-macs or --target-params, not both")
     strategy = strategy or Strategy()
     strategy.check(calib is not None)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
     if strategy.needs == "synthetic" and calib is None:
         calib = "synthetic"
-    gram = strategy.compensation == "obs" or strategy.criterion in ("obs", "obspa")
-    stats = calibration_stats(a, calib, input_shapes, gram) if strategy.needs else None
+    stats = (calibration_stats(a, calib, input_shapes, strategy.needs_gram)
+             if strategy.needs else None)
     target = None
-    if target_macs is not None and target_params is not None:
-        raise UserError("give --target-macs or --target-params, not both")
     scored = _scores(a, strategy, stats)    # once: a target search re-allocates many times
     if target_macs is not None or target_params is not None:
         kind, fraction = ("macs", target_macs) if target_macs is not None else (
@@ -251,8 +255,7 @@ def sensitivity(model, calib: str | list = "synthetic", ratios=(0.25, 0.5, 0.75)
     strategy = strategy or Strategy()
     strategy.check(True)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
-    stats = calibration_stats(a, calib, input_shapes, gram=strategy.criterion in
-                              ("obs", "obspa"))
+    stats = calibration_stats(a, calib, input_shapes, strategy.needs_gram)
     return {"criterion": strategy.criterion, "ratios": list(ratios),
             "calibration": _describe(calib, stats),
             "groups": group_sensitivity(a, stats, stats.batches, list(ratios), strategy,
