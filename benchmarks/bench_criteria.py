@@ -14,6 +14,7 @@ pruned model is verified against its masked original. Random is averaged over 5 
 (min–max shown). Run from the repository root::
 
     python -m benchmarks.bench_criteria [--macs 0.5 0.25 0.1] [--round-to 1] [--sweep]
+        [--only taylor snip]
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ CONFIGS = [
     ("l2", "obs", "uniform", "synthetic"),
     ("obspa", "obs", "uniform", "synthetic"), ("obspa", "obs", "global", "synthetic"),
     ("obspa", "obs", "adaptive", "synthetic"),
+    ("synflow", "none", "uniform", None), ("synflow", "none", "global", None),
+    ("taylor", "none", "uniform", "calibration"), ("taylor", "none", "global", "calibration"),
+    ("snip", "none", "uniform", "calibration"), ("snip", "none", "global", "calibration"),
+    ("taylor", "obs", "uniform", "calibration"),
 ]
 
 
@@ -60,6 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--sweep", action="store_true",
                         help="also sweep group reduction × normalization (global allocation)")
+    parser.add_argument("--only", nargs="+", metavar="CRITERION",
+                        help="run only the configurations of these criteria")
     args = parser.parse_args(argv)
     model = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
     x_train, _, x_test, y_test = load_split()
@@ -70,6 +77,8 @@ def main(argv=None) -> None:
           + " | ".join(f"MACs ≤ {m:.0%}" for m in args.macs) + " |")
     print("|---|---|---|---|" + "---|" * len(args.macs))
     for name, compensation, allocation, data in CONFIGS:
+        if args.only and name not in args.only:
+            continue
         seeds = range(RANDOM_SEEDS) if name == "random" else [0]
         cells = [_cell(model, x_test, y_test, target, args.round_to, calib if data ==
                        "calibration" else data, [onnxprune.Strategy(

@@ -16,7 +16,8 @@ from .allocation import ALLOCATIONS, Plan, allocate
 from .errors import UserError, VerificationError
 from .graph import ModelGraph
 from .groups import Analysis, Group, analyze, find_groups
-from .calibration import capture_stats, load_calibration, match_batchnorm_statistics
+from .calibration import (CalibSource, as_sources, capture_stats, load_calibration,
+                          match_batchnorm_statistics, mix)
 from .compensation import DAMPING, METHODS, compensate, obs_inputs, obs_patches
 from .importance import (CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, consumed_inputs,
                          normalize, score)
@@ -171,7 +172,7 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     stats = (calibration_stats(a, calib, input_shapes, strategy.needs_gram)
              if strategy.needs else None)
     target = None
-    scored = _scores(a, strategy, stats)    # once: a target search re-allocates many times
+    scored = _scores(a, strategy, stats, input_shapes)  # once: a target search re-allocates
     if target_macs is not None or target_params is not None:
         kind, fraction = ("macs", target_macs) if target_macs is not None else (
             "params", target_params)
@@ -230,13 +231,22 @@ def plan_for(a: Analyzed, ratio: float, round_to: int,
 
 def calibration_stats(a: Analyzed, calib, input_shapes=None, gram: bool = True):
     """Per-channel statistics of the tensors linear layers read, with the Gram matrices OBS
-    needs. ``calib``: an .npz path, a list of feed dicts, "random" (random inputs), or
-    "synthetic" (random inputs whose activations are matched to every BatchNormalization's
-    running statistics; see ``calibration.synthetic``)."""
+    needs. ``calib``: an .npz path, an image folder, a list of feed dicts, "random" (random
+    inputs), "synthetic" (random inputs whose activations are matched to every
+    BatchNormalization's running statistics; see ``calibration.synthetic``), or one or more
+    :class:`CalibSource` (several are fused by their weights, see ``calibration.sources``)."""
+    sources = as_sources(calib)
+    parts = [_source_stats(a, s, input_shapes, gram) for s in sources]
+    if len(parts) == 1:
+        return parts[0]
+    return mix(parts, [s.weight for s in sources])
+
+
+def _source_stats(a: Analyzed, source: CalibSource, input_shapes, gram: bool):
     probe, matched = None, 0
-    if calib == "synthetic":
+    if source.data == "synthetic":
         probe, matched = match_batchnorm_statistics(a.model)
-    batches = _batches(a, calib, input_shapes)
+    batches = _batches(a, source, input_shapes)
     stats = capture_stats(a.model, consumed_inputs(a.analysis), batches,
                           obs_inputs(a.analysis) if gram else set(),
                           obs_patches(a.analysis) if gram else None, probe)
@@ -266,14 +276,20 @@ def sensitivity(model, calib: str | list = "synthetic", ratios=(0.25, 0.5, 0.75)
 def _describe(calib, stats) -> dict | None:
     if stats is None:
         return None
-    if calib == "synthetic":
-        source = (f"synthetic: random inputs, activations matched to the running statistics "
-                  f"of {stats.matched_norms} BatchNormalization layers")
-    elif calib == "random":
-        source = "random inputs"
-    else:
-        source = calib if isinstance(calib, str) else "feeds given by the caller"
-    return {"source": source, "samples": stats.samples}
+    sources = as_sources(calib)
+    names = []
+    for source in sources:
+        if source.data == "synthetic":
+            name = (f"synthetic: random inputs, activations matched to the running statistics "
+                    f"of {stats.matched_norms} BatchNormalization layers")
+        elif source.data == "random":
+            name = "random inputs"
+        else:
+            name = source.describe()
+        if source.preprocess:
+            name += f" (preprocess: {source.preprocess})"
+        names.append(name if len(sources) == 1 else f"{name} (weight {source.weight:g})")
+    return {"source": "; ".join(names), "samples": stats.samples}
 
 
 def _plan(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats=None,
@@ -285,9 +301,9 @@ def _plan(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats=None,
     return plan, plan.removed_atoms(a.roots), list(notes)
 
 
-def _scores(a: Analyzed, strategy: Strategy, stats=None):
+def _scores(a: Analyzed, strategy: Strategy, stats=None, input_shapes=None):
     ctx = ScoringContext(a.analysis, a.roots, a.groups, strategy.reduction, strategy.seed,
-                         stats)
+                         stats, input_shapes=input_shapes)
     scores = score(strategy.criterion, ctx)
     ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalization)
     weights = None
@@ -298,12 +314,12 @@ def _scores(a: Analyzed, strategy: Strategy, stats=None):
     return scores, ranking, ctx.notes, weights
 
 
-def _batches(a: Analyzed, calib, input_shapes):
+def _batches(a: Analyzed, source: CalibSource, input_shapes):
     """The calibration feeds themselves (what sensitivity runs the model on)."""
-    if isinstance(calib, str):
-        return load_calibration("random" if calib == "synthetic" else calib, a.model,
-                                input_shapes)
-    return calib
+    if isinstance(source.data, str):
+        return load_calibration("random" if source.data == "synthetic" else source.data,
+                                a.model, input_shapes, preprocess=source.preprocess)
+    return source.data
 
 
 MAX_TARGET_RATIO = 0.95
@@ -323,7 +339,7 @@ def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_
         raise UserError("the MACs of this model are unknown (give --input-shape, or use "
                         "--target-params)")
     dense = int(sum(per_node)) if kind == "macs" else count_params(a.model)
-    scored = scored or _scores(a, strategy, stats)
+    scored = scored or _scores(a, strategy, stats, input_shapes)
 
     def kept(ratio: float) -> float:
         _, removed, _ = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)

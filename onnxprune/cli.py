@@ -15,6 +15,7 @@ import click
 
 from . import api
 from .allocation import ALLOCATIONS
+from .calibration import parse_source
 from .compensation import DAMPING, METHODS
 from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from .errors import EXIT_INTERNAL, OnnxPruneError, UserError
@@ -104,6 +105,15 @@ def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path
     click.echo(f"wrote {output}")
 
 
+def _calib_sources(values, preprocess):
+    """--calib values (PATH or PATH@WEIGHT, repeatable) as calibration sources, or None."""
+    if not values:
+        if preprocess:
+            raise UserError("--preprocess goes with --calib IMAGE_FOLDER")
+        return None
+    return [parse_source(v, preprocess) for v in values]
+
+
 _shape_option = click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224",
                              help="Concrete input shape for checks and MACs (dynamic dims).")
 
@@ -148,11 +158,16 @@ def cli():
               help="Most of one group that --allocation global may remove.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random criterion and the check inputs.")
-@click.option("--calib", default=None, metavar="DATA.npz|random|synthetic",
+@click.option("--calib", multiple=True, metavar="DATA[@WEIGHT]",
               help="Calibration inputs for data-driven criteria and compensation: an .npz with "
-                   "one array per model input (samples on axis 0); 'random' inputs; or "
-                   "'synthetic' (random inputs matched to the BatchNorm statistics, obspa's "
-                   "default).")
+                   "one array per model input (samples on axis 0); a folder of images (see "
+                   "--preprocess); 'random' inputs; or 'synthetic' (random inputs matched to "
+                   "the BatchNorm statistics, obspa's default). Repeat it to fuse several sets, "
+                   "each with a weight: --calib general.npz@0.3 --calib task.npz@0.7.")
+@click.option("--preprocess", default=None, metavar="SPEC",
+              help="How images of a --calib folder become inputs, e.g. 'resize=256 crop=224 "
+                   "mean=0.485,0.456,0.406 std=0.229,0.224,0.225' (keys: resize, crop, scale, "
+                   "mean, std, color, layout), or a .json file with those keys.")
 @click.option("--target-macs", type=float, default=None,
               help="Keep this fraction of the MACs: the ratio is searched for (replaces --ratio).")
 @click.option("--target-params", type=float, default=None,
@@ -166,8 +181,9 @@ def cli():
                    "with few calibration samples per input feature (see RESULTS.md).")
 def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
           tolerance, criterion, group_reduction, normalization, allocation, max_ratio, seed,
-          calib, target_macs, target_params, compensate, obs_damping):
+          calib, preprocess, target_macs, target_params, compensate, obs_damping):
     """Prune MODEL and write a smaller, verified model."""
+    calib = _calib_sources(calib, preprocess)
     strategy = api.Strategy(criterion, group_reduction, normalization, allocation, max_ratio,
                             seed, compensate, obs_damping)
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
@@ -200,8 +216,11 @@ def inspect(model, as_json, exclude, input_shape):
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=True))
-@click.option("--calib", default="synthetic", show_default=True,
-              metavar="DATA.npz|random|synthetic", help="Inputs the distortion is measured on.")
+@click.option("--calib", multiple=True, default=("synthetic",), show_default=True,
+              metavar="DATA[@WEIGHT]", help="Inputs the distortion is measured on (as for "
+              "prune: .npz, image folder, random, synthetic; repeat to fuse weighted sets).")
+@click.option("--preprocess", default=None, metavar="SPEC",
+              help="Preprocessing of a --calib image folder (as for prune).")
 @click.option("--ratios", default="0.25,0.5,0.75", show_default=True,
               help="Comma-separated shares of each group to mask.")
 @click.option("--criterion", default="l2", show_default=True,
@@ -211,8 +230,10 @@ def inspect(model, as_json, exclude, input_shape):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--plot", type=click.Path(), default=None,
               help="Write a PNG of distortion against ratio per group (needs matplotlib).")
-def sensitivity(model, calib, ratios, criterion, exclude, input_shape, as_json, plot):
+def sensitivity(model, calib, preprocess, ratios, criterion, exclude, input_shape, as_json,
+                plot):
     """How much each group hurts MODEL's outputs when pruned alone, and its dead channels."""
+    calib = _calib_sources(calib, preprocess)
     try:
         values = tuple(float(r) for r in ratios.split(","))
     except ValueError:

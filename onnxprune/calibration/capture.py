@@ -77,6 +77,7 @@ class ChannelStats:
     samples: int = 0
     matched_norms: int = 0          # BatchNorms a synthetic probe matched (see synthetic)
     batches: list | None = None     # the feeds themselves, where a step re-runs the model
+    batch_weights: list | None = None   # per batch, when several weighted sets were fused
 
     def get(self, name: str) -> Moments | None:
         return self.tensors.get(name)

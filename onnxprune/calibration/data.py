@@ -1,6 +1,7 @@
 """Where calibration inputs come from: an ``.npz`` file (one array per model input, samples on
-the first axis) or ``random`` (seeded random inputs of the right shapes and dtypes; the API's
-``synthetic`` source runs them through a BN-matched probe, see ``synthetic``)."""
+the first axis), a folder of images preprocessed by a spec (see ``images``), or ``random``
+(seeded random inputs of the right shapes and dtypes; the API's ``synthetic`` source runs them
+through a BN-matched probe, see ``synthetic``)."""
 
 from __future__ import annotations
 
@@ -11,37 +12,66 @@ import onnx
 
 from ..errors import UserError
 from ..verify.checks import input_shapes, make_inputs, user_inputs
+from .images import load_images
 
 DEFAULT_RANDOM_SAMPLES = 32
 
 
 def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_size: int = 16,
-                     samples: int = DEFAULT_RANDOM_SAMPLES, seed: int = 0
+                     samples: int | None = None, seed: int = 0, preprocess: str | None = None
                      ) -> list[dict[str, np.ndarray]]:
     """Batches of feeds for ``model``. Every input must be given with the model's dtype and
     its static dims; the first (batch) axis is split into batches of ``batch_size``, or of the
-    model's own batch size when that is fixed (samples that do not fill a batch are left out)."""
+    model's own batch size when that is fixed (samples that do not fill a batch are left out).
+    ``samples``: how many random inputs (``DEFAULT_RANDOM_SAMPLES`` when None), or at most how
+    many images of a folder (``images.MAX_IMAGES`` when None). ``preprocess``: the spec for an
+    image folder (see ``images.parse_preprocess``)."""
     names = user_inputs(model)
     fixed = _fixed_batch(model, names)
     batch_size = fixed or batch_size
+    if preprocess is not None and not os.path.isdir(source):
+        raise UserError(f"a preprocessing spec goes with an image folder; {source} is not one")
     if source in ("random", "synthetic"):
-        concrete = input_shapes(model, shapes)
-        one = {n: (1,) + tuple(concrete[n][1:]) for n in names}
-        if fixed:
-            samples = max(samples - samples % fixed, fixed)
-        vocab = _lookup_sizes(model, names)
-        rng = np.random.default_rng(seed)
-        made = []
-        for k in range(samples):
-            feeds = make_inputs(model, one, seed + k)
-            for n, value in feeds.items():
-                if np.issubdtype(value.dtype, np.integer):   # ids into a table, else flags
-                    feeds[n] = (rng.integers(0, vocab[n], value.shape).astype(value.dtype)
-                                if n in vocab else np.ones_like(value))
-            made.append(feeds)
-        return _batches(made, batch_size)
+        samples = DEFAULT_RANDOM_SAMPLES if samples is None else samples
+        return _batches(_random_samples(model, names, shapes, fixed, samples, seed), batch_size)
+    if os.path.isdir(source):
+        arrays = load_images(source, model, preprocess, shapes, limit=samples)
+    else:
+        arrays = _read_npz(source, names)
+    _check(model, names, arrays, source)
+    count = len(next(iter(arrays.values())))
+    split = [{n: arrays[n][i:i + 1] for n in names} for i in range(count)]
+    if fixed and len(split) < fixed:
+        raise UserError(f"{source}: the model takes batches of {fixed}, the data has "
+                        f"{len(split)} samples")
+    if fixed:
+        split = split[:len(split) - len(split) % fixed]
+    return _batches(split, batch_size)
+
+
+def _random_samples(model, names, shapes, fixed, samples: int, seed: int
+                    ) -> list[dict[str, np.ndarray]]:
+    concrete = input_shapes(model, shapes)
+    one = {n: (1,) + tuple(concrete[n][1:]) for n in names}
+    if fixed:
+        samples = max(samples - samples % fixed, fixed)
+    vocab = _lookup_sizes(model, names)
+    rng = np.random.default_rng(seed)
+    made = []
+    for k in range(samples):
+        feeds = make_inputs(model, one, seed + k)
+        for n, value in feeds.items():
+            if np.issubdtype(value.dtype, np.integer):   # ids into a table, else flags
+                feeds[n] = (rng.integers(0, vocab[n], value.shape).astype(value.dtype)
+                            if n in vocab else np.ones_like(value))
+        made.append(feeds)
+    return made
+
+
+def _read_npz(source: str, names: list[str]) -> dict[str, np.ndarray]:
     if not os.path.isfile(source):
-        raise UserError(f"calibration data not found: {source} (give an .npz file or 'random')")
+        raise UserError(f"calibration data not found: {source} (give an .npz file, an image "
+                        "folder or 'random')")
     try:
         with np.load(source, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -49,15 +79,7 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
         raise UserError(f"cannot read calibration data {source}: {exc}") from None
     if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
         arrays = {names[0]: next(iter(arrays.values()))}
-    _check(model, names, arrays, source)
-    count = len(next(iter(arrays.values())))
-    samples = [{n: arrays[n][i:i + 1] for n in names} for i in range(count)]
-    if fixed and len(samples) < fixed:
-        raise UserError(f"{source}: the model takes batches of {fixed}, the data has "
-                        f"{len(samples)} samples")
-    if fixed:
-        samples = samples[:len(samples) - len(samples) % fixed]
-    return _batches(samples, batch_size)
+    return arrays
 
 
 def _lookup_sizes(model, names) -> dict[str, int]:

@@ -50,7 +50,8 @@ def criterion(name: str, needs: str = "weights"):
 @dataclass
 class ScoringContext:
     """What a criterion may read: the analysis, the component of every atom, the groups, the
-    member reduction, a seed, and (for data-driven criteria) calibration statistics."""
+    member reduction, a seed, (for data-driven criteria) calibration statistics, and the input
+    shapes to run the model at."""
 
     analysis: Analysis
     roots: np.ndarray
@@ -59,6 +60,7 @@ class ScoringContext:
     seed: int = 0
     calibration: object | None = None
     notes: list[str] = field(default_factory=list)
+    input_shapes: dict | None = None      # for criteria that run the model on made-up inputs
 
     def value(self, use: ParamUse) -> np.ndarray | None:
         """The float constant a member slices, or None."""

@@ -33,7 +33,8 @@ def group_sensitivity(a, stats, batches, ratios, strategy, progress=None) -> lis
             count = min(int(round(group.size * ratio)), group.size - 1)
             removed = np.isin(a.roots, order[:count])
             masked = apply_plan(a.model, a.analysis, removed, "mask")
-            row["distortion"][ratio] = _distortion(_outputs(masked, batches), dense)
+            row["distortion"][ratio] = _distortion(_outputs(masked, batches), dense,
+                                                   getattr(stats, "batch_weights", None))
         out.append(row)
         if progress:
             progress(k + 1, len(groups))
@@ -62,14 +63,17 @@ def _outputs(model, batches) -> list[dict]:
     return [dict(zip(names, sess.run(names, feeds))) for feeds in batches]
 
 
-def _distortion(got, want) -> float:
+def _distortion(got, want, weights=None) -> float:
+    """Σ‖y_masked − y‖² / Σ‖y‖² over batches (each weighted by its calibration set's share
+    when several sets were fused)."""
     num = den = 0.0
-    for g, w in zip(got, want):
+    for k, (g, w) in enumerate(zip(got, want)):
+        share = weights[k] if weights else 1.0
         for name in w:
             if not np.issubdtype(w[name].dtype, np.floating):
                 continue
-            num += float(np.sum(np.square(g[name].astype(np.float64) - w[name])))
-            den += float(np.sum(np.square(w[name].astype(np.float64))))
+            num += share * float(np.sum(np.square(g[name].astype(np.float64) - w[name])))
+            den += share * float(np.sum(np.square(w[name].astype(np.float64))))
     return num / den if den > 0 else num
 
 

@@ -49,6 +49,23 @@ def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
 
 def node_macs(model: onnx.ModelProto, shapes=None) -> list[int | None] | None:
     """MACs of every node (0 for ops that are not Conv/Gemm/MatMul), in graph order."""
+    shape = value_shapes(model, shapes)
+    if shape is None:
+        return None
+    nodes = model.graph.node
+    macs = [_node_macs(node, shape) for node in nodes]
+    missing = [i for i, m in enumerate(macs) if m is None]
+    if missing:
+        # Shape inference gave up somewhere (symbolic reshapes): measure the shapes instead.
+        measure_node_shapes(model, shape, missing, shapes)
+        macs = [m if m is not None else _node_macs(node, shape) for node, m in zip(nodes, macs)]
+    return macs
+
+
+def value_shapes(model: onnx.ModelProto, shapes=None) -> dict[str, list[int | None]] | None:
+    """Shapes of the graph's values (inputs, intermediates, outputs, initializers) at concrete
+    input sizes, from shape inference on a weightless skeleton; None marks an unknown dim. None
+    when inference fails. Shared by the MAC count and the per-layer latency table."""
     from ..graph.model_graph import skeleton
 
     fixed = skeleton(model)
@@ -71,15 +88,16 @@ def node_macs(model: onnx.ModelProto, shapes=None) -> list[int | None] | None:
         shape[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     for t in inferred.graph.initializer:
         shape[t.name] = list(t.dims)
-    macs = [_node_macs(node, shape) for node in inferred.graph.node]
-    if any(m is None for m in macs):
-        # Shape inference gave up somewhere (symbolic reshapes): measure the shapes instead.
-        shape.update(_shapes_by_running(model, concrete, [
-            name for node, m in zip(inferred.graph.node, macs) if m is None
-            for name in list(node.input[:1]) + list(node.output[:1])]))
-        macs = [m if m is not None else _node_macs(node, shape)
-                for node, m in zip(inferred.graph.node, macs)]
-    return macs
+    return shape
+
+
+def measure_node_shapes(model: onnx.ModelProto, shape: dict, node_indices, shapes=None) -> None:
+    """Fill ``shape`` in place with the first input's and first output's shapes of the given
+    nodes, measured by one ONNX Runtime run (for what inference could not resolve)."""
+    nodes = model.graph.node
+    names = [name for i in node_indices
+             for name in list(nodes[i].input[:1]) + list(nodes[i].output[:1])]
+    shape.update(_shapes_by_running(model, input_shapes(model, shapes), names))
 
 
 def _shapes_by_running(model: onnx.ModelProto, concrete, names) -> dict[str, list[int]]:

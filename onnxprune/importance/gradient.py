@@ -1,0 +1,316 @@
+"""Gradient criteria: first-order Taylor, SNIP and SynFlow.
+
+ONNX Runtime computes no gradients, so the model is converted to a ``torch.fx`` module by
+onnx2torch (the optional ``grad`` extra: ``pip install 'onnxprune[grad]'``). Gradients of the
+converted module's parameters and constant buffers are mapped back to the ONNX initializers
+they came from, in ONNX layout, and scored member by member like the weight criteria:
+
+* ``taylor``: |Σ w·∂L/∂w| over each member's slice: the first-order change of the loss when
+  the slice is zeroed (Molchanov et al.), summed over calibration batches.
+* ``snip``: Σ |w·∂L/∂w| over the slice: connection sensitivity (Lee et al.), on calibration data.
+* ``synflow``: Σ |w·∂R/∂w| with every parameter replaced by its absolute value, an all-ones
+  input and R the sum of the outputs (Tanaka et al.): no data.
+
+With no labels the loss is the cross-entropy of the first output against its own arg-max
+(pseudo-labels; softmax over its last axis), so the criteria stay task-agnostic. The converted
+module must reproduce ONNX Runtime's outputs before any gradient is trusted; a model onnx2torch
+cannot convert gets a one-line error naming the op, never a guess.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import UserError
+from ..verify.checks import make_inputs, run_model, user_inputs
+from .base import MemberScores, ScoringContext, criterion, per_atom
+
+CONVERT_OPSET = 17        # onnx2torch converts most ops up to this opset
+AGREEMENT = 1e-3          # relative error allowed between the torch module and ONNX Runtime
+# Op versions whose only change is the types they accept: onnx2torch's converter for the
+# older version computes the same thing.
+_SAME_AS = {("GreaterOrEqual", 16): 12, ("LessOrEqual", 16): 12}
+
+
+def _torch():
+    try:
+        import onnx2torch  # noqa: F401
+        import torch
+    except ImportError:
+        raise UserError("gradient criteria need PyTorch and onnx2torch: pip install "
+                        "'onnxprune[grad]'") from None
+    return torch
+
+
+def _register_aliases() -> None:
+    from onnx2torch.node_converters import registry
+
+    for (op, version), older in _SAME_AS.items():
+        key = registry.OperationDescription(domain="", operation_type=op, version=version)
+        source = registry.OperationDescription(domain="", operation_type=op, version=older)
+        if key not in registry._CONVERTER_REGISTRY and source in registry._CONVERTER_REGISTRY:
+            registry._CONVERTER_REGISTRY[key] = registry._CONVERTER_REGISTRY[source]
+
+
+def convertible_copy(model: onnx.ModelProto, graph, names: set[str]) -> onnx.ModelProto:
+    """A copy onnx2torch can convert, computing the same function: every constant in ``names``
+    (the weights the analysis slices) becomes an initializer, Reshape's ``allowzero`` is dropped
+    where the shape has no zero (it then changes nothing), the opset is lowered to 17 where
+    ONNX's version converter can, and nodes are named by position."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inits = {t.name for t in copy.graph.initializer}
+    for name in sorted(names - inits):
+        value = graph.const(name)
+        if value is not None:
+            copy.graph.initializer.append(numpy_helper.from_array(value, name))
+    made = {t.name for t in copy.graph.initializer}
+    keep = [n for n in copy.graph.node
+            if not (n.output and all(o in made for o in n.output))]
+    del copy.graph.node[:]
+    copy.graph.node.extend(keep)
+    for node in copy.graph.node:
+        if node.op_type == "Reshape" and any(a.name == "allowzero" for a in node.attribute):
+            shape = graph.const(node.input[1])
+            if shape is not None and not (shape == 0).any():
+                kept = [a for a in node.attribute if a.name != "allowzero"]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    opset = next((o.version for o in copy.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > CONVERT_OPSET:
+        try:
+            copy = onnx.version_converter.convert_version(copy, CONVERT_OPSET)
+        except Exception as exc:  # noqa: BLE001 - the converter's own message says which op
+            raise UserError(f"gradient criteria: cannot lower opset {opset} to "
+                            f"{CONVERT_OPSET} for onnx2torch ({_first_line(exc)})") from None
+        for node in copy.graph.node:   # the converter leaves an opset-18 attribute behind
+            if node.op_type.startswith("Reduce"):
+                kept = [a for a in node.attribute
+                        if not (a.name == "noop_with_empty_axes" and a.i == 0)]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    for i, node in enumerate(copy.graph.node):
+        node.name = f"n{i}"
+    return copy
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+class TorchModel:
+    """The converted module, with every float weight mapped back to its ONNX initializer.
+
+    ``tensors[name]`` lists (torch tensor, to_onnx) pairs: ``to_onnx`` turns that tensor's
+    gradient into the gradient of the ONNX initializer ``name`` (a Gemm becomes a Linear whose
+    weight is alpha·Bᵀ, for example). One initializer read by several nodes has several pairs.
+    """
+
+    def __init__(self, model: onnx.ModelProto, graph, names: set[str]):
+        torch = _torch()
+        import onnx2torch
+
+        _register_aliases()
+        self.onnx = convertible_copy(model, graph, names)
+        try:
+            self.module = onnx2torch.convert(self.onnx, attach_onnx_mapping=True)
+        except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types
+            raise UserError(f"gradient criteria: onnx2torch cannot convert this model "
+                            f"({_first_line(exc)}); use a criterion without gradients "
+                            f"(wanda, obs, l2)") from None
+        self.module.eval()
+        self.inputs = user_inputs(self.onnx)
+        self.remap()
+
+    def remap(self) -> None:
+        """Map every float parameter and constant buffer to its ONNX initializer (again after
+        a dtype change, which replaces buffers)."""
+        torch = _torch()
+        self.tensors: dict[str, list] = {}
+        protos = {n.name: n for n in self.onnx.graph.node}
+        for fx_node in self.module.graph.nodes:
+            if fx_node.op == "call_module" and fx_node.target in protos:
+                self._map(fx_node, protos[fx_node.target], torch)
+
+    def _map(self, fx_node, proto, torch) -> None:
+        sub = self.module.get_submodule(fx_node.target)
+        for j, arg in enumerate(fx_node.args):
+            if getattr(arg, "op", None) == "get_attr" and j < len(sub.onnx_mapping.inputs):
+                tensor = self.module.get_buffer(arg.target)
+                if tensor.is_floating_point():
+                    self._add(sub.onnx_mapping.inputs[j], tensor, lambda g: g)
+        attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+        for path, owner in sub.named_modules():
+            for leaf, param in owner.named_parameters(recurse=False):
+                index = {"weight": 1, "bias": 2}.get(leaf)
+                if index is None or index >= len(proto.input):
+                    continue
+                to_onnx = _param_to_onnx(owner, leaf, proto.op_type, attrs, torch)
+                if to_onnx is not None:
+                    self._add(proto.input[index], param, to_onnx)
+
+    def _add(self, name, tensor, to_onnx) -> None:
+        self.tensors.setdefault(name, []).append((tensor, to_onnx))
+
+    def forward(self, feeds: dict[str, np.ndarray], dtype=None) -> list:
+        torch = _torch()
+        args = []
+        for name in self.inputs:
+            value = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            args.append(value)
+        out = self.module(*args)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def check_against_ort(self, feeds: dict[str, np.ndarray]) -> None:
+        """Refuse gradients from a module that does not compute what the model computes."""
+        torch = _torch()
+        try:
+            want = list(run_model(self.onnx, feeds).values())
+            with torch.no_grad():
+                got = [t.numpy() for t in self.forward(feeds)]
+        except Exception as exc:  # noqa: BLE001 - a failing conversion is reported, not raised
+            raise UserError(f"gradient criteria: the onnx2torch conversion of this model does "
+                            f"not run ({type(exc).__name__}: {_first_line(exc)}); use a "
+                            f"criterion without gradients (wanda, obs, l2)") from None
+        for g, w in zip(got, want):
+            if not np.issubdtype(w.dtype, np.floating):
+                continue
+            err = float(np.abs(g.astype(np.float64) - w).max()) / max(
+                float(np.abs(w).max()), 1e-12)
+            if g.shape != w.shape or not err <= AGREEMENT:
+                raise UserError("gradient criteria: the onnx2torch conversion of this model does"
+                                f" not match ONNX Runtime (relative error {err:.2g}); use a "
+                                "criterion without gradients (wanda, obs, l2)")
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """∂/∂initializer of what was back-propagated, summed over the initializer's uses."""
+        out: dict[str, np.ndarray] = {}
+        for name, pairs in self.tensors.items():
+            for tensor, to_onnx in pairs:
+                if tensor.grad is None:
+                    continue
+                g = to_onnx(tensor.grad.detach().to(dtype=tensor.grad.dtype)).double().numpy()
+                out[name] = out[name] + g if name in out else g
+        return out
+
+    def track(self) -> None:
+        """Make every mapped tensor a leaf that collects gradients."""
+        for pairs in self.tensors.values():
+            for tensor, _ in pairs:
+                tensor.requires_grad_(True)
+                tensor.grad = None
+
+
+def _param_to_onnx(owner, leaf: str, op: str, attrs: dict, torch):
+    """How a module parameter's gradient maps to the ONNX input it was built from."""
+    if isinstance(owner, (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm,
+                          torch.nn.LayerNorm)):
+        return lambda g: g
+    if isinstance(owner, torch.nn.Linear) and op == "Gemm":
+        if leaf == "bias":
+            beta = float(attrs.get("beta", 1.0))
+            return lambda g: g * beta
+        alpha, trans_b = float(attrs.get("alpha", 1.0)), bool(attrs.get("transB", 0))
+        return (lambda g: g * alpha) if trans_b else (lambda g: g.T * alpha)
+    return None
+
+
+def pseudo_label_loss(outputs: list, torch):
+    """Cross-entropy of the first output against its own arg-max, summed over rows."""
+    first = outputs[0]
+    logits = first.reshape(-1, first.shape[-1]).double() if first.ndim > 1 else \
+        first.reshape(1, -1).double()
+    labels = logits.detach().argmax(dim=-1)
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+
+def loss_gradients(model: onnx.ModelProto, graph, names: set[str], batches,
+                   weights: list[float] | None = None) -> dict:
+    """∂L/∂initializer (ONNX layout) of the pseudo-label loss summed over ``batches`` (each
+    scaled by ``weights``, when several calibration sets were fused), for the initializers in
+    ``names`` (others that the module holds are included too)."""
+    torch = _torch()
+    tm = TorchModel(model, graph, names)
+    tm.check_against_ort(batches[0])
+    tm.track()
+    for k, feeds in enumerate(batches):
+        loss = pseudo_label_loss(tm.forward(feeds), torch)
+        (loss * weights[k] if weights else loss).backward()
+    return tm.gradients()
+
+
+def synflow_gradients(model: onnx.ModelProto, graph, names: set[str], feeds) -> dict:
+    """∂R/∂|θ| per initializer, R = Σ outputs of the model with every float constant replaced
+    by its absolute value, in float64, on an all-ones input (integer inputs keep ``feeds``)."""
+    torch = _torch()
+    tm = TorchModel(model, graph, names)
+    tm.check_against_ort(feeds)
+    tm.module.double()
+    tm.remap()
+    with torch.no_grad():
+        for tensor in list(tm.module.parameters()) + list(tm.module.buffers()):
+            if tensor.is_floating_point():
+                tensor.abs_()
+    tm.track()
+    ones = {n: (np.ones_like(v) if np.issubdtype(v.dtype, np.floating) else v)
+            for n, v in feeds.items()}
+    outputs = [t for t in tm.forward(ones, torch.float64) if t.is_floating_point()]
+    sum(t.sum() for t in outputs).backward()
+    return tm.gradients()
+
+
+def _names(ctx: ScoringContext) -> set[str]:
+    graph = ctx.analysis.graph
+    return {graph.nodes[u.node].input(u.input_index) for u in ctx.scored_uses()}
+
+
+def _member_scores(ctx: ScoringContext, grads: dict, per_use) -> np.ndarray:
+    acc = MemberScores(len(ctx.roots), ctx.roots, ctx.reduction)
+    graph, missing = ctx.analysis.graph, set()
+    for use in ctx.scored_uses():
+        name = graph.nodes[use.node].input(use.input_index)
+        value = ctx.value(use)
+        if value is None:
+            continue
+        if name not in grads or grads[name].shape != value.shape:
+            missing.add(graph.nodes[use.node].label)
+            continue
+        acc.add(use.labels, per_use(use, value.astype(np.float64), grads[name]))
+    if missing:
+        ctx.notes.append(f"no gradient for the weights of {len(missing)} node(s) (e.g. "
+                         f"{sorted(missing)[0]}): their members are not scored")
+    return acc.result()
+
+
+def _calibration_gradients(ctx: ScoringContext) -> dict:
+    stats = ctx.calibration
+    return loss_gradients(ctx.analysis.graph.model, ctx.analysis.graph, _names(ctx),
+                          stats.batches, stats.batch_weights)
+
+
+@criterion("taylor", needs="calibration")
+def taylor(ctx: ScoringContext) -> np.ndarray:
+    """|Σ w·∂L/∂w| per member slice: first-order loss change when it is zeroed (gradients)."""
+    return _member_scores(ctx, _calibration_gradients(ctx),
+                          lambda u, w, g: np.abs(per_atom(u, w * g)))
+
+
+@criterion("snip", needs="calibration")
+def snip(ctx: ScoringContext) -> np.ndarray:
+    """Σ |w·∂L/∂w| per member slice: connection sensitivity on calibration data (gradients)."""
+    return _member_scores(ctx, _calibration_gradients(ctx),
+                          lambda u, w, g: per_atom(u, np.abs(w * g)))
+
+
+@criterion("synflow")
+def synflow(ctx: ScoringContext) -> np.ndarray:
+    """Σ |w|·∂R/∂|w| per member slice, R the all-ones output of the |w| model (no data)."""
+    graph = ctx.analysis.graph
+    feeds = make_inputs(graph.model, ctx.input_shapes, ctx.seed)
+    grads = synflow_gradients(graph.model, graph, _names(ctx), feeds)
+    return _member_scores(ctx, grads, lambda u, w, g: per_atom(u, np.abs(w) * g))

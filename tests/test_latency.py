@@ -1,0 +1,106 @@
+"""Latency measurement on ORT CPU and the per-layer latency table (tiny hand-made graphs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.verify import latency as lat
+from onnxprune.verify.latency import LayerLatencyTable, Timing, measure_latency
+
+from .builder import GraphBuilder
+
+
+def mixed_model():
+    """Conv, grouped Conv, depthwise Conv, Gemm (transB), MatMul with a constant weight, and a
+    MatMul of two activations, which is not a layer."""
+    b = GraphBuilder()
+    y = b.op("Relu", [b.conv("x", 8, 16)])                        # node 0 (Conv), 1 (Relu)
+    y = b.conv(y, 16, 32, group=4)                                 # node 2
+    y = b.conv(y, 32, 32, group=32)                                # node 3
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [y])])          # nodes 4, 5
+    y = b.op("Gemm", [y, b.weight(10, 32), b.weight(10)], transB=1)  # node 6
+    y = b.op("MatMul", [y, b.weight(10, 6)])                       # node 7
+    y = b.op("MatMul", [y, "z"])                                   # node 8
+    return b.model({"x": [1, 8, 10, 10], "z": [6, 4]}, [y])
+
+
+def twin_conv_model():
+    """Two convs of the same signature, as in repeated residual blocks."""
+    b = GraphBuilder()
+    y = b.conv(b.conv("x", 16, 16), 16, 16)
+    return b.model({"x": [1, 16, 12, 12]}, [y])
+
+
+def test_timing_is_ordered_and_positive():
+    t = measure_latency(mixed_model(), warmup=1, runs=20)
+    assert 0 < t.min <= t.median <= t.p90
+    assert t.to_dict() == {"median": t.median, "p90": t.p90, "min": t.min, "runs": 20}
+
+
+def test_runs_are_respected_and_budget_is_bounded():
+    model = mixed_model()
+    assert measure_latency(model, warmup=0, runs=7).runs == 7
+    assert measure_latency(model, warmup=0, budget_s=0.0).runs == lat.MIN_RUNS
+    assert measure_latency(model, warmup=0, budget_s=30.0).runs == lat.MAX_RUNS
+    with pytest.raises(ValueError):
+        measure_latency(model, runs=0)
+
+
+def test_explicit_feeds_are_used():
+    model = mixed_model()
+    feeds = {"x": np.zeros((1, 8, 10, 10), np.float32), "z": np.ones((6, 4), np.float32)}
+    assert measure_latency(model, feeds, warmup=0, runs=3).runs == 3
+    with pytest.raises(Exception, match="z"):
+        measure_latency(model, {"x": feeds["x"]}, warmup=0, runs=1)
+
+
+def test_table_lists_layers_with_dense_widths():
+    table = LayerLatencyTable(mixed_model())
+    assert table.layers() == {0: (8, 16), 2: (16, 32), 3: (32, 32), 6: (32, 10), 7: (10, 6)}
+
+
+def test_every_layer_kind_runs_narrowed():
+    table = LayerLatencyTable(mixed_model(), budget_s=0.0)
+    for i, (c_in, c_out) in table.layers().items():
+        narrow = (max(c_in // 2, 1), max(c_out // 2, 1))
+        assert table.latency(i, *narrow) > 0, i
+    assert table.latency(3, 16, 16) > 0           # depthwise: group follows c_in
+    assert table.latency(3, 16, 32) > 0           # depthwise with a channel multiplier
+
+
+@pytest.mark.parametrize("node,c_in,c_out", [(2, 10, 32), (2, 16, 30), (3, 16, 24), (0, 0, 8)])
+def test_impossible_width_raises(node, c_in, c_out):
+    table = LayerLatencyTable(mixed_model())
+    with pytest.raises(ValueError):
+        table.latency(node, c_in, c_out)
+
+
+def test_unknown_node_raises():
+    with pytest.raises(KeyError):
+        LayerLatencyTable(mixed_model()).latency(1, 16, 16)   # the Relu
+
+
+def test_same_signature_is_measured_once(monkeypatch):
+    calls = []
+
+    def fake(model, *args, **kwargs):
+        calls.append(model)
+        return Timing(median=1e-3 * len(calls), p90=1.0, min=0.0, runs=10)
+
+    monkeypatch.setattr(lat, "measure_latency", fake)
+    table = LayerLatencyTable(twin_conv_model())
+    assert table.layers() == {0: (16, 16), 1: (16, 16)}
+    first = table.latency(0, 16, 16)
+    assert table.latency(1, 16, 16) == first and len(calls) == 1
+    assert table.dense_total() == 2 * first and len(calls) == 1
+    assert table.latency(1, 16, 8) != first and len(calls) == 2
+    assert table.measurements == 2
+
+
+def test_narrower_conv_is_faster():
+    b = GraphBuilder()
+    model = b.model({"x": [1, 256, 28, 28]}, [b.conv("x", 256, 256, bias=False)])
+    table = LayerLatencyTable(model, budget_s=0.05)
+    dense, narrow = table.latency(0, 256, 256), table.latency(0, 256, 64)
+    assert narrow < 0.6 * dense   # 4x fewer MACs; a generous margin for noise
