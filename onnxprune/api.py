@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 
 from .allocation import ALLOCATIONS, Plan, allocate
+from .allocation.costs import component_costs
+from .allocation.latency import LatencyPredictor
 from .errors import UserError, VerificationError
 from .graph import ModelGraph
 from .groups import Analysis, Group, analyze, find_groups
@@ -29,6 +31,7 @@ from .verify import compare_outputs, count_cost, make_inputs
 from .verify.cost import Cost, count_params, node_macs
 
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
+RANKINGS = ("score", "score-per-mac")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class Strategy:
     """How channels are chosen: the criterion, how member scores combine into a group score
     (``reduction``), how groups are made comparable (``normalization``, for global
     allocation), how the ratio is spread over groups (``allocation``), and the most a single
-    group may lose under global allocation (``max_ratio``)."""
+    group may lose under global allocation (``max_ratio``); ``rank_by="score-per-mac"`` makes
+    the global ranking weigh each component's normalized score against the MACs it costs."""
 
     criterion: str = "l2"
     reduction: str = "sum"
@@ -46,6 +50,7 @@ class Strategy:
     seed: int = 0
     compensate: str | None = None   # none, bias, obs; default: obs for obspa, else none
     damping: float = DAMPING        # λ of the OBS update, relative to mean(diag H)
+    rank_by: str = "score"          # global ranking: "score", or "score-per-mac" (cost-aware)
 
     @property
     def compensation(self) -> str:
@@ -73,7 +78,8 @@ class Strategy:
                                      ("group reduction", self.reduction, REDUCTIONS),
                                      ("normalization", self.normalization, NORMALIZATIONS),
                                      ("allocation", self.allocation, ALLOCATIONS),
-                                     ("compensation", self.compensation, METHODS)):
+                                     ("compensation", self.compensation, METHODS),
+                                     ("ranking", self.rank_by, RANKINGS)):
             if value not in allowed:
                 raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.needs == "calibration" and not has_calibration:
@@ -83,6 +89,9 @@ class Strategy:
                             f"random)")
         if not self.damping > 0.0:
             raise UserError(f"--obs-damping must be positive, got {self.damping}")
+        if self.rank_by != "score" and self.allocation != "global":
+            raise UserError(f"--rank-by {self.rank_by} ranks groups against each other: it "
+                            f"needs --allocation global")
         if not 0.0 < self.max_ratio < 1.0:
             raise UserError(f"max-ratio must be in (0, 1), got {self.max_ratio}")
 
@@ -138,7 +147,9 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
           tolerance: float = 1e-4, seed: int = 0, heads: float | None = None,
           mlp: float | None = None, hidden: float | None = None,
           strategy: Strategy | None = None, calib=None, target_macs: float | None = None,
-          target_params: float | None = None) -> tuple[onnx.ModelProto, dict]:
+          target_params: float | None = None, steps: int = 1,
+          target_latency: float | None = None, latency_threads: int = 1
+          ) -> tuple[onnx.ModelProto, dict]:
     """Prune ``ratio`` of the channels of every prunable group; return (model, report).
 
     ``model`` is a path, a ModelProto, or an :class:`Analyzed` model (its analysis is reused;
@@ -154,6 +165,13 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     ``ratio`` by the smallest one that reaches them. With ``verify`` (the default) the result
     must pass the full checker, run on ONNX Runtime and match the masked original within
     ``tolerance``; otherwise VerificationError is raised and nothing is returned.
+
+    ``target_latency`` keeps at most that fraction of the dense model's latency on ONNX Runtime
+    CPU with ``latency_threads`` threads: the ratio is searched on a per-layer latency table
+    (see ``allocation.latency``), the pruned model is timed, and the search is corrected (at
+    most ``LATENCY_CORRECTIONS`` times) when the measurement misses the target.
+
+    ``steps`` > 1 prunes iteratively (see :func:`prune_in_steps`).
     """
     by_kind = {k: v for k, v in (("heads", heads), ("mlp", mlp), ("hidden", hidden))
                if v is not None}
@@ -162,10 +180,18 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
             raise UserError(f"{name} must be in [0, 1), got {value}")
     if round_to < 1:
         raise UserError(f"round-to must be a positive integer, got {round_to}")
-    if target_macs is not None and target_params is not None:
-        raise UserError("give --target-macs or --target-params, not both")
+    targets = {k: v for k, v in (("macs", target_macs), ("params", target_params),
+                                 ("latency", target_latency)) if v is not None}
+    if len(targets) > 1:
+        raise UserError("give one of --target-macs, --target-params, --target-latency")
     strategy = strategy or Strategy()
     strategy.check(calib is not None)
+    if steps != 1 and target_latency is not None:
+        raise UserError("--target-latency prunes in one step (it times the result); drop --steps")
+    if steps != 1:
+        return prune_in_steps(model, steps, ratio, round_to, exclude, input_shapes, verify,
+                              tolerance, seed, by_kind, strategy, calib, target_macs,
+                              target_params)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
     if strategy.needs == "synthetic" and calib is None:
         calib = "synthetic"
@@ -173,17 +199,20 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
              if strategy.needs else None)
     target = None
     scored = _scores(a, strategy, stats, input_shapes)  # once: a target search re-allocates
-    if target_macs is not None or target_params is not None:
-        kind, fraction = ("macs", target_macs) if target_macs is not None else (
-            "params", target_params)
+    predictor = None
+    if targets:
+        kind, fraction = next(iter(targets.items()))
+        if kind == "latency":
+            predictor = LatencyPredictor(a.model, input_shapes, latency_threads)
         ratio, planned = ratio_for_target(a, kind, fraction, round_to, by_kind, strategy,
-                                          stats, input_shapes, scored)
+                                          stats, input_shapes, scored, predictor)
         target = {"kind": kind, "fraction": fraction, "ratio": ratio, "planned": planned}
-    plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
-    base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
-                            strategy.damping)
-    notes += more
-    pruned = apply_plan(base, a.analysis, removed, "prune")
+    plan, removed, notes, base, pruned = _build(a, ratio, round_to, by_kind, strategy, stats,
+                                                scored)
+    if predictor is not None:
+        plan, removed, notes, base, pruned, ratio = _meet_latency(
+            a, fraction, round_to, by_kind, strategy, stats, input_shapes, scored, predictor,
+            target, (plan, removed, notes, base, pruned, ratio))
     report = _report(a, plan, pruned, removed, ratio, round_to, input_shapes)
     report["strategy"] = {**asdict(strategy), "compensate": strategy.compensation,
                           "calibration": _describe(calib, stats), "notes": notes}
@@ -205,6 +234,91 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
                 "max_rel_error={}); nothing was written".format(
                     result.checker, result.runs, result.same_io, result.max_rel_error))
     return pruned, report
+
+
+def _build(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats, scored):
+    """(plan, removed atoms, notes, compensated original, pruned model) at one ratio."""
+    plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
+    base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
+                            strategy.damping)
+    return plan, removed, notes + more, base, apply_plan(base, a.analysis, removed, "prune")
+
+
+def _meet_latency(a: Analyzed, fraction, round_to, by_kind, strategy, stats, input_shapes,
+                  scored, predictor, target: dict, built: tuple) -> tuple:
+    """Time the pruned model; while it misses the target (or beats it by more than
+    ``LATENCY_SLACK``), aim the table search by the measured error and build again. Returns
+    the slowest build that meets the target, else the last one; ``target`` records the timing."""
+    best = None
+    for attempt in range(LATENCY_CORRECTIONS + 1):
+        measured = predictor.measure(built[4]) / predictor.dense
+        if measured <= fraction and (best is None or measured > best[0]):
+            best = (measured, attempt, target["planned"], built)
+        if fraction * (1 - LATENCY_SLACK) <= measured <= fraction or \
+                attempt == LATENCY_CORRECTIONS:
+            break
+        try:
+            ratio, planned = ratio_for_target(
+                a, "latency", min(1.0, fraction * target["planned"] / measured), round_to,
+                by_kind, strategy, stats, input_shapes, scored, predictor)
+        except UserError:
+            break       # nothing smaller to aim at: the report says the target was missed
+        target.update(ratio=ratio, planned=planned)
+        built = _build(a, ratio, round_to, by_kind, strategy, stats, scored) + (ratio,)
+    if best is not None:
+        measured, attempt, planned, built = best
+        target.update(ratio=built[5], planned=planned)
+    target.update(measured=measured, met=measured <= fraction, corrections=attempt,
+                  dense_seconds=predictor.dense, pruned_seconds=measured * predictor.dense,
+                  threads=predictor.threads)
+    return built
+
+
+def prune_in_steps(model, steps: int, ratio: float, round_to: int, exclude, input_shapes,
+                   verify: bool, tolerance: float, seed: int, by_kind: dict,
+                   strategy: Strategy, calib, target_macs=None, target_params=None):
+    """Prune in ``steps`` smaller steps, each re-scoring (and re-calibrating, re-compensating)
+    the model the previous step left. Each step keeps the same share of what is left, so that
+    together they remove ``ratio`` (or reach the target); each step is verified on its own
+    against its own masked input, so the chain is verified. The report is the last step's, with
+    the dense model's params and MACs as "before" and every step summarized in ``steps``."""
+    if not isinstance(steps, int) or steps < 1:
+        raise UserError(f"--steps must be a positive integer, got {steps}")
+    if isinstance(model, Analyzed):
+        model = model.model
+    current = load_model(model)
+    dense = count_cost(current, input_shapes)
+    kind, fraction = (("macs", target_macs) if target_macs is not None else
+                      ("params", target_params) if target_params is not None else (None, None))
+    if kind == "macs" and dense.macs is None:
+        raise UserError("the MACs of this model are unknown (give --input-shape, or use "
+                        "--target-params)")
+
+    def share(r: float) -> float:       # per-step ratio: (1 − r)^(1/steps) of what is left
+        return 1.0 - (1.0 - r) ** (1.0 / steps)
+
+    summary, report = [], None
+    for k in range(1, steps + 1):
+        targets = {}
+        if kind is not None:
+            now = count_cost(current, input_shapes)
+            have = now.macs if kind == "macs" else now.params
+            want = (fraction ** (k / steps)) * (dense.macs if kind == "macs" else dense.params)
+            targets = {f"target_{kind}": min(1.0, want / have)}
+        current, report = prune(current, share(ratio), round_to, exclude, input_shapes, verify,
+                                tolerance, seed, strategy=strategy, calib=calib,
+                                **{name: share(v) for name, v in by_kind.items()}, **targets)
+        summary.append({"step": k, "ratio": report["ratio"], "params": report["params"]["after"],
+                        "macs": report["macs"]["after"],
+                        "check_ok": (report.get("check") or {}).get("ok")})
+    report["steps"] = summary
+    report["ratio"] = ratio
+    report["params"]["before"], report["macs"]["before"] = dense.params, dense.macs
+    if kind is not None:
+        after = report["macs" if kind == "macs" else "params"]["after"]
+        report["target"] = {"kind": kind, "fraction": fraction, "ratio": None,
+                            "planned": after / (dense.macs if kind == "macs" else dense.params)}
+    return current, report
 
 
 def masked_original(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
@@ -266,7 +380,8 @@ def sensitivity(model, calib: str | list = "synthetic", ratios=(0.25, 0.5, 0.75)
     strategy.check(True)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
     stats = calibration_stats(a, calib, input_shapes, strategy.needs_gram)
-    return {"criterion": strategy.criterion, "ratios": list(ratios),
+    return {"criterion": strategy.criterion, "compensation": strategy.compensation,
+            "ratios": list(ratios),
             "calibration": _describe(calib, stats),
             "groups": group_sensitivity(a, stats, stats.batches, list(ratios), strategy,
                                         progress),
@@ -306,6 +421,10 @@ def _scores(a: Analyzed, strategy: Strategy, stats=None, input_shapes=None):
                          stats, input_shapes=input_shapes)
     scores = score(strategy.criterion, ctx)
     ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalization)
+    if strategy.rank_by == "score-per-mac":
+        costs, unit = component_costs(a.analysis, a.roots, node_macs(a.model, input_shapes))
+        ranking = ranking / np.maximum(costs, 1e-12)
+        ctx.notes.append(f"global ranking: normalized score per {unit[:-1]} a component costs")
     weights = None
     if strategy.allocation == "adaptive":
         weights = adaptive_weights(a, stats, stats.batches, strategy)
@@ -323,17 +442,25 @@ def _batches(a: Analyzed, source: CalibSource, input_shapes):
 
 
 MAX_TARGET_RATIO = 0.95
+LATENCY_CORRECTIONS = 2     # re-searches when the timed model misses a latency target
+LATENCY_SLACK = 0.05        # ... or beats it by more than this share of the target
 
 
 def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_kind,
                      strategy: Strategy, stats=None, input_shapes=None,
-                     scored=None) -> tuple[float, float]:
+                     scored=None, predictor=None) -> tuple[float, float]:
     """The smallest ratio (for every group without a ratio of its own) whose plan keeps at
-    most ``fraction`` of the dense model's MACs or params; returns (ratio, planned fraction).
-    Found by bisection on the plan's own cost model, which the report checks against the
-    pruned model."""
+    most ``fraction`` of the dense model's MACs, params or latency (``predictor``, a
+    :class:`LatencyPredictor`); returns (ratio, planned fraction). Found by bisection on the
+    plan's own cost model, which the report checks against the pruned model."""
     if not 0.0 < fraction <= 1.0:
         raise UserError(f"--target-{kind} must be in (0, 1], got {fraction}")
+    if kind == "latency":
+        def kept(ratio: float) -> float:
+            _, removed, _ = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
+            return predictor.fraction(_sliced_dims(a, removed))
+
+        return _bisect(kept, kind, fraction, scored)
     per_node = node_macs(a.model, input_shapes) if kind == "macs" else None
     if kind == "macs" and (per_node is None or None in per_node):
         raise UserError("the MACs of this model are unknown (give --input-shape, or use "
@@ -348,6 +475,11 @@ def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_
                  else _planned_params(a, sizes, dense))
         return value / dense
 
+    return _bisect(kept, kind, fraction, scored)
+
+
+def _bisect(kept, kind: str, fraction: float, scored) -> tuple[float, float]:
+    """The smallest ratio with ``kept(ratio) <= fraction`` (kept falls as the ratio grows)."""
     lo, hi = 0.0, MAX_TARGET_RATIO
     if scored[3]:     # adaptive: the ratio scales per-group multipliers, some below 1
         hi = MAX_TARGET_RATIO / min(min(scored[3].values()), 1.0)
@@ -403,20 +535,31 @@ def _report(a: Analyzed, plan: Plan, pruned, removed, ratio, round_to, input_sha
 
 def _sliced_sizes(a: Analyzed, removed) -> dict[tuple[int, int], tuple[int, int]]:
     """(node, input) → (elements before, elements after) for every sliced constant."""
+    return {key: (int(np.prod(old, dtype=np.int64)), int(np.prod(new, dtype=np.int64)))
+            for key, (old, new) in _sliced_shapes(a, removed).items()}
+
+
+def _sliced_dims(a: Analyzed, removed) -> dict[tuple[int, int], list[int]]:
+    """(node, input) → dims after slicing, for every sliced constant."""
+    return {key: new for key, (_, new) in _sliced_shapes(a, removed).items()}
+
+
+def _sliced_shapes(a: Analyzed, removed) -> dict[tuple[int, int], tuple[list, list]]:
+    """(node, input) → (dims before, dims after) for every sliced constant."""
     keep_axes: dict[tuple[int, int], dict[int, np.ndarray]] = {}
     for use in a.analysis.params:
         vectors = project(~removed[use.labels])
         axes = keep_axes.setdefault((use.node, use.input_index), {})
         for p, l in use.axes.items():
             axes[p] = axes.get(p, vectors[l]) & vectors[l]
-    sizes = {}
+    shapes = {}
     for (node, idx), axes in keep_axes.items():
         value = a.graph.const(a.graph.nodes[node].input(idx))
         dims = list(value.shape)
         for p, vec in axes.items():
             dims[p] = int(vec.sum())
-        sizes[(node, idx)] = (value.size, int(np.prod(dims, dtype=np.int64)))
-    return sizes
+        shapes[(node, idx)] = (list(value.shape), dims)
+    return shapes
 
 
 def _planned_params(a: Analyzed, sizes, before: int) -> int:

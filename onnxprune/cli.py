@@ -74,8 +74,20 @@ def print_prune_summary(report: dict) -> None:
                    f"(first: {report['barriers'][0]['node']}: {report['barriers'][0]['reason']})")
     if report.get("target"):
         t = report["target"]
-        click.echo(f"target: keep {t['fraction']:.1%} of the {t['kind']} -> ratio {t['ratio']:.3f} "
-                   f"(plan keeps {t['planned']:.1%})")
+        how = (f"ratio {t['ratio']:.3f}" if t["ratio"] is not None
+               else f"{len(report['steps'])} steps")
+        click.echo(f"target: keep {t['fraction']:.1%} of the {t['kind']} -> {how} "
+                   f"(keeps {t['planned']:.1%})")
+        if t["kind"] == "latency":
+            click.echo(f"  latency on ORT CPU ({t['threads']} thread(s), fastest run): "
+                       f"{t['dense_seconds'] * 1e3:.2f} ms -> {t['pruned_seconds'] * 1e3:.2f} ms "
+                       f"({t['measured']:.1%}, table predicted {t['planned']:.1%}; "
+                       f"{'met' if t['met'] else 'MISSED'}"
+                       f"{', after %d correction(s)' % t['corrections'] if t['corrections'] else ''})")
+    for step in report.get("steps") or []:
+        click.echo(f"  step {step['step']}: ratio {step['ratio']:.3f}, params "
+                   f"{_fmt(step['params'])}, macs {_fmt(step['macs'])}, check "
+                   f"{'OK' if step['check_ok'] else 'not run' if step['check_ok'] is None else 'FAIL'}")
     if report.get("changes_function"):
         click.echo("  note: the hidden size was pruned, so LayerNorm/RMSNorm now average over "
                    "fewer channels: the model computes a different function (check its accuracy)")
@@ -154,6 +166,9 @@ def cli():
               help=f"Make groups comparable for --allocation global: {', '.join(NORMALIZATIONS)}.")
 @click.option("--allocation", default="uniform", show_default=True,
               help=f"Spread the ratio over groups: {', '.join(ALLOCATIONS)}.")
+@click.option("--rank-by", default="score", show_default=True,
+              help="Global allocation ranks components by their normalized 'score', or by "
+                   "'score-per-mac' (importance against the MACs each one costs).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True,
               help="Most of one group that --allocation global may remove.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -170,6 +185,14 @@ def cli():
                    "mean, std, color, layout), or a .json file with those keys.")
 @click.option("--target-macs", type=float, default=None,
               help="Keep this fraction of the MACs: the ratio is searched for (replaces --ratio).")
+@click.option("--target-latency", type=float, default=None,
+              help="Keep this fraction of the dense model's latency on ONNX Runtime CPU here: "
+                   "searched on a per-layer latency table, then the result is timed.")
+@click.option("--latency-threads", type=int, default=1, show_default=True,
+              help="Intra-op threads ONNX Runtime uses when timing for --target-latency.")
+@click.option("--steps", type=int, default=1, show_default=True,
+              help="Prune in this many smaller steps, re-scoring (and re-calibrating and "
+                   "re-compensating) the model between steps; each step is verified.")
 @click.option("--target-params", type=float, default=None,
               help="Keep this fraction of the params: the ratio is searched for.")
 @click.option("--compensate", default=None,
@@ -180,15 +203,17 @@ def cli():
               help="Damping of the OBS update, relative to the mean of diag(H). Larger is safer "
                    "with few calibration samples per input feature (see RESULTS.md).")
 def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
-          tolerance, criterion, group_reduction, normalization, allocation, max_ratio, seed,
-          calib, preprocess, target_macs, target_params, compensate, obs_damping):
+          tolerance, criterion, group_reduction, normalization, allocation, rank_by, max_ratio,
+          seed, calib, preprocess, target_macs, target_latency, latency_threads, steps,
+          target_params, compensate, obs_damping):
     """Prune MODEL and write a smaller, verified model."""
     calib = _calib_sources(calib, preprocess)
     strategy = api.Strategy(criterion, group_reduction, normalization, allocation, max_ratio,
-                            seed, compensate, obs_damping)
+                            seed, compensate, obs_damping, rank_by)
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
                input_shape, report_path, tolerance, heads, mlp, hidden, strategy, calib,
-               {"target_macs": target_macs, "target_params": target_params})
+               {"target_macs": target_macs, "target_params": target_params, "steps": steps,
+                "target_latency": target_latency, "latency_threads": latency_threads})
 
 
 @cli.command()
@@ -249,7 +274,9 @@ def sensitivity(model, calib, preprocess, ratios, criterion, exclude, input_shap
         click.echo(json.dumps(info, indent=1))
         return
     click.echo(f"distortion = |y_masked - y|^2 / |y|^2 on {info['calibration']['samples']} "
-               f"samples ({info['calibration']['source']}); lowest-{criterion} components first")
+               f"samples ({info['calibration']['source']}); lowest-{criterion} components first"
+               + (f", re-fitted by {info['compensation']} compensation"
+                  if info["compensation"] != "none" else ""))
     head = "".join(f"{f'r={r:g}':>10}" for r in values)
     click.echo(f"{'group':>5} {'kind':<8} {'channels':>8} {head}  source")
     for g in sorted(info["groups"], key=lambda g: -g["distortion"][values[-1]]):

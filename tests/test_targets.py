@@ -33,7 +33,7 @@ def test_target_with_round_to_and_a_criterion():
 @pytest.mark.parametrize("args,words", [
     (["--target-params", "0.001"], "cannot reach --target-params 0.001"),
     (["--target-macs", "0"], "--target-macs must be in (0, 1]"),
-    (["--target-macs", "0.5", "--target-params", "0.5"], "not both"),
+    (["--target-macs", "0.5", "--target-params", "0.5"], "one of --target-macs"),
 ])
 def test_bad_targets_are_user_errors(tmp_path, capsys, args, words):
     out = tmp_path / "o.onnx"

@@ -2,10 +2,12 @@
 
 ``base`` holds the registry and the member reduction / group normalization; each module adds
 criteria (``magnitude``: data-free weight criteria; ``activation``: criteria that read
-calibration data; ``obs``: OBS saliency, from calibration or synthetic data; ``gradient``:
-Taylor, SNIP and SynFlow through onnx2torch)."""
+calibration data; ``distortion``: the output distortion when one component alone is masked,
+measured on calibration data through one ORT session with overridable weights; ``obs``: OBS
+saliency, from calibration or synthetic data; ``gradient``: Taylor, SNIP and SynFlow through
+onnx2torch)."""
 
-from . import activation, gradient, magnitude, obs  # noqa: F401 - importing a module registers criteria
+from . import activation, distortion, gradient, magnitude, obs  # noqa: F401 - importing a module registers criteria
 from .activation import consumed_inputs
 from .base import CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, normalize, score
 from .magnitude import l2_magnitude

@@ -1,8 +1,8 @@
 """How much each group hurts the model's outputs when pruned, measured on calibration data.
 
 For every prunable group and every ratio, the lowest-scoring share of the group's components
-is masked (the same choice ``prune`` would make with the same criterion) in an otherwise dense
-model, and the outputs on the calibration batches are compared with the dense outputs:
+is masked (the same choice ``prune`` would make with the same criterion, and with the same
+compensation re-fitting the layers that read them) in an otherwise dense model, and the outputs on the calibration batches are compared with the dense outputs:
 distortion = ‖y_masked − y‖² / ‖y‖², summed over outputs (LD-Pruner's task-agnostic output
 distortion, at group level). Also reported: the dead-channel rate (share of exact zeros) of
 every tensor a linear layer reads, the signal that a ReLU network has channels to spare.
@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..compensation import compensate
 from ..rewrite import apply_plan
 from ..verify.checks import session
 from .base import ScoringContext, score
 
 
-def group_sensitivity(a, stats, batches, ratios, strategy, progress=None) -> list[dict]:
+def group_sensitivity(a, stats, batches, ratios, strategy, progress=None,
+                      compensated: bool = True) -> list[dict]:
     """One entry per prunable group: its kind, size, first source, and the distortion at each
-    ratio (lowest-scoring components masked first)."""
+    ratio (lowest-scoring components masked first; re-fitted by the strategy's compensation
+    unless ``compensated`` is False)."""
     scores = score(strategy.criterion, ScoringContext(a.analysis, a.roots, a.groups,
                                                       strategy.reduction, strategy.seed, stats))
     dense = _outputs(a.model, batches)
@@ -32,7 +35,11 @@ def group_sensitivity(a, stats, batches, ratios, strategy, progress=None) -> lis
         for ratio in ratios:
             count = min(int(round(group.size * ratio)), group.size - 1)
             removed = np.isin(a.roots, order[:count])
-            masked = apply_plan(a.model, a.analysis, removed, "mask")
+            base = a.model
+            if compensated and strategy.compensation != "none":   # what prune leaves behind
+                base = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
+                                  strategy.damping)[0]
+            masked = apply_plan(base, a.analysis, removed, "mask")
             row["distortion"][ratio] = _distortion(_outputs(masked, batches), dense,
                                                    getattr(stats, "batch_weights", None))
         out.append(row)
@@ -84,8 +91,13 @@ ADAPTIVE_POWER = 0.5      # how strongly ratios follow sensitivity (0: uniform)
 def adaptive_weights(a, stats, batches, strategy) -> dict[int, float]:
     """Per-group ratio multipliers, Adapt-Pruner style: prune less where masking hurts the
     outputs more. w_g = (geometric mean of the distortions / d_g)^ADAPTIVE_POWER, measured at
-    ADAPTIVE_PROBE; a group with no measurable effect gets the largest multiplier seen."""
-    rows = group_sensitivity(a, stats, batches, [ADAPTIVE_PROBE], strategy)
+    ADAPTIVE_PROBE; a group with no measurable effect gets the largest multiplier seen.
+
+    Sensitivity is measured *without* compensation: measured with it, a group that OBS repairs
+    well alone looks free and is over-pruned, and the errors compound when every group is
+    pruned at once (digits CNN with obs at 25% of the MACs: 0.450 against 0.881 accuracy;
+    benchmarks/RESULTS.md)."""
+    rows = group_sensitivity(a, stats, batches, [ADAPTIVE_PROBE], strategy, compensated=False)
     d = {r["group"]: max(r["distortion"][ADAPTIVE_PROBE], 1e-9) for r in rows}
     if not d:
         return {}

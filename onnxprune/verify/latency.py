@@ -149,6 +149,19 @@ class LayerLatencyTable:
             self._cache[key] = timing.median
         return self._cache[key]
 
+    def widths(self, node_index: int, weight_shape) -> tuple[int, int]:
+        """(c_in, c_out) of the layer when its weight has ``weight_shape`` (after slicing)."""
+        layer = self._layers[node_index]
+        w = tuple(weight_shape)
+        if layer.op == "Conv":
+            group = layer.attr("group", 1)
+            if group > 1 and group == layer.c_in:       # depthwise: c_in follows c_out
+                return w[0] * layer.c_in // layer.c_out, w[0]
+            return w[1] * group, w[0]
+        if layer.op == "Gemm" and layer.attr("transB"):
+            return w[1], w[0]
+        return w[0], w[1]
+
     def dense_total(self) -> float:
         """Sum of every layer's latency at its dense widths."""
         return sum(self.latency(i, *dense) for i, dense in self.layers().items())

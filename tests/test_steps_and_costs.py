@@ -1,0 +1,134 @@
+"""Iterative pruning (each step verified, together they reach the ratio or target), component
+costs for the score-per-MAC ranking (computed by hand), and sensitivity measured after
+compensation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnxprune
+from onnxprune.allocation.costs import component_costs
+from onnxprune.api import Strategy, analyze_model, calibration_stats
+from onnxprune.cli import main
+from onnxprune.errors import UserError
+from onnxprune.importance.sensitivity import group_sensitivity
+from onnxprune.verify import count_cost
+from onnxprune.verify.cost import node_macs
+
+from .oracle import assert_oracle
+from .test_criteria import C, C_IN, C_OUT, conv_bn_conv
+
+DIGITS = "onnxprune/data/demo_digits.onnx"
+
+
+def test_component_costs_by_hand():
+    """x [1, 2, 5, 5] → 1×1 Conv (2 → 4) → BN → Relu → 1×1 Conv (4 → 3): a hidden channel owns
+    one filter of the first conv (200 MACs over 8 weights, 2 of them) and one input column of
+    the second (300 MACs over 12 weights, 3 of them): 50 + 75 MACs, or 2 + 3 params."""
+    model, _ = conv_bn_conv()
+    a = analyze_model(model)
+    group = next(g for g in a.groups if g.prunable and g.size == C)
+    per_node = node_macs(model, {"x": (1, C_IN, 5, 5)})
+    macs, unit = component_costs(a.analysis, a.roots, per_node)
+    assert unit == "macs"
+    np.testing.assert_allclose(macs[group.components], 25 * C * C_IN / (C * C_IN) * C_IN
+                               + 25 * C_OUT * C / (C_OUT * C) * C_OUT)
+    params, unit = component_costs(a.analysis, a.roots, None)
+    assert unit == "params"
+    np.testing.assert_allclose(params[group.components], C_IN + C_OUT)
+
+
+def test_score_per_mac_ranking_keeps_the_oracle_and_needs_global():
+    strategy = Strategy("l2", allocation="global", rank_by="score-per-mac")
+    assert_oracle(DIGITS, ratio=0.5, strategy=strategy)
+    _, report = onnxprune.prune(DIGITS, 0.5, round_to=1, strategy=strategy)
+    assert any("per mac" in n for n in report["strategy"]["notes"])
+    with pytest.raises(UserError, match="--allocation global"):
+        onnxprune.prune(DIGITS, 0.5, strategy=Strategy("l2", rank_by="score-per-mac"))
+
+
+def test_steps_reach_the_ratio_and_verify_every_step():
+    one, once = onnxprune.prune(DIGITS, 0.5, round_to=1)
+    three, steps = onnxprune.prune(DIGITS, 0.5, round_to=1, steps=3)
+    assert [s["step"] for s in steps["steps"]] == [1, 2, 3]
+    assert all(s["check_ok"] for s in steps["steps"])
+    assert steps["check"]["ok"] and steps["params"]["before"] == once["params"]["before"]
+    params = [s["params"] for s in steps["steps"]]
+    assert params == sorted(params, reverse=True) and params[-1] == count_cost(three).params
+    # Each step keeps (1 − 0.5)^(1/3) of what is left: about half of every group in the end.
+    assert steps["params"]["after"] == pytest.approx(once["params"]["after"], rel=0.15)
+
+
+def test_steps_reach_a_mac_target():
+    pruned, report = onnxprune.prune(DIGITS, round_to=1, steps=2, target_macs=0.4)
+    assert report["target"]["planned"] <= 0.4
+    assert count_cost(pruned).macs <= 0.4 * report["macs"]["before"]
+    assert len(report["steps"]) == 2 and report["target"]["ratio"] is None
+
+
+def test_cli_steps(tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert main(["prune", DIGITS, "-o", str(out), "--steps", "2", "--round-to", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "step 1:" in text and "step 2:" in text and out.exists()
+    bad = tmp_path / "bad.onnx"
+    assert main(["prune", DIGITS, "-o", str(bad), "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err and not bad.exists()
+
+
+def test_sensitivity_follows_the_compensation():
+    """With obs compensation the measured distortion is that of the re-fitted model, which is
+    lower than plain masking (the update is the least-squares optimum per layer)."""
+    a = analyze_model(DIGITS)
+    stats = calibration_stats(a, "random")
+    strategy = Strategy("l2", compensate="obs")
+    args = (a, stats, stats.batches, [0.5], strategy)
+    plain = group_sensitivity(*args, compensated=False)
+    refit = group_sensitivity(*args)
+    lower = [r["distortion"][0.5] < p["distortion"][0.5] for r, p in zip(refit, plain)]
+    assert sum(lower) >= len(lower) - 1 and len(lower) >= 3
+
+
+def conv_stack():
+    """Three 3×3 convs wide enough (milliseconds per run) for timings to rise above noise."""
+    from .builder import GraphBuilder
+
+    b = GraphBuilder(seed=0)
+    h = b.op("Relu", [b.conv("x", 3, 64)])
+    h = b.op("Relu", [b.conv(h, 64, 128)])
+    return b.model({"x": [1, 3, 32, 32]}, [b.conv(h, 128, 32)])
+
+
+def test_latency_target_is_searched_on_the_table_and_timed():
+    model = conv_stack()
+    pruned, report = onnxprune.prune(model, round_to=8, target_latency=0.6)
+    t = report["target"]
+    assert t["kind"] == "latency" and t["planned"] <= 0.6 and report["check"]["ok"]
+    assert t["dense_seconds"] > 0 and t["pruned_seconds"] == pytest.approx(
+        t["measured"] * t["dense_seconds"])
+    assert t["met"] == (t["measured"] <= 0.6) and 0 <= t["corrections"] <= 2
+    assert count_cost(pruned).macs < 0.8 * report["macs"]["before"]
+
+
+def test_latency_predictor_follows_the_plan():
+    from onnxprune.allocation.latency import LatencyPredictor
+    from onnxprune.api import _sliced_dims, plan_for
+
+    a = analyze_model(DIGITS)
+    predictor = LatencyPredictor(a.model)
+    assert predictor.fraction({}) == pytest.approx(1.0)
+    _, removed = plan_for(a, 0.75, 1)
+    dims = _sliced_dims(a, removed)
+    assert dims and predictor.fraction(dims) < 1.0
+    for node, dense in predictor.table.layers().items():
+        if (node, 1) in dims:
+            c_in, c_out = predictor.table.widths(node, dims[(node, 1)])
+            assert c_in <= dense[0] and c_out <= dense[1]
+
+
+def test_target_options_exclude_each_other():
+    with pytest.raises(UserError, match="one of"):
+        onnxprune.prune(DIGITS, target_macs=0.5, target_latency=0.5)
+    with pytest.raises(UserError, match="--steps"):
+        onnxprune.prune(DIGITS, target_latency=0.5, steps=2)
