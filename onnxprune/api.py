@@ -247,31 +247,54 @@ def _build(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats, sco
 def _meet_latency(a: Analyzed, fraction, round_to, by_kind, strategy, stats, input_shapes,
                   scored, predictor, target: dict, built: tuple) -> tuple:
     """Time the pruned model; while it misses the target (or beats it by more than
-    ``LATENCY_SLACK``), aim the table search by the measured error and build again. Returns
-    the slowest build that meets the target, else the last one; ``target`` records the timing."""
-    best = None
+    ``LATENCY_SLACK``), search again and build: between a timed ratio that missed and one that
+    met the target, by interpolating the timings; on one side only, by aiming the table search
+    at the measured error. Returns the slowest build that meets the target, else the last one;
+    ``target`` records the timing."""
+    timed = []      # (ratio, measured fraction, planned fraction, attempt, build)
     for attempt in range(LATENCY_CORRECTIONS + 1):
         measured = predictor.measure(built[4]) / predictor.dense
-        if measured <= fraction and (best is None or measured > best[0]):
-            best = (measured, attempt, target["planned"], built)
+        timed.append((built[5], measured, target["planned"], attempt, built))
         if fraction * (1 - LATENCY_SLACK) <= measured <= fraction or \
                 attempt == LATENCY_CORRECTIONS:
             break
-        try:
-            ratio, planned = ratio_for_target(
-                a, "latency", min(1.0, fraction * target["planned"] / measured), round_to,
-                by_kind, strategy, stats, input_shapes, scored, predictor)
-        except UserError:
-            break       # nothing smaller to aim at: the report says the target was missed
-        target.update(ratio=ratio, planned=planned)
+        ratio = _next_latency_ratio(timed, fraction)
+        if ratio is None:
+            try:
+                ratio, planned = ratio_for_target(
+                    a, "latency", min(1.0, fraction * target["planned"] / measured), round_to,
+                    by_kind, strategy, stats, input_shapes, scored, predictor)
+            except UserError:
+                break   # nothing smaller to aim at: the report says the target was missed
+        else:
+            planned = predictor.fraction(_sliced_dims(a, _plan(
+                a, ratio, round_to, by_kind, strategy, stats, scored)[1]))
+        if any(abs(ratio - r) < 1e-6 for r, *_ in timed):
+            break       # the search came back to a ratio already timed
+        target["planned"] = planned
         built = _build(a, ratio, round_to, by_kind, strategy, stats, scored) + (ratio,)
-    if best is not None:
-        measured, attempt, planned, built = best
-        target.update(ratio=built[5], planned=planned)
-    target.update(measured=measured, met=measured <= fraction, corrections=attempt,
-                  dense_seconds=predictor.dense, pruned_seconds=measured * predictor.dense,
-                  threads=predictor.threads)
+    met = [t for t in timed if t[1] <= fraction]
+    ratio, measured, planned, attempt, built = (max(met, key=lambda t: t[1]) if met
+                                                else timed[-1])
+    target.update(ratio=ratio, planned=planned, measured=measured, met=measured <= fraction,
+                  corrections=len(timed) - 1, dense_seconds=predictor.dense,
+                  pruned_seconds=measured * predictor.dense, threads=predictor.threads)
     return built
+
+
+def _next_latency_ratio(timed, fraction) -> float | None:
+    """Between the largest timed ratio that missed and the smallest that met the target, the
+    ratio where the line through their timings crosses it (kept off the ends); None unless
+    both sides were timed."""
+    missed = [t for t in timed if t[1] > fraction]
+    met = [t for t in timed if t[1] <= fraction]
+    if not missed or not met:
+        return None
+    (r0, m0, *_), (r1, m1, *_) = max(missed, key=lambda t: t[0]), min(met, key=lambda t: t[0])
+    if r1 <= r0 or m0 <= m1:
+        return None     # timing noise put them out of order: fall back on the table
+    cross = r0 + (m0 - fraction) * (r1 - r0) / (m0 - m1)
+    return min(max(cross, r0 + 0.1 * (r1 - r0)), r1 - 0.1 * (r1 - r0))
 
 
 def prune_in_steps(model, steps: int, ratio: float, round_to: int, exclude, input_shapes,
@@ -442,7 +465,7 @@ def _batches(a: Analyzed, source: CalibSource, input_shapes):
 
 
 MAX_TARGET_RATIO = 0.95
-LATENCY_CORRECTIONS = 2     # re-searches when the timed model misses a latency target
+LATENCY_CORRECTIONS = 3     # re-searches when the timed model misses a latency target
 LATENCY_SLACK = 0.05        # ... or beats it by more than this share of the target
 
 

@@ -107,7 +107,7 @@ def test_latency_target_is_searched_on_the_table_and_timed():
     assert t["kind"] == "latency" and t["planned"] <= 0.6 and report["check"]["ok"]
     assert t["dense_seconds"] > 0 and t["pruned_seconds"] == pytest.approx(
         t["measured"] * t["dense_seconds"])
-    assert t["met"] == (t["measured"] <= 0.6) and 0 <= t["corrections"] <= 2
+    assert t["met"] == (t["measured"] <= 0.6) and 0 <= t["corrections"] <= 3
     assert count_cost(pruned).macs < 0.8 * report["macs"]["before"]
 
 
