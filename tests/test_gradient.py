@@ -158,3 +158,23 @@ def test_unconvertible_model_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(UserError, match="gradient criteria"):
         a = analyze_model(model)
         score("synflow", ScoringContext(a.analysis, a.roots, a.groups))
+
+
+def test_conversion_workarounds_keep_the_function():
+    """A Flatten at axis = rank (onnx2torch mishandles it) and BatchNorm statistics read
+    through Identity (they must not collect gradients): the criterion runs and the converted
+    module still matches ONNX Runtime (checked inside loss_gradients)."""
+    b = GraphBuilder(seed=5)
+    h = b.conv("x", 3, 6, k=1)
+    stats = [b.op("Identity", [b.weight(6)]), b.op("Identity", [b.const(
+        np.ones(6, np.float32))])]
+    h = b.op("Relu", [b.op("BatchNormalization", [h, b.weight(6), b.weight(6), *stats])])
+    pooled = b.op("GlobalAveragePool", [b.conv(h, 6, 4, k=1)])
+    flat = b.op("Flatten", [pooled], axis=4)                    # [N·4·1·1, 1]
+    model = b.model({"x": [2, 3, 4, 4]}, [b.op("MatMul", [flat, b.weight(1, 3)])])
+    a = analyze_model(model)
+    stats = calibration_stats(a, "random", gram=False)
+    scores = score("taylor", ScoringContext(a.analysis, a.roots, a.groups, "sum", 0, stats))
+    group = next(g for g in a.groups if g.prunable and g.size == 6)
+    live = scores[group.components]
+    assert np.isfinite(live).all() and (live > 0).sum() >= 3    # dead ReLU channels score 0

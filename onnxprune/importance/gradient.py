@@ -19,6 +19,9 @@ cannot convert gets a one-line error naming the op, never a guess.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -71,6 +74,17 @@ def convertible_copy(model: onnx.ModelProto, graph, names: set[str]) -> onnx.Mod
             if not (n.output and all(o in made for o in n.output))]
     del copy.graph.node[:]
     copy.graph.node.extend(keep)
+    copy.ir_version = max(copy.ir_version, 4)   # IR 3 lists initializers as inputs too
+    for k, node in enumerate(copy.graph.node):
+        shape = graph.shape(node.input[0]) if node.op_type == "Flatten" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if shape is not None and axis == len(shape):
+            # Flatten at axis = rank is [N, 1]; onnx2torch mishandles it, Reshape does not.
+            target = f"{node.output[0]}_flat_shape"
+            copy.graph.initializer.append(numpy_helper.from_array(
+                np.array([-1, 1], np.int64), target))
+            copy.graph.node[k].CopyFrom(helper.make_node(
+                "Reshape", [node.input[0], target], list(node.output), node.name))
     for node in copy.graph.node:
         if node.op_type == "Reshape" and any(a.name == "allowzero" for a in node.attribute):
             shape = graph.const(node.input[1])
@@ -110,6 +124,7 @@ class TorchModel:
     """
 
     def __init__(self, model: onnx.ModelProto, graph, names: set[str]):
+        self.names = names       # only these initializers collect gradients
         torch = _torch()
         import onnx2torch
 
@@ -138,6 +153,8 @@ class TorchModel:
     def _map(self, fx_node, proto, torch) -> None:
         sub = self.module.get_submodule(fx_node.target)
         for j, arg in enumerate(fx_node.args):
+            if proto.op_type == "BatchNormalization" and j >= 3:
+                continue        # running statistics are not parameters
             if getattr(arg, "op", None) == "get_attr" and j < len(sub.onnx_mapping.inputs):
                 tensor = self.module.get_buffer(arg.target)
                 if tensor.is_floating_point():
@@ -153,7 +170,8 @@ class TorchModel:
                     self._add(proto.input[index], param, to_onnx)
 
     def _add(self, name, tensor, to_onnx) -> None:
-        self.tensors.setdefault(name, []).append((tensor, to_onnx))
+        if name in self.names:
+            self.tensors.setdefault(name, []).append((tensor, to_onnx))
 
     def forward(self, feeds: dict[str, np.ndarray], dtype=None) -> list:
         torch = _torch()
@@ -163,7 +181,9 @@ class TorchModel:
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
             args.append(value)
-        out = self.module(*args)
+        with warnings.catch_warnings():      # onnx2torch's deprecation notices, not ours
+            warnings.simplefilter("ignore")
+            out = self.module(*args)
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
     def check_against_ort(self, feeds: dict[str, np.ndarray]) -> None:
@@ -238,9 +258,10 @@ def loss_gradients(model: onnx.ModelProto, graph, names: set[str], batches,
     tm = TorchModel(model, graph, names)
     tm.check_against_ort(batches[0])
     tm.track()
-    for k, feeds in enumerate(batches):
-        loss = pseudo_label_loss(tm.forward(feeds), torch)
-        (loss * weights[k] if weights else loss).backward()
+    with _reported("back-propagate through"):
+        for k, feeds in enumerate(batches):
+            loss = pseudo_label_loss(tm.forward(feeds), torch)
+            (loss * weights[k] if weights else loss).backward()
     return tm.gradients()
 
 
@@ -259,9 +280,23 @@ def synflow_gradients(model: onnx.ModelProto, graph, names: set[str], feeds) -> 
     tm.track()
     ones = {n: (np.ones_like(v) if np.issubdtype(v.dtype, np.floating) else v)
             for n, v in feeds.items()}
-    outputs = [t for t in tm.forward(ones, torch.float64) if t.is_floating_point()]
-    sum(t.sum() for t in outputs).backward()
+    with _reported("back-propagate through"):
+        outputs = [t for t in tm.forward(ones, torch.float64) if t.is_floating_point()]
+        sum(t.sum() for t in outputs).backward()
     return tm.gradients()
+
+
+@contextlib.contextmanager
+def _reported(what: str):
+    """Turn a failure inside the converted module into a one-line user error."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many types
+        raise UserError(f"gradient criteria: cannot {what} the onnx2torch conversion of this "
+                        f"model ({type(exc).__name__}: {_first_line(exc)}); use a criterion "
+                        f"without gradients (wanda, obs, l2)") from None
 
 
 def _names(ctx: ScoringContext) -> set[str]:
