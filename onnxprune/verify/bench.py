@@ -1,0 +1,481 @@
+"""Side-by-side latency of several models on ONNX Runtime, with what each one costs.
+
+Users prune to get speed, and MACs are not latency (field notes §1), so the speed has to be
+measured, and measured the way a deployment runs: graph optimizations at ALL, a fixed thread
+count, warm-up before timing, many timed runs summarized by median / p90 / min. On CUDA the
+inputs live on the device (IOBinding), so host-to-device copies are not what gets timed, and the
+warm-up covers cuDNN's algorithm search. Every model is compared with the FIRST one at the same
+batch size: its speedup, the MAC ratio (the ideal speedup), and their quotient, the efficiency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from ..errors import UserError
+from ..io import load_model
+from .checks import input_shapes, make_inputs
+from .cost import count_cost
+from .latency import MAX_RUNS, MIN_RUNS, Timing, latency_session, timed_calls
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDERS = {"cpu": CPU, "cuda": CUDA}
+ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+CUDA_MIN_WARMUP = 10   # cuDNN's EXHAUSTIVE search runs on the first calls at each shape
+ROUNDS = 5             # timed runs are split into this many turns through all the models
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How every model is timed. ``runs`` None means: as many timed runs as fit ``budget_s``
+    seconds per model and batch, judged from the warm-up (``MIN_RUNS`` to ``MAX_RUNS``). The CUDA
+    fields are provider
+    options: ``tf32`` is ``use_tf32``, ``nhwc`` is ``prefer_nhwc``, ``algo_search`` is
+    ``cudnn_conv_algo_search``."""
+
+    provider: str = "cpu"
+    threads: int = 1
+    runs: int | None = None
+    budget_s: float = 1.0
+    warmup: int = 5
+    fp16: bool = False
+    nhwc: bool = False
+    tf32: bool = True
+    algo_search: str = "EXHAUSTIVE"
+    device_id: int = 0
+
+    def check(self) -> None:
+        """One-line errors for settings that cannot be timed."""
+        if self.provider not in PROVIDERS:
+            raise UserError(f"--provider must be one of {', '.join(PROVIDERS)}, "
+                            f"got {self.provider!r}")
+        if self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.runs is not None and self.runs < 1:
+            raise UserError(f"--runs must be at least 1, got {self.runs}")
+        if not self.budget_s > 0:
+            raise UserError(f"--budget must be a positive number of seconds, got {self.budget_s}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.algo_search.upper() not in ALGO_SEARCH:
+            raise UserError(f"--algo-search must be one of {', '.join(ALGO_SEARCH).lower()}")
+        if self.provider != "cuda" and self.nhwc:
+            raise UserError("--nhwc is a CUDA provider option: use it with --provider cuda")
+
+    @property
+    def effective_warmup(self) -> int:
+        return max(self.warmup, CUDA_MIN_WARMUP) if self.provider == "cuda" else self.warmup
+
+    def cuda_provider_options(self) -> dict[str, str]:
+        """The options the CUDA EP is created with (ORT takes them as strings)."""
+        return {"device_id": str(self.device_id),
+                "cudnn_conv_algo_search": self.algo_search.upper(),
+                "use_tf32": "1" if self.tf32 else "0",
+                "prefer_nhwc": "1" if self.nhwc else "0"}
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """``1,8,32`` → (1, 8, 32); a one-line error for anything else or a size below 1."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--batch expects sizes like 1,8,32, got {text!r}") from None
+    if min(sizes) < 1:
+        raise UserError(f"--batch sizes must be at least 1, got {text!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+# --- the CUDA provider: is it really there? -------------------------------------------------
+
+@lru_cache(maxsize=1)
+def cuda_unavailable_reason() -> str | None:
+    """None when a session really runs on the CUDA EP here, else why not, in one line.
+
+    ``get_available_providers`` only says the EP was built in: a session silently falls back to
+    CPU when the CUDA or cuDNN libraries are missing (ORT logs why on stderr). So a tiny model
+    is loaded with the EP (again after ``preload_dlls`` when that fails), the native log is
+    captured for the reason, and the session's own provider list decides."""
+    if CUDA not in ort.get_available_providers():
+        return (f"onnxruntime {ort.__version__} is built without it "
+                f"({', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu")
+    log: list[str] = []
+    with _native_stderr_into(log), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            if CUDA in _probe_session().get_providers():
+                return None
+            ort.preload_dlls()   # CUDA/cuDNN from NVIDIA's pip packages, then try once more
+            if CUDA in _probe_session().get_providers():
+                return None
+        except Exception as exc:  # noqa: BLE001 - any failure means: not usable
+            return f"creating a CUDA session failed: {_first_line(str(exc))}"
+    return f"a session fell back to the CPU: {_log_reason(''.join(log))}"
+
+
+def _probe_session() -> ort.InferenceSession:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "probe",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=[CUDA, CPU])
+
+
+@contextlib.contextmanager
+def _native_stderr_into(log: list[str]):
+    """Send file descriptor 2 (where ORT's C++ logger writes) to a temporary file for the
+    duration, then append what was written to ``log``. Without a usable fd 2, does nothing."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            log.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _log_reason(text: str) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    found = re.findall(r"with error: ([^\n]+)", text)
+    if found:
+        return found[-1].strip()   # the last attempt's
+    found = re.search(r"(Require [^\n.]*\.?[^\n.]*)", text)
+    if found:
+        return found.group(1).strip().rstrip(".")
+    return "onnxruntime gave no reason (no GPU, or no CUDA/cuDNN libraries)"
+
+
+def _first_line(text: str) -> str:
+    """The message on one line (ORT spreads the useful part over several), at most 300 chars."""
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return (text[:297] + "...") if len(text) > 300 else text or "no message"
+
+
+# --- preparing one model --------------------------------------------------------------------
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float16 copy for timing; inputs and outputs stay float32 (``keep_io_types``) so the
+    same feeds work and the outputs compare with the original's."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise UserError("--fp16 needs onnxconverter-common: pip install 'onnxprune[fp16]'") \
+            from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float16.convert_float_to_float16(model, keep_io_types=True)
+        except Exception as exc:  # noqa: BLE001 - the converter's limits, said in one line
+            raise UserError(f"cannot convert the model to float16: "
+                            f"{_first_line(str(exc) or type(exc).__name__)}") from None
+
+
+def batch_shapes(model: onnx.ModelProto, batch: int, overrides=None, label: str = "model"
+                 ) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes at ``batch``: the model's static dims, ``--input-shape`` for the
+    dynamic ones, and ``batch`` on axis 0 of every input that has one. Shapes that contradict
+    the model (rank, a static dim, a fixed batch) are one-line errors, not ORT tracebacks."""
+    declared = {i.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                         for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    shapes = {}
+    for name, shape in input_shapes(model, overrides).items():
+        dims = declared[name]
+        if len(shape) != len(dims):
+            raise UserError(f"{label}: input {name!r} has {len(dims)} dims, the shape given "
+                            f"has {len(shape)} ({'x'.join(map(str, shape)) or 'scalar'})")
+        for k, (want, got) in enumerate(zip(dims[1:], shape[1:]), start=1):
+            if want is not None and want != got:
+                raise UserError(f"{label}: input {name!r} has size {want} on axis {k}, "
+                                f"the shape given has {got}")
+        if dims and dims[0] is not None and dims[0] != batch:
+            raise UserError(f"{label}: input {name!r} has a fixed batch of {dims[0]}; "
+                            f"--batch {batch} does not fit")
+        shapes[name] = (batch, *shape[1:]) if shape else shape
+    return shapes
+
+
+def model_overrides(model: onnx.ModelProto, overrides) -> dict | None:
+    """The ``--input-shape`` entries that name inputs of this model (others are for others)."""
+    if not overrides:
+        return None
+    names = {i.name for i in model.graph.input}
+    return {k: v for k, v in overrides.items() if k in names} or None
+
+
+@dataclass
+class _Model:
+    label: str
+    proto: onnx.ModelProto      # as given: params, MACs
+    timed: onnx.ModelProto      # what runs: the fp16 copy with --fp16
+    file_bytes: int
+
+
+def _load(model, index: int, fp16: bool) -> _Model:
+    proto = load_model(model)
+    if isinstance(model, onnx.ModelProto):
+        label, size = f"model{index}", model.ByteSize()
+    else:
+        label = str(model)
+        size = os.path.getsize(model) + sum(_external_bytes(model, proto))
+    return _Model(label, proto, to_fp16(proto) if fp16 else proto, size)
+
+
+def _external_bytes(path, proto: onnx.ModelProto):
+    """Sizes of external data files beside the model (a > 2 GB model's weights)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    seen = set()
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                full = os.path.join(folder, entry.value)
+                if os.path.isfile(full):
+                    yield os.path.getsize(full)
+
+
+# --- sessions and runners -------------------------------------------------------------------
+
+def _session(m: _Model, options: BenchOptions) -> ort.InferenceSession:
+    """CPU: ``latency_session`` (ALL, fixed threads). CUDA: the same session options with the
+    CUDA EP first; a session that did not get the EP is an error, never a silent CPU timing."""
+    try:
+        if options.provider == "cpu":
+            return latency_session(m.timed, options.threads)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = options.threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(m.timed.SerializeToString(), opts,
+                                    providers=[(CUDA, options.cuda_provider_options()), CPU])
+    except Exception as exc:  # noqa: BLE001 - a model ORT cannot load is the user's input
+        raise UserError(f"onnxruntime cannot load {m.label}: {_first_line(str(exc))}") from None
+    if CUDA not in sess.get_providers():
+        raise UserError(f"the CUDA execution provider is not available here (a session for "
+                        f"{m.label} fell back to {', '.join(sess.get_providers())})")
+    return sess
+
+
+def _runner(sess: ort.InferenceSession, feeds: dict, options: BenchOptions) -> Callable[[], None]:
+    """One timed call: ``sess.run`` on CPU, a bound run on CUDA (``bound_runner``)."""
+    if options.provider == "cpu":
+        return lambda: sess.run(None, feeds)
+    return bound_runner(sess, feeds, "cuda", options.device_id)
+
+
+def bound_runner(sess: ort.InferenceSession, feeds: dict, device: str = "cuda",
+                 device_id: int = 0) -> Callable[[], None]:
+    """A call that runs ``sess`` on inputs copied to ``device`` once and bound there, with its
+    outputs bound to device memory: on a GPU a call is then the graph and nothing else, no
+    host-to-device copy. ``run_with_iobinding`` returns after the EP synchronized its stream,
+    so the wall time covers the GPU work. (``device="cpu"`` exercises the same path on CPU.)"""
+    binding = sess.io_binding()
+    on_device = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device,
+                                                        device_id)
+                 for name, value in feeds.items()}
+    for name, value in on_device.items():
+        binding.bind_ortvalue_input(name, value)
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, device, device_id)
+    binding.synchronize_inputs()
+
+    def call():
+        sess.run_with_iobinding(binding)
+    call.binding = binding        # the outputs of the last call: binding.copy_outputs_to_cpu()
+    call.keep_alive = on_device   # the device buffers must outlive the binding
+    return call
+
+
+def _warm_up(call, m: _Model, batch: int, shapes: dict, options: BenchOptions) -> float:
+    """The untimed runs before timing; returns an estimate of one call's seconds (the median of
+    the later half of the warm-up, past allocations and cuDNN's search) to size a budget."""
+    try:
+        call()   # the first run: where a shape that does not fit the graph shows up
+    except Exception as exc:  # noqa: BLE001
+        shown = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
+        raise UserError(f"{m.label} does not run at batch {batch} ({shown}): "
+                        f"{_first_line(str(exc))}") from None
+    times = timed_calls(call, max(options.effective_warmup - 1, 1))
+    return float(np.median(times[len(times) // 2:]))
+
+
+def _runs_for(estimate: float, options: BenchOptions) -> int:
+    """``--runs``, or as many runs as fit the budget (``MIN_RUNS`` to ``MAX_RUNS``)."""
+    if options.runs is not None:
+        return options.runs
+    fit = int(options.budget_s / estimate) if estimate > 0 else MAX_RUNS
+    return min(max(fit, MIN_RUNS), MAX_RUNS)
+
+
+def interleaved(calls: Sequence[Callable[[], None]], runs: Sequence[int],
+                rounds: int = ROUNDS) -> list[list[float]]:
+    """Raw times of ``runs[i]`` calls of each ``calls[i]``, taken in ``rounds`` turns that go
+    through every model: drift on a shared machine (other load, clock changes) then falls on
+    all models alike instead of on whichever was timed last. Each turn starts with one untimed
+    call, so a model's caches are warm again after the others ran."""
+    samples: list[list[float]] = [[] for _ in calls]
+    for r in range(rounds):
+        for i, (call, n) in enumerate(zip(calls, runs)):
+            share = n // rounds + (r < n % rounds)
+            if share:
+                call()
+                samples[i] += timed_calls(call, share)
+    return samples
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+def benchmark(models: Sequence, batches: Sequence[int] = (1,), options: BenchOptions | None = None,
+              input_shapes=None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Time every model at every batch size and compare each with the first model.
+
+    ``models``: paths or ModelProtos. ``input_shapes``: NAME → dims for dynamic dims (axis 0 is
+    replaced by each batch size). ``progress(done, total, label)`` says what runs next
+    (``done`` of ``total`` model-and-batch measurements finished; ``done == total`` at the end).
+    Returns a JSON-ready dict: ``machine``, ``settings``, ``models`` and ``rows`` (one per batch
+    and model, with the raw times in ``samples_s``)."""
+    options = options or BenchOptions()
+    options.check()
+    if not models:
+        raise UserError("give at least one model to time")
+    batches = tuple(batches)
+    if not batches or min(batches) < 1:
+        raise UserError("batch sizes must be at least 1")
+    if options.provider == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason:
+            raise UserError(f"the CUDA execution provider is not available here ({reason})")
+    loaded = [_load(m, i, options.fp16) for i, m in enumerate(models)]
+    _check_overrides(loaded, input_shapes)
+    sessions = [_session(m, options) for m in loaded]
+    rows, total = [], len(loaded) * len(batches)
+    for batch in batches:
+        rows += _measure_batch(loaded, sessions, batch, options, input_shapes,
+                               lambda label: progress and progress(len(rows), total, label))
+    if progress:
+        progress(total, total, "")
+    compare_with_first(rows)
+    return {"machine": machine_info(options, sessions[0]),
+            "settings": _settings(options, batches),
+            "models": [{"model": m.label, "file_bytes": m.file_bytes} for m in loaded],
+            "rows": rows}
+
+
+def _check_overrides(loaded: list[_Model], overrides) -> None:
+    names = {i.name for m in loaded for i in m.proto.graph.input}
+    unknown = sorted(set(overrides or {}) - names)
+    if unknown:
+        raise UserError(f"--input-shape: no model has an input named {unknown[0]!r}")
+
+
+def _measure_batch(loaded: list[_Model], sessions, batch: int, options: BenchOptions, overrides,
+                   say: Callable[[str], None]) -> list[dict]:
+    """Warm up every model at ``batch``, then time them in interleaved rounds."""
+    prepared = []
+    for m, sess in zip(loaded, sessions):
+        say(f"warming up {m.label} at batch {batch}")
+        shapes = batch_shapes(m.proto, batch, model_overrides(m.proto, overrides), m.label)
+        call = _runner(sess, make_inputs(m.proto, shapes, seed=0), options)
+        runs = _runs_for(_warm_up(call, m, batch, shapes, options), options)
+        prepared.append((m, shapes, call, runs))
+    say(f"timing {len(loaded)} model(s) at batch {batch}")
+    samples = interleaved([p[2] for p in prepared], [p[3] for p in prepared])
+    return [_row(m, batch, shapes, times, options)
+            for (m, shapes, _, _), times in zip(prepared, samples)]
+
+
+def _row(m: _Model, batch: int, shapes: dict, samples: list[float], options: BenchOptions) -> dict:
+    timing = Timing.of(samples)
+    cost = count_cost(m.proto, shapes)
+    return {"model": m.label, "batch": batch, "precision": "fp16" if options.fp16 else "fp32",
+            "median_s": timing.median, "p90_s": timing.p90, "min_s": timing.min,
+            "runs": timing.runs, "throughput": batch / timing.median if timing.median else None,
+            "params": cost.params, "macs": cost.macs, "file_bytes": m.file_bytes,
+            "samples_s": samples}
+
+
+def compare_with_first(rows: list[dict]) -> None:
+    """Add ``speedup`` (first model's median / this median), ``mac_ratio`` (first model's MACs /
+    these MACs: the speedup the MAC count promises) and ``efficiency`` (speedup / MAC ratio:
+    1 means the MACs saved all turned into speed) to every row, against the first row of the
+    same batch size. None where a number is unknown."""
+    first: dict[int, dict] = {}
+    for row in rows:
+        base = first.setdefault(row["batch"], row)
+        row["speedup"] = (base["median_s"] / row["median_s"]) if row["median_s"] else None
+        row["mac_ratio"] = (base["macs"] / row["macs"]
+                            if base["macs"] is not None and row["macs"] else None)
+        row["efficiency"] = (row["speedup"] / row["mac_ratio"]
+                             if row["speedup"] is not None and row["mac_ratio"] else None)
+
+
+def _settings(options: BenchOptions, batches) -> dict:
+    return {"provider": PROVIDERS[options.provider], "threads": options.threads,
+            "batches": list(batches), "precision": "fp16" if options.fp16 else "fp32",
+            "runs": options.runs, "budget_s": None if options.runs else options.budget_s,
+            "warmup": options.effective_warmup, "graph_optimization": "ALL"}
+
+
+def machine_info(options: BenchOptions, sess: ort.InferenceSession | None = None) -> dict:
+    """What the numbers were measured on, so they can be compared honestly with others'."""
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "provider": PROVIDERS[options.provider], "threads": options.threads}
+    if options.provider == "cuda":
+        used = (sess.get_provider_options().get(CUDA, {}) if sess is not None else {})
+        asked = options.cuda_provider_options()
+        value = {k: used.get(k, asked[k]) for k in asked}
+        info["cuda"] = {"gpu": _gpu_name(options.device_id), "tf32": value["use_tf32"] == "1",
+                        "prefer_nhwc": value["prefer_nhwc"] == "1",
+                        "cudnn_conv_algo_search": value["cudnn_conv_algo_search"],
+                        "device_id": int(value["device_id"]), "io_binding": True}
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _gpu_name(device_id: int) -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return names[device_id] if device_id < len(names) else None
