@@ -1,5 +1,5 @@
 """Command line: ``onnxprune inspect``, ``prune``, ``sensitivity``, ``demo``, ``bench``,
-``compare``.
+``compare``, ``sweep``.
 
 Every failure is one line on stderr and a non-zero exit (2: bad input, 1: internal error);
 the output file is written only after the pruned model has passed verification.
@@ -7,6 +7,7 @@ the output file is written only after the pruned model has passed verification.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -130,6 +131,57 @@ def _calib_sources(values, preprocess):
 _shape_option = click.option("--input-shape", multiple=True, metavar="NAME:1x3x224x224",
                              help="Concrete input shape for checks and MACs (dynamic dims).")
 
+# Options that more than one command takes: defined once, so the flags, defaults and help stay
+# the same everywhere (prune and sweep; bench and sweep).
+
+
+def _heads_option(default: str = "--ratio"):
+    return click.option("--heads", type=float, default=None,
+                        help=f"Fraction of attention heads to remove (default: {default}).")
+
+
+def _mlp_option(default: str = "--ratio"):
+    return click.option("--mlp", type=float, default=None,
+                        help="Fraction of MLP neurons (between Linear layers) to remove "
+                             f"(default: {default}).")
+
+
+def _preprocess_option(what: str = "a --calib folder"):
+    return click.option(
+        "--preprocess", default=None, metavar="SPEC",
+        help=f"How images of {what} become inputs, e.g. 'resize=256 crop=224 "
+             "mean=0.485,0.456,0.406 std=0.229,0.224,0.225' (keys: resize, crop, scale, "
+             "mean, std, color, layout), or a .json file with those keys.")
+
+
+_round_to_option = click.option("--round-to", type=int, default=api.DEFAULT_ROUND_TO,
+                                show_default=True,
+                                help="Keep channel counts that are multiples of N.")
+_criterion_option = click.option("--criterion", default="l2", show_default=True,
+                                 help=f"How channels are scored: {', '.join(sorted(CRITERIA))}.")
+_allocation_option = click.option("--allocation", default="uniform", show_default=True,
+                                  help=f"Spread the ratio over groups: {', '.join(ALLOCATIONS)}.")
+_calib_option = click.option(
+    "--calib", multiple=True, metavar="DATA[@WEIGHT]",
+    help="Calibration inputs for data-driven criteria and compensation: an .npz with "
+         "one array per model input (samples on axis 0); a folder of images (see "
+         "--preprocess); 'random' inputs; or 'synthetic' (random inputs matched to "
+         "the BatchNorm statistics, obspa's default). Repeat it to fuse several sets, "
+         "each with a weight: --calib general.npz@0.3 --calib task.npz@0.7.")
+_compensate_option = click.option(
+    "--compensate", default=None,
+    help=f"Re-fit the layers that read removed channels: {', '.join(METHODS)} "
+         "(default: obs for --criterion obspa, else none). Needs --calib, except "
+         "with obspa.")
+_threads_option = click.option("--threads", type=int, default=1, show_default=True,
+                               help="Intra-op threads (fixed, so runs are comparable).")
+_runs_option = click.option(
+    "--runs", type=int, default=None,
+    help="Exactly this many timed runs per model and batch (instead of --budget).")
+_budget_option = click.option(
+    "--budget", type=float, default=None,
+    help="Seconds of timed runs per model and batch (10 to 1000 runs) [default: 1.0].")
+
 
 @click.group()
 @click.version_option(package_name="onnxprune")
@@ -143,15 +195,12 @@ def cli():
               help="Where to write the pruned model (default: MODEL.pruned.onnx).")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
               help="Fraction of channels to remove from every prunable group.")
-@click.option("--heads", type=float, default=None,
-              help="Fraction of attention heads to remove (default: --ratio).")
-@click.option("--mlp", type=float, default=None,
-              help="Fraction of MLP neurons (between Linear layers) to remove (default: --ratio).")
+@_heads_option()
+@_mlp_option()
 @click.option("--hidden", type=float, default=None,
               help="Fraction of the hidden size (channels a LayerNorm/RMSNorm reads across) to "
                    "remove. Off by default: it changes what the norms compute.")
-@click.option("--round-to", type=int, default=api.DEFAULT_ROUND_TO, show_default=True,
-              help="Keep channel counts that are multiples of N.")
+@_round_to_option
 @click.option("--exclude", multiple=True, metavar="NODE",
               help="Node name (or glob) whose channels must not be pruned; repeatable.")
 @_shape_option
@@ -159,14 +208,12 @@ def cli():
               help="Write the plan and results as JSON.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Max relative error against the masked original.")
-@click.option("--criterion", default="l2", show_default=True,
-              help=f"How channels are scored: {', '.join(sorted(CRITERIA))}.")
+@_criterion_option
 @click.option("--group-reduction", default="sum", show_default=True,
               help=f"Combine a group's member scores by {', '.join(REDUCTIONS)}.")
 @click.option("--normalize", "normalization", default="mean", show_default=True,
               help=f"Make groups comparable for --allocation global: {', '.join(NORMALIZATIONS)}.")
-@click.option("--allocation", default="uniform", show_default=True,
-              help=f"Spread the ratio over groups: {', '.join(ALLOCATIONS)}.")
+@_allocation_option
 @click.option("--rank-by", default="score", show_default=True,
               help="Global allocation ranks components by their normalized 'score', or by "
                    "'score-per-mac' (importance against the MACs each one costs).")
@@ -174,16 +221,8 @@ def cli():
               help="Most of one group that --allocation global may remove.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the random criterion and the check inputs.")
-@click.option("--calib", multiple=True, metavar="DATA[@WEIGHT]",
-              help="Calibration inputs for data-driven criteria and compensation: an .npz with "
-                   "one array per model input (samples on axis 0); a folder of images (see "
-                   "--preprocess); 'random' inputs; or 'synthetic' (random inputs matched to "
-                   "the BatchNorm statistics, obspa's default). Repeat it to fuse several sets, "
-                   "each with a weight: --calib general.npz@0.3 --calib task.npz@0.7.")
-@click.option("--preprocess", default=None, metavar="SPEC",
-              help="How images of a --calib folder become inputs, e.g. 'resize=256 crop=224 "
-                   "mean=0.485,0.456,0.406 std=0.229,0.224,0.225' (keys: resize, crop, scale, "
-                   "mean, std, color, layout), or a .json file with those keys.")
+@_calib_option
+@_preprocess_option()
 @click.option("--target-macs", type=float, default=None,
               help="Keep this fraction of the MACs: the ratio is searched for (replaces --ratio).")
 @click.option("--target-latency", type=float, default=None,
@@ -196,10 +235,7 @@ def cli():
                    "re-compensating) the model between steps; each step is verified.")
 @click.option("--target-params", type=float, default=None,
               help="Keep this fraction of the params: the ratio is searched for.")
-@click.option("--compensate", default=None,
-              help=f"Re-fit the layers that read removed channels: {', '.join(METHODS)} "
-                   "(default: obs for --criterion obspa, else none). Needs --calib, except "
-                   "with obspa.")
+@_compensate_option
 @click.option("--obs-damping", type=float, default=DAMPING, show_default=True,
               help="Damping of the OBS update, relative to the mean of diag(H). Larger is safer "
                    "with few calibration samples per input feature (see RESULTS.md).")
@@ -339,16 +375,13 @@ def demo(output, ratio):
               help="ONNX Runtime execution provider to time on.")
 @click.option("--batch", "batches", default="1", show_default=True, metavar="N[,N...]",
               help="Comma-separated batch sizes; each model is timed at each.")
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="Intra-op threads (fixed, so runs are comparable).")
+@_threads_option
 @click.option("--fp16", is_flag=True,
               help="Time a float16 copy of each model (float32 inputs and outputs kept; needs "
                    "onnxprune[fp16]).")
 @_shape_option
-@click.option("--runs", type=int, default=None,
-              help="Exactly this many timed runs per model and batch (instead of --budget).")
-@click.option("--budget", type=float, default=None,
-              help="Seconds of timed runs per model and batch (10 to 1000 runs) [default: 1.0].")
+@_runs_option
+@_budget_option
 @click.option("--warmup", type=int, default=5, show_default=True,
               help="Untimed runs first (at least 10 on CUDA, for cuDNN's algorithm search).")
 @click.option("--nhwc", is_flag=True, help="CUDA: prefer NHWC kernels (prefer_nhwc).")
@@ -498,6 +531,140 @@ def _print_compare(info: dict) -> None:
                    f"accuracy: {', '.join(map(str, lab['flagged']))}")
     else:
         click.echo("flagged: none (no class loses more recall than the overall accuracy)")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--ratios", default="0.1:0.9:0.1", show_default=True, metavar="START:STOP:STEP",
+              help="Ratios to prune at: START:STOP:STEP (STOP included) or a comma list, each "
+                   "in [0, 1). The dense model is always the first row (ratio 0).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Write each pruned model here, as NAME.rRATIO.onnx (NAME: the model's); "
+                   "else they stay in memory.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Write one row per ratio as CSV.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG of latency, size, speedup and fidelity against the ratio "
+                   "(needs matplotlib).")
+@click.option("--data", default="random", show_default=True,
+              help="Inputs each pruned model is compared with the dense one on: an .npz with "
+                   "one array per model input (an array named 'labels' is used as labels), an "
+                   "image folder (see --preprocess), or 'random'.")
+@_preprocess_option("a --data or --calib folder")
+@click.option("--labels", default=None, type=click.Path(dir_okay=False),
+              help="A .npy of integer class ids, one per --data sample: accuracy per ratio.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Batch size the latency is measured at.")
+@_threads_option
+@_runs_option
+@_budget_option
+@_shape_option
+@_criterion_option
+@_calib_option
+@_compensate_option
+@_round_to_option
+@_heads_option("each ratio")
+@_mlp_option("each ratio")
+@_allocation_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Everything as one JSON document on stdout (rows, settings, machine).")
+def sweep(model, ratios, out_dir, csv_path, plot, data, preprocess, labels, batch, threads, runs,
+          budget, input_shape, criterion, calib, compensate, round_to, heads, mlp, allocation,
+          as_json):
+    """Prune MODEL at a range of ratios and measure each against the dense model: latency,
+    speedup against the MAC ratio, params and MACs kept, and fidelity (cosine, top-1
+    agreement, accuracy with labels). A ratio that fails is a row with its error."""
+    from .verify.bench import BenchOptions
+    from .verify.sweep import check_output_path, parse_ratios, plot_sweep, write_csv
+    from .verify.sweep import sweep as run_sweep
+
+    values = parse_ratios(ratios)
+    check_output_path(csv_path, "--csv")
+    check_output_path(plot, "--plot", ".png")
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot needs matplotlib: pip install 'onnxprune[plot]'")
+    if runs is not None and budget is not None:
+        raise UserError("give --runs or --budget, not both")
+    options = BenchOptions(threads=threads, runs=runs,
+                           budget_s=1.0 if budget is None else budget)
+    strategy = api.Strategy(criterion, allocation=allocation, compensate=compensate)
+    show = sys.stderr.isatty()
+    try:
+        result = run_sweep(model, values, batch, options, data, labels,
+                           preprocess if os.path.isdir(data) else None, parse_shapes(input_shape),
+                           out_dir, _sweep_progress if show else None, strategy=strategy,
+                           calib=_sweep_sources(calib, preprocess, data), round_to=round_to,
+                           heads=heads, mlp=mlp)
+    finally:
+        if show:
+            click.echo(f"\r{'':78}\r", nl=False, err=True)
+    if csv_path:
+        write_csv(result, csv_path)
+    if plot:
+        plot_sweep(result, plot)
+    result.update(csv=csv_path, plot=plot, out_dir=out_dir)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    _print_sweep(result)
+
+
+def _sweep_sources(values, preprocess, data):
+    """--calib as calibration sources; --preprocess applies to every image folder among
+    --data and --calib, so it must name at least one."""
+    if preprocess and not os.path.isdir(data) and not any(
+            os.path.isdir(parse_source(v).data) for v in values):
+        raise UserError("--preprocess goes with an image folder (--data or --calib)")
+    sources = [parse_source(v) for v in values]
+    return [parse_source(v, preprocess if os.path.isdir(s.data) else None)
+            for v, s in zip(values, sources)] or None
+
+
+def _sweep_progress(done: int, total: int, label: str) -> None:
+    """One line on a terminal's stderr, rewritten in place (never in pipes or logs)."""
+    click.echo(f"\r{f'sweep {done}/{total}: {label}'[:78]:<78}", nl=False, err=True)
+
+
+def _pct(value) -> str:
+    return _times(value, ".1%")
+
+
+def _print_sweep(result: dict) -> None:
+    s, m, f = result["settings"], result["machine"], result["fidelity"]
+    p = s["prune"]
+    click.echo(f"sweep of {result['model']}: criterion {p['criterion']}, allocation "
+               f"{p['allocation']}, compensate {p['compensate']}, round-to {p['round_to']}"
+               + "".join(f", {k} {p[k]:g}" for k in ("heads", "mlp") if p[k] is not None)
+               + (f", calib {' + '.join(p['calib'])}" if p["calib"] else ""))
+    how = f"{s['runs']} timed runs" if s["runs"] else f"{s['budget_s']:g} s of timed runs"
+    click.echo(f"latency at batch {s['batch']}: onnxruntime {m['onnxruntime']}, {m['provider']}, "
+               f"{m['threads']} thread(s), graph optimizations {s['graph_optimization']}, {how} "
+               f"per model after {s['warmup']} warm-up runs; {m['cpu']} ({m['cores']} cores)")
+    click.echo(f"fidelity against the dense model on {f['samples']} samples ({f['data']})"
+               + (f", labels {f['labels']}" if f["labels"] else "")
+               + "; speedup and MAC ratio against the dense model (ratio 0)")
+    click.echo(f"{'ratio':>6} {'params':>8} {'kept':>7} {'MACs':>8} {'kept':>7} {'median ms':>10} "
+               f"{'p90 ms':>9} {'min ms':>9} {'speedup':>8} {'MAC ratio':>9} {'cos mean':>9} "
+               f"{'cos min':>9} {'max abs err':>11} {'top-1':>7} {'accuracy':>8} {'size':>8}")
+    for r in result["rows"]:
+        if r["error"]:
+            click.echo(f"{r['ratio']:>6g}  error: {r['error']}")
+            continue
+        click.echo(f"{r['ratio']:>6g} {_fmt(r['params']):>8} {_pct(r['params_kept']):>7} "
+                   f"{_fmt(r['macs']):>8} {_pct(r['macs_kept']):>7} "
+                   f"{r['latency_median_ms']:>10.3f} {r['latency_p90_ms']:>9.3f} "
+                   f"{r['latency_min_ms']:>9.3f} {_times(r['speedup'], '.2f', 'x'):>8} "
+                   f"{_times(r['mac_ratio'], '.2f', 'x'):>9} {r['cosine_mean']:>9.5f} "
+                   f"{r['cosine_min']:>9.5f} {r['max_abs_error']:>11.4g} "
+                   f"{_pct(r['top1_agreement']):>7} {_pct(r['accuracy']):>8} "
+                   f"{_bytes(r['size_bytes']):>8}")
+    failed = sum(1 for r in result["rows"] if r["error"])
+    if failed:
+        click.echo(f"{failed} ratio(s) failed; the others are complete")
+    written = [r["path"] for r in result["rows"][1:] if r["path"]]
+    for path in [result["csv"], result["plot"]] + written:
+        if path:
+            click.echo(f"wrote {path}")
 
 
 def main(argv=None) -> int:

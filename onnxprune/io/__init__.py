@@ -1,5 +1,5 @@
 """ONNX I/O: load models safely, save them atomically."""
 
-from .model_io import load_model, save_model
+from .model_io import load_model, save_model, write_atomically
 
-__all__ = ["load_model", "save_model"]
+__all__ = ["load_model", "save_model", "write_atomically"]

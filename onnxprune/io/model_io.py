@@ -46,19 +46,30 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write ``model`` to ``path`` atomically; models over 2 GB get an external data file."""
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"output folder does not exist: {folder}")
     large = model.ByteSize() > _TWO_GB if _fits_bytesize(model) else True
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
     data_name = f"{target.name}.data"
-    try:
+
+    def write(tmp_name: str) -> None:
         if large:
             onnx.save_model(model, tmp_name, save_as_external_data=True,
                             all_tensors_to_one_file=True, location=data_name)
         else:
             onnx.save_model(model, tmp_name)
+
+    return write_atomically(target, write)
+
+
+def write_atomically(path: str | os.PathLike, write) -> Path:
+    """Call ``write(temporary path)`` in the target's folder, then rename it over ``path``: a
+    failure leaves nothing behind, and readers never see a half-written file."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"output folder does not exist: {folder}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp_name)
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give a normal file's mode
         os.replace(tmp_name, target)
     except OSError as exc:

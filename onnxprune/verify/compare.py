@@ -12,6 +12,7 @@ flagged.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -36,25 +37,72 @@ def compare_models(original, pruned, data: str = "random", labels=None, input_sh
     classes)."""
     a, b = load_model(original), load_model(pruned)
     _check_same_io(a, b)
+    reference = _reference(a, _name(original), data, labels, input_shapes, preprocess, samples)
+    return _compare(reference, b, _name(pruned))
+
+
+@dataclass
+class Reference:
+    """The original model's outputs on the comparison inputs, kept so that several pruned
+    models (a sweep) are compared with it without reading the data or running it again."""
+
+    model: onnx.ModelProto
+    name: str
+    data: str
+    input_shapes: dict | None
+    batches: list[dict]
+    sizes: list[int]
+    outputs: dict[str, list[np.ndarray]]
+    labels: np.ndarray | None
+    label_source: str | None
+
+    @property
+    def samples(self) -> int:
+        return sum(self.sizes)
+
+
+def reference_run(original, data: str = "random", labels=None, input_shapes=None,
+                  preprocess: str | None = None, samples: int | None = None) -> Reference:
+    """Read ``data`` and run ``original`` on it once (arguments as for :func:`compare_models`);
+    :func:`compare_with_reference` then measures any pruned model against it."""
+    return _reference(load_model(original), _name(original), data, labels, input_shapes,
+                      preprocess, samples)
+
+
+def compare_with_reference(reference: Reference, pruned) -> dict:
+    """:func:`compare_models` of ``reference``'s model and ``pruned`` (a path or ModelProto),
+    reusing the reference's inputs and outputs."""
+    b = load_model(pruned)
+    _check_same_io(reference.model, b)
+    return _compare(reference, b, _name(pruned))
+
+
+def _reference(a: onnx.ModelProto, name: str, data, labels, input_shapes, preprocess,
+               samples) -> Reference:
     label_values, label_source = _labels(labels, data, a)
     if label_values is not None and data in ("random", "synthetic") and samples is None:
         samples = len(label_values)
     batches = load_calibration(data, a, input_shapes, samples=samples, preprocess=preprocess)
     sizes = [len(next(iter(feeds.values()))) for feeds in batches]
-    count = sum(sizes)
-    got_a, got_b = _run(a, batches, _name(original)), _run(b, batches, _name(pruned))
-    outputs = [output_fidelity(name, got_a[name], got_b[name], sizes) for name in got_a]
-    report = {"original": _name(original), "pruned": _name(pruned), "data": str(data),
-              "samples": count,
-              "cost": {"original": _cost(a, input_shapes), "pruned": _cost(b, input_shapes)},
+    return Reference(a, name, str(data), input_shapes, batches, sizes,
+                     _run(a, batches, name), label_values, label_source)
+
+
+def _compare(ref: Reference, b: onnx.ModelProto, name: str) -> dict:
+    got_a, got_b = ref.outputs, _run(b, ref.batches, name)
+    count = ref.samples
+    outputs = [output_fidelity(n, got_a[n], got_b[n], ref.sizes) for n in got_a]
+    report = {"original": ref.name, "pruned": name, "data": ref.data, "samples": count,
+              "cost": {"original": _cost(ref.model, ref.input_shapes),
+                       "pruned": _cost(b, ref.input_shapes)},
               "outputs": outputs, "labels": None}
-    if label_values is not None:
-        label_values = _fit_labels(label_values, count, a)
-        name = _scores_output(got_a, count)
-        report["labels"] = {"source": label_source, "output": name,
+    if ref.labels is not None:
+        label_values = _fit_labels(ref.labels, count, ref.model)
+        scores = _scores_output(got_a, count)
+        report["labels"] = {"source": ref.label_source, "output": scores,
                             **recall_distortion(label_values,
-                                                _predict(got_a[name], label_values, name),
-                                                _predict(got_b[name], label_values, name))}
+                                                _predict(got_a[scores], label_values, scores),
+                                                _predict(got_b[scores], label_values, scores))}
     return report
 
 
