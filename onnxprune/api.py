@@ -307,8 +307,9 @@ def prune_in_steps(model, steps: int, ratio: float, round_to: int, exclude, inpu
     the dense model's params and MACs as "before" and every step summarized in ``steps``."""
     if not isinstance(steps, int) or steps < 1:
         raise UserError(f"--steps must be a positive integer, got {steps}")
-    if isinstance(model, Analyzed):
-        model = model.model
+    if isinstance(model, Analyzed):     # each step analyses its own input again
+        raise UserError("pruning in steps needs a path or a ModelProto (with exclude=...), "
+                        "not an analysed model")
     current = load_model(model)
     dense = count_cost(current, input_shapes)
     kind, fraction = (("macs", target_macs) if target_macs is not None else

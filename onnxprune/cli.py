@@ -70,7 +70,8 @@ def print_prune_summary(report: dict) -> None:
     for key in ("params", "macs"):
         c = report[key]
         click.echo(f"{key:>6}: {_fmt(c['before'])} -> {_fmt(c['after'])} "
-                   f"({_ratio(c['after'], c['before'])} kept; plan said {_fmt(c['planned_after'])})")
+                   f"({_ratio(c['after'], c['before'])} kept; "
+                   f"plan said {_fmt(c['planned_after'])})")
     if report["barriers"]:
         click.echo(f"barriers: {len(report['barriers'])} ops left alone "
                    f"(first: {report['barriers'][0]['node']}: {report['barriers'][0]['reason']})")
@@ -81,15 +82,15 @@ def print_prune_summary(report: dict) -> None:
         click.echo(f"target: keep {t['fraction']:.1%} of the {t['kind']} -> {how} "
                    f"(keeps {t['planned']:.1%})")
         if t["kind"] == "latency":
+            fixes = f", after {t['corrections']} correction(s)" if t["corrections"] else ""
             click.echo(f"  latency on ORT CPU ({t['threads']} thread(s), fastest run): "
                        f"{t['dense_seconds'] * 1e3:.2f} ms -> {t['pruned_seconds'] * 1e3:.2f} ms "
                        f"({t['measured']:.1%}, table predicted {t['planned']:.1%}; "
-                       f"{'met' if t['met'] else 'MISSED'}"
-                       f"{', after %d correction(s)' % t['corrections'] if t['corrections'] else ''})")
+                       f"{'met' if t['met'] else 'MISSED'}{fixes})")
     for step in report.get("steps") or []:
+        check = {True: "OK", False: "FAIL", None: "not run"}[step["check_ok"]]
         click.echo(f"  step {step['step']}: ratio {step['ratio']:.3f}, params "
-                   f"{_fmt(step['params'])}, macs {_fmt(step['macs'])}, check "
-                   f"{'OK' if step['check_ok'] else 'not run' if step['check_ok'] is None else 'FAIL'}")
+                   f"{_fmt(step['params'])}, macs {_fmt(step['macs'])}, check {check}")
     if report.get("changes_function"):
         click.echo("  note: the hidden size was pruned, so LayerNorm/RMSNorm now average over "
                    "fewer channels: the model computes a different function (check its accuracy)")

@@ -8,5 +8,6 @@ from .images import Preprocess, load_images, parse_preprocess
 from .sources import CalibSource, as_sources, mix, parse_source
 from .synthetic import match_batchnorm_statistics
 
-__all__ = ["CalibSource", "ChannelStats", "Preprocess", "as_sources", "capture_stats", "load_calibration", "load_images",
-           "match_batchnorm_statistics", "mix", "parse_preprocess", "parse_source"]
+__all__ = ["CalibSource", "ChannelStats", "Preprocess", "as_sources", "capture_stats",
+           "load_calibration", "load_images", "match_batchnorm_statistics", "mix",
+           "parse_preprocess", "parse_source"]

@@ -2,7 +2,8 @@
 
 For every prunable group and every ratio, the lowest-scoring share of the group's components
 is masked (the same choice ``prune`` would make with the same criterion, and with the same
-compensation re-fitting the layers that read them) in an otherwise dense model, and the outputs on the calibration batches are compared with the dense outputs:
+compensation re-fitting the layers that read them) in an otherwise dense model, and the
+outputs on the calibration batches are compared with the dense outputs:
 distortion = ‖y_masked − y‖² / ‖y‖², summed over outputs (LD-Pruner's task-agnostic output
 distortion, at group level). Also reported: the dead-channel rate (share of exact zeros) of
 every tensor a linear layer reads, the signal that a ReLU network has channels to spare.
