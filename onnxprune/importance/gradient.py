@@ -59,9 +59,10 @@ def _register_aliases() -> None:
 
 def convertible_copy(model: onnx.ModelProto, graph, names: set[str]) -> onnx.ModelProto:
     """A copy onnx2torch can convert, computing the same function: every constant in ``names``
-    (the weights the analysis slices) becomes an initializer, Reshape's ``allowzero`` is dropped
-    where the shape has no zero (it then changes nothing), the opset is lowered to 17 where
-    ONNX's version converter can, and nodes are named by position."""
+    (the weights the analysis slices) becomes an initializer; IR 3 is raised to IR 4; a Flatten
+    at axis = rank becomes the equivalent Reshape; Reshape's ``allowzero`` is dropped where the
+    shape has no zero (it then changes nothing); the opset is lowered to 17 where ONNX's version
+    converter can; and nodes are named by position."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     inits = {t.name for t in copy.graph.initializer}
