@@ -373,7 +373,7 @@ def main(argv=None) -> None:
     versions = ", ".join(f"{d} {version(d)}" for d in
                          ("onnxprune", "torch", "torchvision", "torch-pruning", "onnxsim"))
     print(machine())
-    print(f"Command: `python -m benchmarks.peers {' '.join(argv)}`".rstrip())
+    print(f"Command: `{' '.join(['python -m benchmarks.peers', *argv])}`")
     print(f"Versions: {versions}")
     print(f"torchvision models, random weights (seed 0), {SIZE}×{SIZE}, batch 1; ratio "
           f"{args.ratio} for every tool (onnxprune default strategy, round_to "
