@@ -56,6 +56,13 @@ def ort_latency(model, feeds, threads: int = 1, warmup: int = 5, runs: int = 30)
             "min": min(samples)}
 
 
+def turns_note(threads: int, turns: int, budget_s: float) -> str:
+    """How the interleaved-turn timing of peers.py and zoo_speed.py was done, for the output."""
+    return (f"ORT CPU EP, ORT_ENABLE_ALL, {threads} intra-op thread(s); {turns} turns through "
+            f"the dense and pruned models of each architecture, each a measure_latency of "
+            f"{budget_s:g} s of timed runs (at least 10) after 5 warm-up runs.")
+
+
 def torchvision_at(name: str, size: int) -> str:
     """A torchvision model (random weights) exported at ``size``×``size`` into the zoo cache:
     the zoo's test models are tiny (64×64), too small for latency to mean much."""

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 import onnxprune
-from benchmarks.common import machine, torchvision_at
+from benchmarks.common import machine, turns_note, torchvision_at
 from onnxprune.api import DEFAULT_ROUND_TO
 from onnxprune.verify import count_cost
 from onnxprune.verify.checks import make_inputs
@@ -377,10 +377,8 @@ def main(argv=None) -> None:
     print(f"Versions: {versions}")
     print(f"torchvision models, random weights (seed 0), {SIZE}×{SIZE}, batch 1; ratio "
           f"{args.ratio} for every tool (onnxprune default strategy, round_to "
-          f"{DEFAULT_ROUND_TO}; ViT heads={args.ratio}, mlp={args.ratio}). ORT CPU EP, "
-          f"ORT_ENABLE_ALL, {args.threads} intra-op thread(s); {args.turns} turns through the "
-          f"dense and pruned models of each architecture, each a measure_latency of "
-          f"{BUDGET_S:g} s of timed runs (at least 10) after 5 warm-up runs.")
+          f"{DEFAULT_ROUND_TO}; ViT heads={args.ratio}, mlp={args.ratio}). "
+          + turns_note(args.threads, args.turns, BUDGET_S))
     print(flush=True)
 
     rows, notes = [], []

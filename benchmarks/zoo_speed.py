@@ -31,7 +31,7 @@ import time
 import onnx
 
 import onnxprune
-from benchmarks.common import machine, torchvision_at
+from benchmarks.common import machine, turns_note, torchvision_at
 from onnxprune.api import analyze_model
 from onnxprune.verify import count_cost
 from onnxprune.verify.bench import compare_with_first
@@ -158,9 +158,7 @@ def main(argv=None) -> None:
            if args.vit_ratios and "vit_b_16" in args.models else "")
     print(f"torchvision models, random weights (seed 0), {SIZE}×{SIZE}, batch 1; onnxprune "
           f"default strategy (group L2, uniform), verified; ViT also heads=R, mlp=R{vit}. "
-          f"ORT CPU EP, ORT_ENABLE_ALL, {args.threads} intra-op thread(s); {args.turns} turns "
-          f"through the dense and pruned models of each architecture, each a measure_latency "
-          f"of {BUDGET_S:g} s of timed runs (at least 10) after 5 warm-up runs.")
+          + turns_note(args.threads, args.turns, BUDGET_S))
     print(flush=True)
 
     rows, notes = [], []
