@@ -251,14 +251,14 @@ def _meet_latency(a: Analyzed, fraction, round_to, by_kind, strategy, stats, inp
     met the target, by interpolating the timings; on one side only, by aiming the table search
     at the measured error. Returns the slowest build that meets the target, else the last one;
     ``target`` records the timing."""
-    timed = []      # (ratio, measured fraction, planned fraction, attempt, build)
+    timed = []      # (ratio, measured fraction, planned fraction, build)
     for attempt in range(LATENCY_CORRECTIONS + 1):
         measured = predictor.measure(built[4]) / predictor.dense
-        timed.append((built[5], measured, target["planned"], attempt, built))
+        timed.append((built[5], measured, target["planned"], built))
         if fraction * (1 - LATENCY_SLACK) <= measured <= fraction or \
                 attempt == LATENCY_CORRECTIONS:
             break
-        ratio = _next_latency_ratio(timed, fraction)
+        ratio, planned = _next_latency_ratio(timed, fraction), None
         if ratio is None:
             try:
                 ratio, planned = ratio_for_target(
@@ -266,16 +266,14 @@ def _meet_latency(a: Analyzed, fraction, round_to, by_kind, strategy, stats, inp
                     by_kind, strategy, stats, input_shapes, scored, predictor)
             except UserError:
                 break   # nothing smaller to aim at: the report says the target was missed
-        else:
-            planned = predictor.fraction(_sliced_dims(a, _plan(
-                a, ratio, round_to, by_kind, strategy, stats, scored)[1]))
         if any(abs(ratio - r) < 1e-6 for r, *_ in timed):
             break       # the search came back to a ratio already timed
-        target["planned"] = planned
         built = _build(a, ratio, round_to, by_kind, strategy, stats, scored) + (ratio,)
+        if planned is None:     # interpolated: what the table says of this build
+            planned = predictor.fraction(_sliced_dims(a, built[1]))
+        target["planned"] = planned
     met = [t for t in timed if t[1] <= fraction]
-    ratio, measured, planned, attempt, built = (max(met, key=lambda t: t[1]) if met
-                                                else timed[-1])
+    ratio, measured, planned, built = max(met, key=lambda t: t[1]) if met else timed[-1]
     target.update(ratio=ratio, planned=planned, measured=measured, met=measured <= fraction,
                   corrections=len(timed) - 1, dense_seconds=predictor.dense,
                   pruned_seconds=measured * predictor.dense, threads=predictor.threads)

@@ -14,7 +14,7 @@ from onnxprune.api import Strategy, analyze_model, calibration_stats
 from onnxprune.graph import ModelGraph
 from onnxprune.importance import ScoringContext, score
 from onnxprune.importance.distortion import MaskingSession
-from onnxprune.importance.sensitivity import _distortion, _outputs
+from onnxprune.importance.sensitivity import batch_outputs, output_distortion
 from onnxprune.rewrite import apply_plan
 
 from .builder import GraphBuilder
@@ -65,7 +65,7 @@ def test_override_session_matches_single_component_masks(source):
     masking = MaskingSession(a.analysis, a.roots)
     names = [o.name for o in masking.overrides.values()]
     assert len(set(names)) == len(names)      # one private input per reader
-    dense = _outputs(a.model, batches)
+    dense = batch_outputs(a.model, batches)
     checked = []
     for group in _measured(a):
         for comp in group.components[[0, 1, -1]].tolist():
@@ -74,7 +74,7 @@ def test_override_session_matches_single_component_masks(source):
             for name, want in _masked_constants(masked, masking.overrides).items():
                 original = next(o.value for o in masking.overrides.values() if o.name == name)
                 assert np.array_equal(feeds.get(name, original), want), name
-            want = _distortion(_outputs(masked, batches), dense)
+            want = output_distortion(batch_outputs(masked, batches), dense)
             got = masking.component_distortion(comp, batches, dense)
             # float32 noise only: ORT fuses Conv+BN in the masked model, not with a fed weight
             assert got == pytest.approx(want, rel=1e-5, abs=1e-12)

@@ -27,11 +27,11 @@ from onnx import helper, numpy_helper
 
 from ..errors import UserError
 from ..groups import Analysis, ParamUse
-from ..rewrite.apply import _mask
+from ..rewrite.apply import masked_value
 from ..rules import rule_for
 from ..verify.checks import session
 from .base import ScoringContext, criterion, score
-from .sensitivity import _distortion
+from .sensitivity import output_distortion
 
 Key = tuple[int, int]          # (node index, input index) of a constant that masking edits
 
@@ -122,7 +122,7 @@ class MaskingSession:
         out = {}
         for key in self.overrides if keys is None else keys:
             override = self.overrides[key]
-            new = _mask(override.value, override.uses, removed_atom)
+            new = masked_value(override.value, override.uses, removed_atom)
             if new is not None:
                 out[override.name] = new
         return out
@@ -136,7 +136,7 @@ class MaskingSession:
     def component_distortion(self, comp: int, batches, dense, weights=None) -> float:
         removed = self.roots == comp
         got = self.run(batches, removed, self.keys_of.get(comp, ()))
-        return _distortion(got, dense, weights)
+        return output_distortion(got, dense, weights)
 
 
 def rewritten_components(analysis: Analysis, roots: np.ndarray) -> set[int]:

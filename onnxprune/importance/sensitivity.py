@@ -26,7 +26,7 @@ def group_sensitivity(a, stats, batches, ratios, strategy, progress=None,
     unless ``compensated`` is False)."""
     scores = score(strategy.criterion, ScoringContext(a.analysis, a.roots, a.groups,
                                                       strategy.reduction, strategy.seed, stats))
-    dense = _outputs(a.model, batches)
+    dense = batch_outputs(a.model, batches)
     groups = [g for g in a.groups if g.prunable and g.size > 1]
     out = []
     for k, group in enumerate(groups):
@@ -41,8 +41,8 @@ def group_sensitivity(a, stats, batches, ratios, strategy, progress=None,
                 base = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
                                   strategy.damping)[0]
             masked = apply_plan(base, a.analysis, removed, "mask")
-            row["distortion"][ratio] = _distortion(_outputs(masked, batches), dense,
-                                                   getattr(stats, "batch_weights", None))
+            row["distortion"][ratio] = output_distortion(
+                batch_outputs(masked, batches), dense, getattr(stats, "batch_weights", None))
         out.append(row)
         if progress:
             progress(k + 1, len(groups))
@@ -65,13 +65,13 @@ def dead_channels(a, stats) -> list[dict]:
     return rows
 
 
-def _outputs(model, batches) -> list[dict]:
+def batch_outputs(model, batches) -> list[dict]:
     sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     return [dict(zip(names, sess.run(names, feeds))) for feeds in batches]
 
 
-def _distortion(got, want, weights=None) -> float:
+def output_distortion(got, want, weights=None) -> float:
     """Σ‖y_masked − y‖² / Σ‖y‖² over batches (each weighted by its calibration set's share
     when several sets were fused)."""
     num = den = 0.0

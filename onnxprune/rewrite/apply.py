@@ -118,7 +118,8 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
     for (index, input_index), group in uses.items():
         node = ctx.graph.nodes[index]
         value = ctx.graph.const(node.input(input_index))
-        new = _slice(value, group, removed_atom) if mode == "prune" else _mask(value, group, removed_atom)
+        new = (_slice(value, group, removed_atom) if mode == "prune"
+               else masked_value(value, group, removed_atom))
         if new is not None:
             ctx.graph.set_const(node, input_index, new)
     if mode == "prune":
@@ -156,7 +157,9 @@ def _slice(value, uses, removed_atom):
     return value
 
 
-def _mask(value, uses, removed_atom):
+def masked_value(value, uses, removed_atom):
+    """``value`` with the slices that consuming ``uses`` read from removed atoms zeroed (the
+    masked original; the distortion criterion feeds the same arrays)."""
     mask = np.ones(value.shape, dtype=bool)
     for use in uses:
         if not use.consume:

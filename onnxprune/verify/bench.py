@@ -28,7 +28,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..io import load_model
 from .checks import input_shapes, make_inputs
 from .cost import count_cost
@@ -173,9 +173,7 @@ def _log_reason(text: str) -> str:
 
 
 def _first_line(text: str) -> str:
-    """The message on one line (ORT spreads the useful part over several), at most 300 chars."""
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return (text[:297] + "...") if len(text) > 300 else text or "no message"
+    return one_line(text) or "no message"
 
 
 # --- preparing one model --------------------------------------------------------------------

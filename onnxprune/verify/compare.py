@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from ..calibration.data import _fixed_batch, load_calibration
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..io import load_model
 from .checks import session, user_inputs
 from .cost import count_cost
@@ -146,9 +146,7 @@ def _run(model: onnx.ModelProto, batches: list[dict], label: str
 
 
 def _first_line(exc: BaseException) -> str:
-    """The message on one line (ORT spreads the useful part over several), at most 300 chars."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return (text[:297] + "...") if len(text) > 300 else text or type(exc).__name__
+    return one_line(str(exc)) or type(exc).__name__
 
 
 def _rows(values: list[np.ndarray], sizes: list[int]) -> np.ndarray | None:
