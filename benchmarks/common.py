@@ -63,21 +63,60 @@ def turns_note(threads: int, turns: int, budget_s: float) -> str:
             f"{budget_s:g} s of timed runs (at least 10) after 5 warm-up runs.")
 
 
-def torchvision_at(name: str, size: int) -> str:
-    """A torchvision model (random weights) exported at ``size``×``size`` into the zoo cache:
-    the zoo's test models are tiny (64×64), too small for latency to mean much."""
+def torchvision_module(name: str):
+    """A torchvision model with random weights (seed 0) in eval mode, built with the zoo
+    manifest's keyword arguments (Inception v3 without aux logits, ...) except the small test
+    ``image_size`` (a benchmark runs ViT at its native 224)."""
+    import torch
+    import torchvision
+
     from models import zoo
 
-    path = zoo.cache_dir() / f"{name}.torchscript.{size}px.onnx"
-    if not path.exists():
-        import torch
-        import torchvision
+    try:
+        kwargs = dict(zoo.entry(name).get("kwargs", {}))
+    except KeyError:
+        kwargs = {}
+    kwargs.pop("image_size", None)
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
-        torch.manual_seed(0)
-        model = torchvision.models.get_model(name, weights=None).eval()
+
+def torchvision_at(name: str, size: int, exporter: str = "torchscript") -> str:
+    """``torchvision_module(name)`` exported at batch 1, ``size``×``size``, into the zoo cache
+    (the zoo's test models are tiny, 64×64: too small for latency to mean much). ``exporter``:
+    ``torchscript`` (opset 17) or ``dynamo`` (its default opset; the graph differs, and ViT's
+    attention heads are prunable only there)."""
+    from models import zoo
+
+    tag = "torchscript" if exporter == "torchscript" else "dynamo"
+    path = zoo.cache_dir() / f"{name}.{tag}.{size}px.onnx"
+    if not path.exists():
+        import warnings
+
+        import onnx
+        import torch
+
+        model = torchvision_module(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(tmp), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["output"])
+        x = (torch.randn(1, 3, size, size),)
+        names = dict(input_names=["input"], output_names=["output"])
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)   # as models.zoo: plain MHA exports
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if exporter == "torchscript":
+                    torch.onnx.export(model, x, str(tmp), dynamo=False, opset_version=17,
+                                      **names)
+                elif exporter == "dynamo":
+                    torch.onnx.export(model, x, str(tmp), dynamo=True, verbose=False, **names)
+                    onnx.save_model(onnx.load(str(tmp)), str(tmp))   # pull in external data
+                    for side in path.parent.glob(tmp.name + ".data"):
+                        side.unlink()
+                else:
+                    raise ValueError(f"unknown exporter {exporter!r}")
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         os.replace(tmp, path)
     return str(path)

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 import onnxprune
-from benchmarks.common import machine, turns_note, torchvision_at
+from benchmarks.common import machine, turns_note, torchvision_at, torchvision_module
 from onnxprune.api import DEFAULT_ROUND_TO
 from onnxprune.verify import count_cost
 from onnxprune.verify.checks import make_inputs
@@ -172,11 +172,7 @@ def run_onnxprune(name: str, path: str, ratio: float, result: Result) -> onnx.Mo
 
 def torch_model(name: str):
     """The same module ``torchvision_at`` exports: seed 0, random weights, eval mode."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None).eval()
+    return torchvision_module(name)
 
 
 def export_like_zoo(model, path: str) -> None:

@@ -2,9 +2,9 @@
 ``round_to`` buys in wall time, and how much of the MACs saved turns into speed.
 
 For each torchvision model (random weights, seed 0, ``benchmarks.common.torchvision_at(name,
-224)``), each ``--round-to`` value and each ratio, the dense TorchScript export is pruned with
-``onnxprune.prune(path, ratio=R, round_to=N)`` (verified against the masked original; ViT also
-``heads=R, mlp=R``); one analysis of the dense model is reused for all of them, as ``onnxprune
+224, exporter)``; Inception v3 at 299), each ``--round-to`` value and each ratio, the dense
+export is pruned with ``onnxprune.prune(path, ratio=R, round_to=N)`` (verified against the
+masked original; ViT and Swin also ``heads=R, mlp=R``); one analysis of the dense model is reused for all of them, as ``onnxprune
 sweep`` does. Then the dense model and every pruned model of that architecture are timed on the
 ORT CPU EP (``onnxprune.verify.latency.measure_latency``: optimizations ALL, ``--threads``
 intra-op threads, 5 warm-up runs, ``BUDGET_S`` s of timed runs, at least 10) in ``--turns``
@@ -14,9 +14,9 @@ efficiency are ``onnxprune.verify.bench.compare_with_first`` against the dense m
 dense median / pruned median, MAC ratio = dense MACs / pruned MACs, efficiency = speedup / MAC
 ratio). Run from the repository root::
 
-    python -m benchmarks.zoo_speed [--models resnet50 mobilenet_v2 vit_b_16]
-        [--ratios 0.3 0.5 0.7] [--round-to 16 1] [--threads 1] [--turns 3]
-        [--vit-ratios 0.5]
+    python -m benchmarks.zoo_speed [--models resnet50 mobilenet_v2 vit_b_16 | all]
+        [--exporter torchscript|dynamo] [--ratios 0.3 0.5 0.7] [--round-to 16 1]
+        [--threads 1] [--turns 3] [--vit-ratios 0.5]
 
 ``--vit-ratios`` (default: ``--ratios``) replaces the ratios for ``vit_b_16`` only, to keep the
 run short on a slow machine. Needs torch/torchvision the first time (the export is cached).
@@ -39,7 +39,13 @@ from onnxprune.verify.checks import make_inputs
 from onnxprune.verify.latency import Timing, measure_latency
 
 MODELS = ["resnet50", "mobilenet_v2", "vit_b_16"]
+CLASSIFIERS = ["resnet18", "resnet50", "resnext50_32x4d", "vgg11_bn", "mobilenet_v2",
+               "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "densenet121",
+               "shufflenet_v2_x1_0", "squeezenet1_1", "inception_v3", "convnext_tiny", "swin_t",
+               "vit_b_16"]   # the zoo's torchvision classifiers (`--models all`)
 SIZE = 224
+NATIVE_SIZE = {"inception_v3": 299}
+TRANSFORMERS = ("vit", "swin")   # also heads=R, mlp=R
 BUDGET_S = 1.0
 
 
@@ -49,9 +55,9 @@ def short(exc: BaseException, limit: int = 200) -> str:
 
 
 def bench_model(name: str, ratios: list[float], round_tos: list[int], threads: int, turns: int,
-                notes: list[str]) -> list[dict]:
+                notes: list[str], exporter: str = "torchscript") -> list[dict]:
     """Rows (dense first) for one architecture: prune every (round_to, ratio), then time all."""
-    path = torchvision_at(name, SIZE)
+    path = torchvision_at(name, NATIVE_SIZE.get(name, SIZE), exporter)
     dense = onnx.load(path)
     feeds = make_inputs(dense, None, seed=0)
     analyzed = analyze_model(path)
@@ -60,7 +66,7 @@ def bench_model(name: str, ratios: list[float], round_tos: list[int], threads: i
                 "params": cost.params, "macs": cost.macs, "turns": [], "error": None}]
     for round_to in round_tos:
         for ratio in ratios:
-            kinds = {"heads": ratio, "mlp": ratio} if name.startswith("vit") else {}
+            kinds = {"heads": ratio, "mlp": ratio} if name.startswith(TRANSFORMERS) else {}
             entry = {"model": name, "round_to": round_to, "ratio": ratio, "proto": None,
                      "params": None, "macs": None, "turns": [], "error": None}
             start = time.perf_counter()
@@ -137,7 +143,8 @@ def table_row(r: dict, dense: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=CLASSIFIERS + ["all"])
+    parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--vit-ratios", nargs="+", type=float, default=None,
                         help="ratios for vit_b_16 only (default: --ratios)")
@@ -149,6 +156,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not all(0.0 < r < 1.0 for r in args.ratios + (args.vit_ratios or [])):
         parser.error("ratios must be in (0, 1)")
+    args.models = CLASSIFIERS if "all" in args.models else args.models
     if min(args.round_to) < 1 or args.turns < 1 or args.threads < 1:
         parser.error("--round-to, --turns and --threads must be at least 1")
 
@@ -156,8 +164,9 @@ def main(argv=None) -> None:
     print(f"Command: `{' '.join(['python -m benchmarks.zoo_speed', *argv])}`")
     vit = (f"; vit_b_16 ratios {' '.join(f'{r:g}' for r in args.vit_ratios)}"
            if args.vit_ratios and "vit_b_16" in args.models else "")
-    print(f"torchvision models, random weights (seed 0), {SIZE}×{SIZE}, batch 1; onnxprune "
-          f"default strategy (group L2, uniform), verified; ViT also heads=R, mlp=R{vit}. "
+    print(f"torchvision models, random weights (seed 0), {args.exporter} export, {SIZE}×{SIZE} "
+          f"(Inception v3 {NATIVE_SIZE['inception_v3']}), batch 1; onnxprune default strategy "
+          f"(group L2, uniform), verified; ViT and Swin also heads=R, mlp=R{vit}. "
           + turns_note(args.threads, args.turns, BUDGET_S))
     print(flush=True)
 
@@ -165,7 +174,7 @@ def main(argv=None) -> None:
     for name in args.models:
         ratios = args.vit_ratios if name == "vit_b_16" and args.vit_ratios else args.ratios
         rows += bench_model(name, sorted(ratios), args.round_to, args.threads, args.turns,
-                            notes)
+                            notes, args.exporter)
 
     print()
     print("| model | round_to | ratio | params (kept) | MACs (kept) | ms median | turn medians "

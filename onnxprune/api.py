@@ -116,6 +116,34 @@ def analyze_model(model, exclude: tuple[str, ...] = ()) -> Analyzed:
     return Analyzed(model, graph, analysis, groups, roots)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """The calibration statistics and scores of one analysed model under one strategy and
+    calibration. None of it depends on the ratio, so a sweep computes it once and every ratio
+    reuses it (see :func:`score_model`)."""
+
+    analyzed: Analyzed
+    strategy: Strategy
+    calib: object
+    input_shapes: object
+    stats: object
+    scored: tuple
+
+
+def score_model(a: Analyzed, strategy: Strategy | None = None, calib=None,
+                input_shapes=None) -> Scoring:
+    """Capture the calibration statistics the strategy reads and score every group: the
+    ratio-independent half of :func:`prune`, for reuse through its ``scoring`` argument."""
+    strategy = strategy or Strategy()
+    strategy.check(calib is not None)
+    if strategy.needs == "synthetic" and calib is None:
+        calib = "synthetic"
+    stats = (calibration_stats(a, calib, input_shapes, strategy.needs_gram)
+             if strategy.needs else None)
+    return Scoring(a, strategy, calib, input_shapes, stats,
+                   _scores(a, strategy, stats, input_shapes))
+
+
 def _protect(analysis: Analysis, patterns: tuple[str, ...]) -> None:
     """--exclude: freeze every channel an excluded node reads or writes."""
     for pattern in patterns:
@@ -148,8 +176,8 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
           mlp: float | None = None, hidden: float | None = None,
           strategy: Strategy | None = None, calib=None, target_macs: float | None = None,
           target_params: float | None = None, steps: int = 1,
-          target_latency: float | None = None, latency_threads: int = 1
-          ) -> tuple[onnx.ModelProto, dict]:
+          target_latency: float | None = None, latency_threads: int = 1,
+          scoring: Scoring | None = None) -> tuple[onnx.ModelProto, dict]:
     """Prune ``ratio`` of the channels of every prunable group; return (model, report).
 
     ``model`` is a path, a ModelProto, or an :class:`Analyzed` model (its analysis is reused;
@@ -172,6 +200,10 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     most ``LATENCY_CORRECTIONS`` times) when the measurement misses the target.
 
     ``steps`` > 1 prunes iteratively (see :func:`prune_in_steps`).
+
+    ``scoring`` (from :func:`score_model` on the same :class:`Analyzed` model, strategy,
+    calibration and input shapes) skips the capture and scoring: pruning one model at many
+    ratios then pays for them once.
     """
     by_kind = {k: v for k, v in (("heads", heads), ("mlp", mlp), ("hidden", hidden))
                if v is not None}
@@ -188,17 +220,22 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     strategy.check(calib is not None)
     if steps != 1 and target_latency is not None:
         raise UserError("--target-latency prunes in one step (it times the result); drop --steps")
+    if steps != 1 and scoring is not None:
+        raise UserError("steps re-score the model after each step; drop scoring")
     if steps != 1:
         return prune_in_steps(model, steps, ratio, round_to, exclude, input_shapes, verify,
                               tolerance, seed, by_kind, strategy, calib, target_macs,
                               target_params)
     a = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
-    if strategy.needs == "synthetic" and calib is None:
-        calib = "synthetic"
-    stats = (calibration_stats(a, calib, input_shapes, strategy.needs_gram)
-             if strategy.needs else None)
-    target = None
-    scored = _scores(a, strategy, stats, input_shapes)  # once: a target search re-allocates
+    if scoring is None:
+        scoring = score_model(a, strategy, calib, input_shapes)  # once: a search re-allocates
+    elif (scoring.analyzed is not a or scoring.strategy != strategy
+          or scoring.input_shapes != input_shapes
+          or not (calib is None or calib is scoring.calib or
+                  (isinstance(calib, str) and calib == scoring.calib))):
+        raise UserError("scoring was computed for another model, strategy, calibration or "
+                        "input shape; call score_model again")
+    calib, stats, scored, target = scoring.calib, scoring.stats, scoring.scored, None
     predictor = None
     if targets:
         kind, fraction = next(iter(targets.items()))

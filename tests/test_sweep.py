@@ -205,3 +205,30 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, chang
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], err
     assert out == "" and "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+# --- one scoring for every ratio ------------------------------------------------------------
+
+def test_reused_scoring_prunes_exactly_as_a_fresh_prune():
+    """The sweep scores once: a model pruned with the shared scoring must be byte-identical to
+    one pruned from scratch, at every ratio, for a criterion that reads calibration data and
+    compensates with it (the statistics must not be changed by an earlier ratio)."""
+    strategy = api.Strategy(criterion="obs", allocation="global")
+    analyzed = api.analyze_model(DEMO)
+    scoring = api.score_model(analyzed, strategy, "random")
+    for ratio in (0.6, 0.3):
+        reused, _ = api.prune(analyzed, ratio=ratio, strategy=strategy, calib="random",
+                              scoring=scoring, verify=False)
+        fresh, _ = api.prune(DEMO, ratio=ratio, strategy=strategy, calib="random",
+                             verify=False)
+        assert reused.SerializeToString() == fresh.SerializeToString()
+
+
+def test_scoring_for_another_strategy_is_refused():
+    analyzed = api.analyze_model(DEMO)
+    scoring = api.score_model(analyzed, api.Strategy(criterion="l1"))
+    with pytest.raises(UserError, match="another model, strategy"):
+        api.prune(analyzed, ratio=0.5, strategy=api.Strategy(criterion="l2"), scoring=scoring)
+    with pytest.raises(UserError, match="another model, strategy"):
+        api.prune(api.analyze_model(DEMO), ratio=0.5, strategy=api.Strategy(criterion="l1"),
+                  scoring=scoring)

@@ -92,11 +92,12 @@ def value_shapes(model: onnx.ModelProto, shapes=None) -> dict[str, list[int | No
 
 
 def measure_node_shapes(model: onnx.ModelProto, shape: dict, node_indices, shapes=None) -> None:
-    """Fill ``shape`` in place with the first input's and first output's shapes of the given
-    nodes, measured by one ONNX Runtime run (for what inference could not resolve)."""
+    """Fill ``shape`` in place with the shapes of the given nodes' first two inputs (both
+    operands of an attention MatMul are activations) and first output, measured by one ONNX
+    Runtime run (for what inference could not resolve)."""
     nodes = model.graph.node
     names = [name for i in node_indices
-             for name in list(nodes[i].input[:1]) + list(nodes[i].output[:1])]
+             for name in list(nodes[i].input[:2]) + list(nodes[i].output[:1]) if name]
     shape.update(_shapes_by_running(model, input_shapes(model, shapes), names))
 
 

@@ -124,6 +124,9 @@ def sweep(model, ratios: Sequence[float], batch: int = 1, bench: BenchOptions | 
     reference = reference_run(dense, data, labels, input_shapes, preprocess)
     fidelity = {0.0: compare_with_reference(reference, dense)}
     analyzed = api.analyze_model(dense, exclude)
+    say("capturing calibration statistics and scoring the groups (once for every ratio)")
+    scoring = api.score_model(analyzed, prune_options.get("strategy"),
+                              prune_options.get("calib"), input_shapes)
     rows = [_empty_row(0.0, str(model) if _is_path(model) else None)]
     timed = [model if _is_path(model) else dense]   # a path: its file size, external data too
     for ratio in ratios[1:]:
@@ -132,7 +135,7 @@ def sweep(model, ratios: Sequence[float], batch: int = 1, bench: BenchOptions | 
         rows.append(row)
         try:
             pruned, report = api.prune(analyzed, ratio=ratio, input_shapes=input_shapes,
-                                       **prune_options)
+                                       scoring=scoring, **prune_options)
             fidelity[ratio] = compare_with_reference(reference, pruned)
             row["max_rel_error"] = report["check"]["max_rel_error"]
             if out_dir is not None:
