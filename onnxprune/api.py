@@ -6,6 +6,7 @@ Both take a path or a ModelProto and never modify it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from dataclasses import asdict, dataclass
 
@@ -28,6 +29,7 @@ from .io import load_model
 from .rewrite import apply_plan
 from .rewrite.apply import project
 from .verify import compare_outputs, count_cost, make_inputs
+from .verify.checks import input_problem
 from .verify.cost import Cost, count_params, node_macs
 
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
@@ -170,6 +172,32 @@ def inspect(model, exclude: tuple[str, ...] = (), input_shapes=None) -> dict:
     }
 
 
+def _blame_a_broken_input(function):
+    """When pruning fails for a reason other than the user's options, look at the input
+    model: if it is itself broken (fails the checker, cannot load on ONNX Runtime), that is the
+    error to report, as the user's, rather than a failed rewrite or an internal error."""
+    @functools.wraps(function)
+    def wrapper(model, *args, **kwargs):
+        try:
+            return function(model, *args, **kwargs)
+        except UserError:
+            raise
+        except Exception:
+            problem = _input_problem(model)
+            if problem:
+                raise UserError(problem) from None
+            raise
+    return wrapper
+
+
+def _input_problem(model) -> str | None:
+    try:
+        return input_problem(model.model if isinstance(model, Analyzed) else load_model(model))
+    except UserError as exc:
+        return str(exc)
+
+
+@_blame_a_broken_input
 def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
           exclude: tuple[str, ...] = (), input_shapes=None, verify: bool = True,
           tolerance: float = 1e-4, seed: int = 0, heads: float | None = None,
@@ -427,6 +455,7 @@ def _source_stats(a: Analyzed, source: CalibSource, input_shapes, gram: bool):
     return stats
 
 
+@_blame_a_broken_input
 def sensitivity(model, calib: str | list = "synthetic", ratios=(0.25, 0.5, 0.75),
                 strategy: Strategy | None = None, input_shapes=None, exclude=(),
                 progress=None) -> dict:

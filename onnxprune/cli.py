@@ -20,8 +20,8 @@ from .allocation import ALLOCATIONS
 from .calibration import parse_source
 from .compensation import DAMPING, METHODS
 from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
-from .errors import EXIT_INTERNAL, OnnxPruneError, UserError
-from .io import save_model
+from .errors import EXIT_INTERNAL, OnnxPruneError, UserError, one_line
+from .io import check_writable, save_model, write_atomically
 
 REPORT_BUG = "please report it with the model and command at the onnxprune issue tracker"
 
@@ -103,19 +103,30 @@ def print_prune_summary(report: dict) -> None:
                    f"-> {'OK' if check['ok'] else 'FAIL'}")
 
 
+def _dump_json(data, path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+
+
 def _run_prune(model, output, ratio, round_to, exclude, input_shape, report_path, tolerance,
-               heads=None, mlp=None, hidden=None, strategy=None, calib=None, targets=None):
+               heads=None, mlp=None, hidden=None, strategy=None, calib=None, targets=None,
+               in_place=False):
     shapes = parse_shapes(input_shape)
-    if os.path.abspath(output) == os.path.abspath(str(model)):
-        raise UserError("the output path is the input file; choose another -o")
+    same = os.path.exists(output) and os.path.exists(str(model)) and \
+        os.path.samefile(output, str(model))
+    if same and not in_place:
+        raise UserError("the output path is the input file; choose another -o, or give "
+                        "--in-place to replace the input")
+    check_writable(output)
+    if report_path:
+        check_writable(report_path)
     pruned, report = api.prune(model, ratio=ratio, round_to=round_to, exclude=tuple(exclude),
                                input_shapes=shapes, tolerance=tolerance, heads=heads, mlp=mlp,
                                hidden=hidden, strategy=strategy, calib=calib, **(targets or {}))
-    save_model(pruned, output)
     report["output"] = str(output)
-    if report_path:
-        with open(report_path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+    if report_path:     # first: a report that cannot be written leaves no model behind
+        write_atomically(report_path, lambda tmp: _dump_json(report, tmp))
+    save_model(pruned, output)
     print_prune_summary(report)
     click.echo(f"wrote {output}")
 
@@ -194,6 +205,9 @@ def cli():
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Where to write the pruned model (default: MODEL.pruned.onnx).")
+@click.option("--in-place", is_flag=True,
+              help="Replace MODEL itself with the pruned model (atomically; never without "
+                   "this flag).")
 @click.option("--ratio", type=float, default=0.5, show_default=True,
               help="Fraction of channels to remove from every prunable group.")
 @_heads_option()
@@ -240,7 +254,7 @@ def cli():
 @click.option("--obs-damping", type=float, default=DAMPING, show_default=True,
               help="Damping of the OBS update, relative to the mean of diag(H). Larger is safer "
                    "with few calibration samples per input feature (see RESULTS.md).")
-def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
+def prune(model, output, in_place, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
           tolerance, criterion, group_reduction, normalization, allocation, rank_by, max_ratio,
           seed, calib, preprocess, target_macs, target_latency, latency_threads, steps,
           target_params, compensate, obs_damping):
@@ -248,10 +262,15 @@ def prune(model, output, ratio, heads, mlp, hidden, round_to, exclude, input_sha
     calib = _calib_sources(calib, preprocess)
     strategy = api.Strategy(criterion, group_reduction, normalization, allocation, max_ratio,
                             seed, compensate, obs_damping, rank_by)
+    if in_place and output is not None:
+        raise UserError("give -o or --in-place, not both")
+    if in_place:
+        output = model
     _run_prune(model, output or api.default_output_path(model), ratio, round_to, exclude,
                input_shape, report_path, tolerance, heads, mlp, hidden, strategy, calib,
                {"target_macs": target_macs, "target_params": target_params, "steps": steps,
-                "target_latency": target_latency, "latency_threads": latency_threads})
+                "target_latency": target_latency, "latency_threads": latency_threads},
+               in_place)
 
 
 @cli.command()
@@ -681,7 +700,8 @@ def main(argv=None) -> int:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - never a traceback, but say it is our bug
-        click.echo(f"internal error: {type(exc).__name__}: {exc}; {REPORT_BUG}", err=True)
+        click.echo(f"internal error: {type(exc).__name__}: {one_line(str(exc))}; {REPORT_BUG}",
+                   err=True)
         return EXIT_INTERNAL
     return 0
 

@@ -77,8 +77,8 @@ def _read_npz(source: str, names: list[str]) -> dict[str, np.ndarray]:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
         raise UserError(f"cannot read calibration data {source}: {exc}") from None
-    if len(arrays) == 1 and len(names) == 1 and names[0] not in arrays:
-        arrays = {names[0]: next(iter(arrays.values()))}
+    if list(arrays) == ["arr_0"] and len(names) == 1:
+        arrays = {names[0]: arrays["arr_0"]}   # np.savez(path, array): the one input's data
     return arrays
 
 

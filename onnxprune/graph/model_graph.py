@@ -71,6 +71,7 @@ class ModelGraph:
         self.opset = _default_opset(model)
         self.nodes = [NodeRef(i, n) for i, n in enumerate(graph.node)]
         self.initializers = {t.name: t for t in graph.initializer}
+        self.copies: dict[str, str] = {}   # copy-on-write constants: copy -> what it copied
         self.constant_nodes = {n.output[0]: n for n in graph.node
                                if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
         self.graph_inputs = [i.name for i in graph.input if i.name not in self.initializers]
@@ -206,6 +207,7 @@ class ModelGraph:
             self.consumers[new_name].append(ref)
             ref.proto.input[input_index] = new_name
             self._const_cache[new_name] = value
+            self.copies[new_name] = name
             return
         if name in self.initializers:
             tensor = self.initializers[name]
@@ -216,6 +218,38 @@ class ModelGraph:
             node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
         self._declare(name, value)
         self._const_cache[name] = value
+
+    def merge_identical_copies(self) -> int:
+        """Shared constants are copied on write (``set_const``), so that slicing one reader
+        never changes another. When the readers end up with the same slice, the copies are
+        equal: point their readers at one tensor and drop the others, so that a shared weight
+        stays one weight. Returns how many copies went."""
+        merged = 0
+        for new, source in list(self.copies.items()):
+            value = self.const(new)
+            for other in [source, *(c for c, s in self.copies.items() if s == source)]:
+                if (other == new or other not in self.initializers or other in self.graph_outputs
+                        or not self.consumers.get(other)):
+                    continue
+                theirs = self.const(other)
+                if theirs.dtype == value.dtype and np.array_equal(theirs, value):
+                    for ref in self.consumers.pop(new, []):
+                        for k, name in enumerate(ref.proto.input):
+                            if name == new:
+                                ref.proto.input[k] = other
+                        self.consumers[other].append(ref)
+                    self._remove_initializer(new)
+                    merged += 1
+                    break
+        return merged
+
+    def _remove_initializer(self, name: str) -> None:
+        graph = self.model.graph
+        graph.initializer.remove(self.initializers.pop(name))
+        for info in [i for i in graph.input if i.name == name]:   # IR 3 lists it as an input
+            graph.input.remove(info)
+        self._const_cache.pop(name, None)
+        self.copies.pop(name, None)
 
     def add_initializer(self, name: str, value: np.ndarray) -> onnx.TensorProto:
         """Append an initializer and index the stored message (``append`` would copy it)."""

@@ -13,18 +13,22 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx.external_data_helper import load_external_data_for_model
 
 from ..errors import UserError
+from .external import check_external_locations
+from .normalize import sort_topologically, unique_node_names
 
 _TWO_GB = 2**31 - 1
 
 
 def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    """Return a private, fully loaded copy of ``model`` (weights from external data included)."""
+    """Return a private, fully loaded copy of ``model`` (weights from external data included),
+    its nodes in topological order and its node names unique (see ``normalize``)."""
     if isinstance(model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        return copy
+        return _normalized(copy)
     path = Path(model)
     if not path.exists():
         raise UserError(f"no such file: {path}")
@@ -33,14 +37,22 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise UserError(f"empty file: {path}")
     try:
-        loaded = onnx.load(str(path), load_external_data=True)
+        loaded = onnx.load(str(path), load_external_data=False)
+        check_external_locations(loaded, path.parent)   # before a byte of it is read
+        load_external_data_for_model(loaded, str(path.parent))
     except (DecodeError, RuntimeWarning) as exc:
         raise UserError(f"not a valid ONNX model: {path} ({type(exc).__name__})") from None
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise UserError(f"cannot load {path}: {_first_line(exc)}") from None
     if not loaded.graph.node:
         raise UserError(f"not a valid ONNX model (no graph nodes): {path}")
-    return loaded
+    return _normalized(loaded)
+
+
+def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
+    sort_topologically(model.graph)
+    unique_node_names(model.graph)
+    return model
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
@@ -62,12 +74,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
 def write_atomically(path: str | os.PathLike, write) -> Path:
     """Call ``write(temporary path)`` in the target's folder, then rename it over ``path``: a
     failure leaves nothing behind, and readers never see a half-written file."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"output folder does not exist: {folder}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    target = check_writable(path)
+    tmp_name = _temporary_beside(target)
     try:
         write(tmp_name)
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give a normal file's mode
@@ -78,6 +86,31 @@ def write_atomically(path: str | os.PathLike, write) -> Path:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return target
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail before any work, not after it: ``path``'s folder must exist and take a new file,
+    and ``path`` must not be a folder. Returns it as a Path."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"output folder does not exist: {folder}")
+    if target.is_dir():
+        raise UserError(f"output path is a folder, not a file: {target}")
+    os.unlink(_temporary_beside(target))
+    return target
+
+
+def _temporary_beside(target: Path) -> str:
+    """An empty temporary file in ``target``'s folder (same file system: the rename is
+    atomic); a folder that takes no new file is the user's error, said in one line."""
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UserError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    return tmp_name
 
 
 def _umask() -> int:

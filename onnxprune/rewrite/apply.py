@@ -126,6 +126,7 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
         for index in analysis.notes:
             node = ctx.graph.nodes[index]
             rule_for(node).rewrite(node, ctx)
+        ctx.graph.merge_identical_copies()
         _drop_orphaned_constants(out, model)
         _refresh_value_info(out, had_value_info=len(model.graph.value_info) > 0)
     else:

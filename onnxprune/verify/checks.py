@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 DEFAULT_DIM = 64   # used for a dynamic dim other than the batch when no shape is given
 
@@ -31,6 +31,27 @@ class CheckResult:
 def check_model(model: onnx.ModelProto) -> None:
     """Full check: structure, types and strict shape inference."""
     onnx.checker.check_model(model, full_check=True)
+
+
+def input_problem(model: onnx.ModelProto) -> str | None:
+    """Why the *input* model is itself unusable, or None: an opset newer than the installed
+    onnx knows, a failed full check, or a model ONNX Runtime cannot load (an op from a domain
+    it does not implement, say). Asked only after something went wrong, so that a broken input
+    is reported as the user's problem rather than as a failed rewrite."""
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            return (f"the model imports ONNX opset {opset.version}, newer than this onnx "
+                    f"{onnx.__version__} knows (up to {newest})")
+    try:
+        check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return f"the input model fails onnx.checker: {one_line(str(exc), 200)}"
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - whatever ORT refuses, it refuses the input
+        return f"ONNX Runtime cannot load the input model: {one_line(str(exc), 200)}"
+    return None
 
 
 def input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None

@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import UserError, VerificationError
-from ..io import load_model, save_model, write_atomically
+from ..io import check_writable, load_model, save_model, write_atomically
 from .bench import BenchOptions, batch_shapes, benchmark, model_overrides
 from .compare import compare_with_reference, reference_run
 
@@ -86,6 +86,7 @@ def check_output_path(path, what: str, suffix: str | None = None) -> None:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"{what}: folder does not exist: {folder}")
+    check_writable(target)
 
 
 def _check_out_dir(out_dir) -> None:
