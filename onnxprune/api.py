@@ -30,7 +30,7 @@ from .rewrite import apply_plan
 from .rewrite.apply import project
 from .verify import compare_outputs, count_cost, make_inputs
 from .verify.checks import input_problem
-from .verify.cost import Cost, count_params, node_macs
+from .verify.cost import RECURRENT, Cost, count_params, node_macs
 
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
 RANKINGS = ("score", "score-per-mac")
@@ -558,9 +558,9 @@ def ratio_for_target(a: Analyzed, kind: str, fraction: float, round_to: int, by_
 
     def kept(ratio: float) -> float:
         _, removed, _ = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
-        sizes = _sliced_sizes(a, removed)
-        value = (_planned_macs(a, removed, sizes, per_node) if kind == "macs"
-                 else _planned_params(a, sizes, dense))
+        shapes = _sliced_shapes(a, removed)
+        value = (_planned_macs(a, removed, _sizes(shapes), per_node) if kind == "macs"
+                 else _planned_params(a, shapes, dense))
         return value / dense
 
     return _bisect(kept, kind, fraction, scored)
@@ -609,22 +609,22 @@ def _report(a: Analyzed, plan: Plan, pruned, removed, ratio, round_to, input_sha
     before = Cost(count_params(a.model),
                   None if per_node is None or None in per_node else int(sum(per_node)))
     after = count_cost(pruned, input_shapes)
-    sizes = _sliced_sizes(a, removed)
+    shapes = _sliced_shapes(a, removed)
     return {
         "ratio": ratio, "round_to": round_to,
         "params": {"before": before.params, "after": after.params,
-                   "planned_after": _planned_params(a, sizes, before.params)},
+                   "planned_after": _planned_params(a, shapes, before.params)},
         "macs": {"before": before.macs, "after": after.macs,
-                 "planned_after": _planned_macs(a, removed, sizes, per_node)},
+                 "planned_after": _planned_macs(a, removed, _sizes(shapes), per_node)},
         "groups": [_group_entry(g, plan) for g in a.groups if g.members],
         "barriers": _barriers(a),
     }
 
 
-def _sliced_sizes(a: Analyzed, removed) -> dict[tuple[int, int], tuple[int, int]]:
-    """(node, input) → (elements before, elements after) for every sliced constant."""
+def _sizes(shapes) -> dict[tuple[int, int], tuple[int, int]]:
+    """(node, input) → (elements before, elements after), from ``_sliced_shapes``."""
     return {key: (int(np.prod(old, dtype=np.int64)), int(np.prod(new, dtype=np.int64)))
-            for key, (old, new) in _sliced_shapes(a, removed).items()}
+            for key, (old, new) in shapes.items()}
 
 
 def _sliced_dims(a: Analyzed, removed) -> dict[tuple[int, int], list[int]]:
@@ -650,24 +650,39 @@ def _sliced_shapes(a: Analyzed, removed) -> dict[tuple[int, int], tuple[list, li
     return shapes
 
 
-def _planned_params(a: Analyzed, sizes, before: int) -> int:
+def _planned_params(a: Analyzed, shapes, before: int) -> int:
+    """``before`` less what the sliced constants lose (``shapes``: ``_sliced_shapes``); a
+    weight stored quantized also loses per-axis scales and zero points along the cut axis."""
     seen, total = set(), before
-    for (node, idx), (old, new) in sizes.items():
+    for (node, idx), (old, new) in shapes.items():
         name = a.graph.nodes[node].input(idx)
         if name in seen:
             continue
         seen.add(name)
-        total -= old - new
+        total -= int(np.prod(old, dtype=np.int64)) - int(np.prod(new, dtype=np.int64))
+        source = a.graph.quantized_source(name)
+        for k in (1, 2) if source is not None else ():
+            per_axis = a.graph.const(source.input(k)) if source.input(k) else None
+            if per_axis is not None and per_axis.size > 1:
+                axis = int(source.attr("axis", 1)) % len(old)
+                total -= per_axis.size - per_axis.size * new[axis] // old[axis]
     return total
 
 
 def _planned_macs(a: Analyzed, removed, sizes, per_node) -> int | None:
     """A Conv/Gemm/MatMul costs (output positions × weight elements): scale by the weight;
-    a MatMul of two activations scales with the share of its output that stays."""
+    a MatMul of two activations scales with the share of its output that stays; a recurrent
+    op by its W and R together."""
     if per_node is None or any(m is None for m in per_node):
         return None
     total = 0.0
     for index, macs in enumerate(per_node):
+        node = a.graph.nodes[index]
+        if node.op in RECURRENT and macs:   # steps × batch × (|W| + |R|)
+            old, new = zip(*(sizes.get((index, k), (a.graph.const(node.input(k)).size,) * 2)
+                             for k in (1, 2)))
+            total += macs * sum(new) / sum(old)
+            continue
         if (index, 1) in sizes:
             old, new = sizes[(index, 1)]
             total += macs * new / old

@@ -68,6 +68,12 @@ def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
         if c.bias is None:
             notes.append(f"{label}: no bias to absorb the correction, not compensated")
             continue
+        node_index, input_index, _ = c.bias
+        if (graph.quantized_source(graph.nodes[c.node].input(1)) is not None or
+                graph.quantized_source(graph.nodes[node_index].input(input_index)) is not None):
+            notes.append(f"{label}: weights stored quantized, not compensated (a correction "
+                         f"would not survive rounding to the stored integers)")
+            continue
         gram = input_gram(c, moments)
         if method == "obs" and gram is not None:
             delta_w, delta_b = _obs(c, removed, moments, *gram, damping=damping)

@@ -24,6 +24,8 @@ Dim = int | str | None
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                "Multinomial", "Bernoulli", "Constant", "If", "Loop", "Scan"}
 _FOLD_LIMIT = 1 << 22  # elements; bigger computed weights are left as they are
+# integer types a quantized weight may be stored in and still be cut (numpy keeps them as is)
+_STORED_INTEGERS = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "int32")}
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ class ModelGraph:
     def _fold(self, ref: NodeRef, name: str) -> np.ndarray | None:
         if ref.op == "Identity":
             return self.const(ref.input(0))
+        if ref.op == "DequantizeLinear" and self.quantized_source(name) is None:
+            return None     # a stored-quantized weight is cut where it is stored, or not at all
         inputs = [self.const(i) if i else None for i in ref.proto.input]
         if any(v is None for v, i in zip(inputs, ref.proto.input) if i):
             return None
@@ -174,6 +178,60 @@ class ModelGraph:
             if out != name and out:
                 self._const_cache[out] = np.asarray(value)
         return np.asarray(outputs[list(ref.proto.output).index(name)])
+
+    def quantized_source(self, name: str) -> NodeRef | None:
+        """The DequantizeLinear that makes the weight ``name`` from stored integers, when it
+        can be cut where it is stored: constant integer data of a whole-byte type, scales and
+        zero points per tensor or per axis (not blocked), and one reader (cutting it for one
+        reader must not change another's)."""
+        ref = self.producer.get(name)
+        if ref is None or ref.op != "DequantizeLinear" or ref.proto.domain not in ("", "ai.onnx"):
+            return None
+        if ref.attr("block_size", 0) or len(self.consumers.get(name, [])) != 1:
+            return None
+        values = [self.const(i) for i in ref.proto.input if i]
+        if any(v is None for v in values) or values[0].dtype not in _STORED_INTEGERS:
+            return None
+        return ref
+
+    def slice_const(self, ref: NodeRef, input_index: int, keep: dict[int, np.ndarray]) -> None:
+        """Keep only ``keep[axis]`` (a boolean vector) along each axis of the constant ``ref``
+        reads at ``input_index``. A weight dequantized from stored integers is cut where it is
+        stored (the integers, and per-axis scales and zero points along their axis), so a
+        quantized model stays quantized."""
+        name = ref.proto.input[input_index]
+        source = self.quantized_source(name)
+        value = self.const(source.input(0) if source is not None else name)
+        for axis, vec in keep.items():
+            value = np.compress(vec, value, axis=axis)
+        if source is None:
+            return self.set_const(ref, input_index, value)
+        self.set_const(source, 0, value)
+        axis = _dequantize_axis(source, value.ndim)
+        for k in (1, 2):
+            per_axis = self.const(source.input(k)) if source.input(k) else None
+            if per_axis is not None and per_axis.size > 1 and axis in keep:
+                self.set_const(source, k, np.compress(keep[axis], per_axis, axis=0))
+        self._declare(name, value)
+        self._const_cache.pop(name, None)
+
+    def mask_const(self, ref: NodeRef, input_index: int, keep: np.ndarray) -> None:
+        """Zero the constant ``ref`` reads where ``keep`` (its shape) is False; a dequantized
+        weight gets its zero point there, which dequantizes to exactly 0."""
+        name = ref.proto.input[input_index]
+        source = self.quantized_source(name)
+        if source is None:
+            value = self.const(name)
+            return self.set_const(ref, input_index,
+                                  np.where(keep, value, np.zeros((), dtype=value.dtype)))
+        stored = self.const(source.input(0))
+        zero = self.const(source.input(2)) if source.input(2) else np.zeros((), stored.dtype)
+        if zero.size > 1:
+            shape = [1] * stored.ndim
+            shape[_dequantize_axis(source, stored.ndim)] = zero.size
+            zero = zero.reshape(shape)
+        self.set_const(source, 0, np.where(keep, stored, zero).astype(stored.dtype))
+        self._const_cache.pop(name, None)
 
     def set_const(self, ref: NodeRef, input_index: int, value: np.ndarray) -> None:
         """Replace the constant read by ``ref`` at ``input_index``.
@@ -448,3 +506,9 @@ def _outer_names(graph: onnx.GraphProto) -> list[str]:
         if o.name not in local:
             outer.append(o.name)
     return outer
+
+
+def _dequantize_axis(ref: NodeRef, rank: int) -> int:
+    """The axis a DequantizeLinear's per-axis scale runs along (attribute ``axis``, default 1)."""
+    axis = int(ref.attr("axis", 1))
+    return axis + rank if axis < 0 else axis

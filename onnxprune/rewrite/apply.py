@@ -118,10 +118,14 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
     for (index, input_index), group in uses.items():
         node = ctx.graph.nodes[index]
         value = ctx.graph.const(node.input(input_index))
-        new = (_slice(value, group, removed_atom) if mode == "prune"
-               else masked_value(value, group, removed_atom))
-        if new is not None:
-            ctx.graph.set_const(node, input_index, new)
+        if mode == "prune":
+            keep = _kept_along_axes(value, group, removed_atom)
+            if keep is not None:
+                ctx.graph.slice_const(node, input_index, keep)
+        else:
+            keep = kept_mask(value, group, removed_atom)
+            if keep is not None:
+                ctx.graph.mask_const(node, input_index, keep)
     if mode == "prune":
         for index in analysis.notes:
             node = ctx.graph.nodes[index]
@@ -139,7 +143,9 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
     return out
 
 
-def _slice(value, uses, removed_atom):
+def _kept_along_axes(value, uses, removed_atom) -> dict[int, np.ndarray] | None:
+    """What each sliced axis of ``value`` keeps (what every use keeps), or None when nothing
+    goes."""
     keep_axes: dict[int, np.ndarray] = {}
     for use in uses:
         vectors = project(~removed_atom[use.labels])
@@ -151,16 +157,23 @@ def _slice(value, uses, removed_atom):
             keep_axes[param_axis] = keep_axes.get(param_axis, vec) & vec
     if all(v.all() for v in keep_axes.values()):
         return None
-    for axis, vec in keep_axes.items():
-        if not vec.any():
-            raise RewriteError("a constant would lose every channel")
-        value = np.compress(vec, value, axis=axis)
-    return value
+    if not all(v.any() for v in keep_axes.values()):
+        raise RewriteError("a constant would lose every channel")
+    return keep_axes
 
 
 def masked_value(value, uses, removed_atom):
     """``value`` with the slices that consuming ``uses`` read from removed atoms zeroed (the
-    masked original; the distortion criterion feeds the same arrays)."""
+    masked original; the distortion criterion feeds the same arrays), or None."""
+    keep = kept_mask(value, uses, removed_atom)
+    if keep is None:
+        return None
+    return np.where(keep, value, np.zeros((), dtype=value.dtype))
+
+
+def kept_mask(value, uses, removed_atom) -> np.ndarray | None:
+    """Where ``value`` stays in the masked original: False on the slices that consuming
+    ``uses`` read from removed atoms; None when nothing is masked."""
     mask = np.ones(value.shape, dtype=bool)
     for use in uses:
         if not use.consume:
@@ -175,9 +188,7 @@ def masked_value(value, uses, removed_atom):
         keep = np.transpose(keep, np.argsort(np.argsort(label_axes)))
         shape = [value.shape[a] if a in use.axes else 1 for a in range(value.ndim)]
         mask &= np.broadcast_to(keep.reshape(shape), value.shape)
-    if mask.all():
-        return None
-    return np.where(mask, value, np.zeros((), dtype=value.dtype))
+    return None if mask.all() else mask
 
 
 def _drop_orphaned_constants(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

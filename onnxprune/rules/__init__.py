@@ -9,6 +9,8 @@ from . import (  # noqa: F401 - importing a module registers its rules
     gather,
     linear,
     normalization,
+    quantize,
+    recurrent,
     reshape,
     shape_of,
     spatial,

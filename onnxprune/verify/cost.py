@@ -21,12 +21,17 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DO
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Elements of every floating-point constant: initializers, Constant nodes, and weights
-    filled by ConstantOfShape (structure-only models). Read from dims, not data."""
+    """Elements of every floating-point constant (initializers, Constant nodes, and weights
+    filled by ConstantOfShape in structure-only models) and of every integer constant a
+    DequantizeLinear reads as data or zero point (a quantized model's weights). Read from
+    dims, not data."""
     tensors = list(model.graph.initializer) + [
         a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
         if a.name == "value"]
-    total = sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors if t.data_type in _FLOATS)
+    quantized = {name for n in model.graph.node if n.op_type == "DequantizeLinear"
+                 for k, name in enumerate(n.input) if k in (0, 2) and name}
+    total = sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors
+                if t.data_type in _FLOATS or t.name in quantized)
     filled = [n for n in model.graph.node if n.op_type == "ConstantOfShape"]
     if filled:
         from ..graph import ModelGraph
@@ -40,7 +45,8 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> int | None:
-    """MACs of Conv, ConvTranspose, Gemm and MatMul at the given (or default) input shapes."""
+    """MACs of Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU and RNN at the given (or default)
+    input shapes."""
     per_node = node_macs(model, shapes)
     if per_node is None or any(m is None for m in per_node):
         return None
@@ -48,7 +54,8 @@ def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
 
 
 def node_macs(model: onnx.ModelProto, shapes=None) -> list[int | None] | None:
-    """MACs of every node (0 for ops that are not Conv/Gemm/MatMul), in graph order."""
+    """MACs of every node (0 for ops that are not Conv/Gemm/MatMul/recurrent), in graph
+    order."""
     shape = value_shapes(model, shapes)
     if shape is None:
         return None
@@ -127,6 +134,8 @@ def _node_macs(node, shape) -> int | None:
 
 def _node_macs_or_raise(node, shape) -> int | None:
     op = node.op_type
+    if op in RECURRENT:
+        return _recurrent_macs(node, shape)
     if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return 0
     ins = [shape.get(n) for n in node.input[:2]]
@@ -145,6 +154,19 @@ def _node_macs_or_raise(node, shape) -> int | None:
         return int(np.prod(out, dtype=np.int64) * k)
     k = ins[0][-1] if len(ins[0]) > 1 else ins[0][0]
     return int(np.prod(out, dtype=np.int64) * k)
+
+
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _recurrent_macs(node, shape) -> int | None:
+    """Every step, for every sequence in the batch, each direction multiplies its input by W
+    and its previous hidden state by R: steps × batch × (|W| + |R|) in either layout."""
+    x, w, r = (shape.get(n) for n in node.input[:3])
+    if any(s is None or None in s for s in (x, w, r)):
+        return None
+    return int(np.prod(x[:2], dtype=np.int64) * (np.prod(w, dtype=np.int64) +
+                                                  np.prod(r, dtype=np.int64)))
 
 
 def count_cost(model: onnx.ModelProto, shapes=None) -> Cost:

@@ -1,0 +1,82 @@
+"""Why a pruned QDQ model is compared with its masked original at basic optimizations.
+
+The bundled digits CNN is quantized by ONNX Runtime (static, QDQ, int8 weights per channel,
+uint8 activations, 8 random calibration batches), pruned at ``--ratio``, and its masked
+original built (``onnxprune.api.masked_original``). Both run on the same random inputs at
+each ONNX Runtime graph optimization level; the table gives their largest relative output
+difference, and how far each model's own output moves from what it gives at basic
+optimizations (where the quantize ops run as written). Run from the repository root::
+
+    python -m benchmarks.quantized_rounding [--ratio 0.5] [--round-to 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime import quantization
+
+from benchmarks.common import machine
+from onnxprune.api import analyze_model, masked_original
+from onnxprune.verify.checks import make_inputs, relative_error, session
+
+LEVELS = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]
+
+
+class _Batches(quantization.CalibrationDataReader):
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.batches = iter([{"input": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)}
+                             for _ in range(8)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantized_digits(folder: Path) -> onnx.ModelProto:
+    demo = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
+    quantization.shape_inference.quant_pre_process(demo, str(folder / "pre.onnx"))
+    quantization.quantize_static(str(folder / "pre.onnx"), str(folder / "qdq.onnx"), _Batches(),
+                                 quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+                                 weight_type=quantization.QuantType.QInt8,
+                                 activation_type=quantization.QuantType.QUInt8)
+    return onnx.load(str(folder / "qdq.onnx"))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--round-to", type=int, default=16)
+    args = parser.parse_args(argv)
+    print(machine())
+    print(f"Command: `python -m benchmarks.quantized_rounding --ratio {args.ratio:g} "
+          f"--round-to {args.round_to}`")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = quantized_digits(Path(tmp))
+    pruned, masked = masked_original(analyze_model(model), ratio=args.ratio,
+                                     round_to=args.round_to)
+    feeds = make_inputs(model, {"input": (64, 1, 8, 8)}, seed=0)
+    basic = {name: session(m, level=ort.GraphOptimizationLevel.ORT_ENABLE_BASIC).run(
+        None, feeds)[0] for name, m in (("model", model), ("pruned", pruned))}
+    print("| graph optimizations | pruned vs masked original | unpruned model vs itself at "
+          "basic | pruned model vs itself at basic |")
+    print("|---|---|---|---|")
+    for name in LEVELS:
+        level = getattr(ort.GraphOptimizationLevel, name)
+        got = session(pruned, level=level).run(None, feeds)[0]
+        want = session(masked, level=level).run(None, feeds)[0]
+        dense = session(model, level=level).run(None, feeds)[0]
+        print(f"| {name} | {relative_error(got, want):.2e} "
+              f"| {relative_error(dense, basic['model']):.2e} "
+              f"| {relative_error(got, basic['pruned']):.2e} |")
+    print("(max relative error of the logits over 64 random inputs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Weights inside control flow (issue 6): ``If``, ``Loop`` and ``Scan`` are barriers. Every
+channel that reaches one, as an input or read from the outer scope inside a branch or body, is
+frozen; the subgraphs are never edited; the rest of the model still prunes, and the oracle
+holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune import api
+
+from .builder import GraphBuilder
+from .oracle import assert_oracle
+
+RNG = np.random.default_rng(3)
+
+
+def _weight(name, *shape):
+    return numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32) * 0.4, name)
+
+
+def _conv_branch(name: str, reads: str, cin: int, cout: int) -> onnx.GraphProto:
+    """A branch with its own weight that convolves an outer-scope tensor."""
+    return helper.make_graph([helper.make_node("Conv", [reads, f"{name}_w"], [f"{name}_out"])],
+                             name, [], [helper.make_tensor_value_info(f"{name}_out",
+                                                                      TensorProto.FLOAT, None)],
+                             [_weight(f"{name}_w", cout, cin, 1, 1)])
+
+
+def _subgraph_weights(model) -> dict[str, bytes]:
+    found = {}
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.update({t.name: t.SerializeToString() for t in attr.g.initializer})
+    return found
+
+
+def _if_model():
+    """conv → relu → conv → relu → If(then: conv 1×1 of it, else: another) → conv."""
+    b = GraphBuilder()
+    a = b.op("Relu", [b.conv("x", 3, 16)])
+    inner = b.op("Relu", [b.conv(a, 16, 16)])
+    cond = b.const(np.array(True))
+    b.nodes.append(helper.make_node("If", [cond], ["chosen"], name="choose",
+                                    then_branch=_conv_branch("then", inner, 16, 12),
+                                    else_branch=_conv_branch("else", inner, 16, 12)))
+    out = b.conv(b.op("Relu", ["chosen"]), 12, 8)
+    return b.model({"x": [1, 3, 8, 8]}, [out])
+
+
+def test_if_branches_are_a_barrier_and_the_rest_prunes():
+    model = _if_model()
+    before = _subgraph_weights(model)
+    assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    assert _subgraph_weights(pruned) == before, "the branches are never edited"
+    frozen = [g for g in report["groups"] if not g["prunable"]]
+    assert any("choose (If)" in (g.get("reason") or "") for g in frozen)
+    pruned_groups = [g for g in report["groups"] if g["prunable"] and g["removed"]]
+    assert pruned_groups, "the convs before the If still prune"
+
+
+def _loop_model():
+    """conv → Loop (3 trips, body: state ← relu(conv(state)) with the body's own weight) →
+    conv; the loop-carried state has 8 channels."""
+    b = GraphBuilder()
+    a = b.op("Relu", [b.conv("x", 3, 16)])
+    state = b.conv(a, 16, 8)
+    body = helper.make_graph(
+        [helper.make_node("Conv", ["s_in", "body_w"], ["s_conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["s_conv"], ["s_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [_weight("body_w", 8, 8, 3, 3)])
+    trips, keep_going = b.const(np.array(3, np.int64)), b.const(np.array(True))
+    b.nodes.append(helper.make_node("Loop", [trips, keep_going, state], ["looped"],
+                                    name="repeat", body=body))
+    out = b.conv(b.op("Relu", ["looped"]), 8, 8)
+    return b.model({"x": [1, 3, 8, 8]}, [out], shapes={out: [1, 8, 8, 8]})
+
+
+def _scan_model():
+    """MatMul → Scan over the sequence (body: running sum through the body's own MatMul) →
+    MatMul."""
+    b = GraphBuilder()
+    h = b.op("Relu", [b.op("MatMul", ["x", b.weight(6, 16)])])
+    features = b.op("MatMul", [h, b.weight(16, 10)])
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "scan_w"], ["mixed"]),
+         helper.make_node("Add", ["acc_in", "mixed"], ["acc_out"]),
+         helper.make_node("Identity", ["acc_out"], ["y_t"])],
+        "scan_body",
+        [helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2, 4]),
+         helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [2, 10])],
+        [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2, 4]),
+         helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [2, 4])],
+        [_weight("scan_w", 10, 4)])
+    acc = b.const(np.zeros((2, 4), np.float32))
+    b.nodes.append(helper.make_node("Scan", [acc, features], ["total", "steps"], name="scan",
+                                    body=body, num_scan_inputs=1))
+    out = b.op("MatMul", ["steps", b.weight(4, 3)])
+    return b.model({"x": [5, 2, 6]}, [out])
+
+
+@pytest.mark.parametrize("make", [_loop_model, _scan_model], ids=["Loop", "Scan"])
+def test_a_body_is_a_barrier_and_the_rest_prunes(make):
+    model = make()
+    before = _subgraph_weights(model)
+    numbers = assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, _ = api.prune(model, ratio=0.5, round_to=1)
+    assert _subgraph_weights(pruned) == before
+    assert numbers["params"][1] < numbers["params"][0]

@@ -1,0 +1,125 @@
+"""Quantized models (issue 6), made from the bundled digits CNN by ONNX Runtime's own
+quantizer. QDQ (per channel and per tensor) prunes and stays quantized: the int8 weights, their
+per-axis scales and zero points are cut where they are stored, and no weight turns into a
+float. QOperator (QLinearConv, QGemm, ...), dynamic quantization (ConvInteger, MatMulInteger)
+and MatMulNBits are barriers: nothing is pruned there, and the model stays valid."""
+
+from __future__ import annotations
+
+from collections import Counter
+from importlib import resources
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune import api
+
+from .oracle import assert_oracle
+
+quantization = pytest.importorskip("onnxruntime.quantization")
+
+DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
+SHAPES = {"input": (2, 1, 8, 8)}
+
+
+class _Batches(quantization.CalibrationDataReader):
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.batches = iter([{"input": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)}
+                             for _ in range(8)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quantized")
+    quantization.shape_inference.quant_pre_process(DEMO, str(folder / "pre.onnx"))
+    return folder
+
+
+def _static(prepared, fmt: str, per_channel: bool):
+    out = prepared / f"{fmt}_{per_channel}.onnx"
+    quantization.quantize_static(
+        str(prepared / "pre.onnx"), str(out), _Batches(),
+        quant_format=getattr(quantization.QuantFormat, fmt), per_channel=per_channel,
+        weight_type=quantization.QuantType.QInt8,
+        activation_type=quantization.QuantType.QUInt8)
+    return onnx.load(str(out))
+
+
+def _float_weights(model) -> int:
+    return sum(1 for t in model.graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_qdq_prunes_and_stays_quantized(prepared, per_channel):
+    model = _static(prepared, "QDQ", per_channel)
+    assert _float_weights(model) == 0
+    numbers = assert_oracle(model, ratio=0.5, round_to=1, shapes=SHAPES)
+    pruned, report = api.prune(model, ratio=0.5, input_shapes=SHAPES)
+    assert _float_weights(pruned) == 0, "a weight was dequantized into a float"
+    stored = Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+                     for t in pruned.graph.initializer)
+    assert stored["int8"] >= 9, "the conv and gemm weights stay int8"
+    assert report["params"]["after"] == report["params"]["planned_after"]
+    assert report["macs"]["after"] == report["macs"]["planned_after"]
+    assert numbers["params"][1] < 0.5 * numbers["params"][0]
+    if per_channel:     # the per-axis scales were cut with their weights
+        for node in pruned.graph.node:
+            if node.op_type == "Conv":
+                dq = next(n for n in pruned.graph.node if n.output[0] == node.input[1])
+                scale = next(t for t in pruned.graph.initializer if t.name == dq.input[1])
+                weight = next(t for t in pruned.graph.initializer if t.name == dq.input[0])
+                assert scale.dims[0] == weight.dims[0]
+
+
+def test_compensation_leaves_quantized_weights_alone(prepared):
+    model = _static(prepared, "QDQ", True)
+    pruned, report = api.prune(model, ratio=0.5, strategy=api.Strategy("obs"), calib="random",
+                               input_shapes=SHAPES)
+    assert _float_weights(pruned) == 0
+    assert any("stored quantized, not compensated" in n for n in report["strategy"]["notes"])
+
+
+def _barrier_ops(report) -> set[str]:
+    return {b["op"] for b in report["barriers"]}
+
+
+def test_qoperator_and_dynamic_quantization_are_barriers(prepared):
+    qoperator = _static(prepared, "QOperator", True)
+    dynamic_path = prepared / "dynamic.onnx"
+    quantization.quantize_dynamic(str(prepared / "pre.onnx"), str(dynamic_path),
+                                  weight_type=quantization.QuantType.QInt8)
+    for model, ops in ((qoperator, {"QLinearConv", "QGemm"}),
+                       (onnx.load(str(dynamic_path)), {"ConvInteger", "MatMulInteger"})):
+        assert ops <= {n.op_type for n in model.graph.node}
+        pruned, report = api.prune(model, ratio=0.5, input_shapes=SHAPES)
+        assert report["check"]["ok"]
+        assert not [g for g in report["groups"] if g["removed"]]
+        weights = {t.name: t.SerializeToString() for t in model.graph.initializer}
+        assert {t.name: t.SerializeToString() for t in pruned.graph.initializer
+                if t.name in weights} == weights, "nothing behind a barrier is cut"
+
+
+def test_matmul_nbits_is_a_barrier(tmp_path):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from .builder import GraphBuilder
+
+    b = GraphBuilder()
+    h = b.op("Relu", [b.op("Gemm", ["x", b.weight(32, 64), b.weight(64)])])
+    out = b.op("MatMul", [h, b.weight(64, 32)])     # becomes MatMulNBits; the Gemm stays
+    model = b.model({"x": [4, 32]}, [out])
+    quantizer = MatMulNBitsQuantizer(model, block_size=32)
+    quantizer.process()
+    nbits = quantizer.model.model
+    assert "MatMulNBits" in {n.op_type for n in nbits.graph.node}
+    pruned, report = api.prune(nbits, ratio=0.5)
+    assert report["check"]["ok"]
+    assert "MatMulNBits" in _barrier_ops(report)
+    assert not [g for g in report["groups"] if g["prunable"] and g["removed"]], \
+        "the Gemm's outputs reach the MatMulNBits: they stay"
