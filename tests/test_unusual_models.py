@@ -95,6 +95,40 @@ def test_several_inputs_and_outputs():
     assert_oracle(model)
 
 
+def _half(model, data_type):
+    """``model`` with its float32 weights and inputs/outputs in ``data_type``."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.FLOAT:
+            value = onnx.numpy_helper.to_array(tensor)
+            tensor.CopyFrom(onnx.helper.make_tensor(tensor.name, data_type, value.shape,
+                                                    value.ravel().tolist()))
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.elem_type = data_type
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_float16_model_prunes_and_is_compared_through_its_float32_twin():
+    model = _half(_chain(), onnx.TensorProto.FLOAT16)
+    numbers = assert_oracle(model)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    assert report["check"]["ok"] and report["check"]["max_rel_error"] < 1e-6
+    assert {t.data_type for t in pruned.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert numbers["params"][1] < numbers["params"][0]
+
+
+def test_a_bfloat16_model_onnx_runtime_cannot_run_is_refused_in_one_line(tmp_path, capsys):
+    b = GraphBuilder()      # MatMul and Relu: ONNX allows bfloat16 there, not in Conv
+    h = b.op("Relu", [b.op("MatMul", ["x", b.weight(8, 16)])])
+    mlp = b.model({"x": [2, 8]}, [b.op("MatMul", [h, b.weight(16, 4)])])
+    onnx.save(_half(mlp, onnx.TensorProto.BFLOAT16), tmp_path / "bf16.onnx")
+    assert main(["prune", str(tmp_path / "bf16.onnx"), "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ONNX Runtime cannot load the input model" in err and "\n" not in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_same_seed_same_bytes(tmp_path):
     """Deterministic output: the same options twice give the same file, byte for byte, for a
     criterion with random calibration inputs and OBS compensation."""

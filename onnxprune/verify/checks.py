@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from ..errors import UserError, one_line
 
@@ -115,16 +116,71 @@ def session(model, threads: int = 0, level=None) -> ort.InferenceSession:
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
               exact: bool = False) -> dict[str, np.ndarray]:
-    """Outputs on ONNX Runtime CPU. ``exact``: run a QDQ model's quantize and dequantize ops
-    as written (basic optimizations only), for comparing two models. At higher levels ORT
-    fuses DequantizeLinear → Conv → QuantizeLinear into int8 kernels whose rounding depends on
-    the channel layout (on AVX2 the u8s8 kernels saturate pairs of products), so a model and
-    its pruned copy round differently there although they compute the same function."""
+    """Outputs on ONNX Runtime CPU. ``exact`` asks for outputs fit to compare two models that
+    should compute the same function:
+
+    * a QDQ model's quantize and dequantize ops run as written (basic optimizations only). At
+      higher levels ORT fuses DequantizeLinear → Conv → QuantizeLinear into int8 kernels whose
+      rounding depends on the channel layout (on AVX2 the u8s8 kernels saturate pairs of
+      products), so a model and its pruned copy round differently there;
+    * a float16 or bfloat16 model runs as its float32 twin (``float32_twin``: the same values,
+      widened exactly) on the same inputs widened, because half-precision sums of different
+      lengths round differently although every kept product is the same."""
+    if exact and low_precision(model):
+        model = float32_twin(model)
+        feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16"
+                 else v for k, v in feeds.items()}
     level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
              if exact and any(n.op_type in QDQ_OPS for n in model.graph.node) else None)
     sess = session(model, level=level)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
+
+
+HALF = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def low_precision(model: onnx.ModelProto) -> bool:
+    """Does the model compute in float16 or bfloat16 anywhere (weights, inputs, outputs)?"""
+    return (any(t.data_type in HALF for t in model.graph.initializer) or
+            any(v.type.tensor_type.elem_type in HALF
+                for v in list(model.graph.input) + list(model.graph.output)))
+
+
+def float32_twin(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy computing in float32 with exactly the same values: float16/bfloat16 weights,
+    constants and declared types widened (exact), and every Cast to half precision made a
+    Cast to float32. Two models that compute the same function in half precision compute it
+    in their twins too, without half-precision rounding."""
+    twin = onnx.ModelProto()
+    twin.CopyFrom(model)
+    _widen_graph(twin.graph)
+    return twin
+
+
+def _widen_graph(graph: onnx.GraphProto) -> None:
+    for tensor in graph.initializer:
+        _widen_tensor(tensor)
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if info.type.tensor_type.elem_type in HALF:
+            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.name in ("to", "dtype", "output_dtype") and attr.i in HALF:
+                attr.i = onnx.TensorProto.FLOAT
+            if attr.type == onnx.AttributeProto.TENSOR:
+                _widen_tensor(attr.t)
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _widen_graph(attr.g)
+            for sub in attr.graphs:
+                _widen_graph(sub)
+
+
+def _widen_tensor(tensor: onnx.TensorProto) -> None:
+    if tensor.data_type in HALF:
+        wide = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32),
+                                       tensor.name)
+        tensor.CopyFrom(wide)
 
 
 def user_inputs(model: onnx.ModelProto) -> list[str]:
@@ -159,7 +215,7 @@ def compare_outputs(pruned: onnx.ModelProto, reference: onnx.ModelProto,
         runs = True
     except Exception:  # noqa: BLE001
         return CheckResult(checker, False, same_io, None, tolerance)
-    if any(n.op_type in QDQ_OPS for n in pruned.graph.node):
+    if low_precision(pruned) or any(n.op_type in QDQ_OPS for n in pruned.graph.node):
         got = run_model(pruned, feeds, exact=True)
     want = run_model(reference, feeds, exact=True)
     error = max((relative_error(got[k], want[k]) for k in want), default=0.0)
