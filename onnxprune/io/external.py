@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx.external_data_helper import ExternalDataInfo
 
@@ -50,6 +51,19 @@ def check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
         if offset + int(length or 0) > size or (length is None and offset > size):
             raise UserError(f"{where}: the file is {size} bytes, too short for offset "
                             f"{offset} and length {length}")
+
+
+def external_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of weight data the model keeps in external files (from the lengths it declares,
+    else from dims and type), without reading them."""
+    total = 0
+    for tensor in external_tensors(model):
+        length = ExternalDataInfo(tensor).length
+        if length is None:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            length = itemsize * int(np.prod(tensor.dims, dtype=np.int64))
+        total += int(length)
+    return total
 
 
 def _tensors(graph: onnx.GraphProto):

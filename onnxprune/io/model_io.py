@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import load_external_data_for_model
 
 from ..errors import UserError
-from .external import check_external_locations
+from .external import check_external_locations, external_bytes
 from .normalize import sort_topologically, unique_node_names
 
 _TWO_GB = 2**31 - 1
@@ -26,6 +26,8 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """Return a private, fully loaded copy of ``model`` (weights from external data included),
     its nodes in topological order and its node names unique (see ``normalize``)."""
     if isinstance(model, onnx.ModelProto):
+        if not _fits_bytesize(model) or model.ByteSize() > _TWO_GB:
+            raise UserError(_too_big("the model", None))
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return _normalized(copy)
@@ -39,6 +41,9 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     try:
         loaded = onnx.load(str(path), load_external_data=False)
         check_external_locations(loaded, path.parent)   # before a byte of it is read
+        size = path.stat().st_size + external_bytes(loaded)
+        if size > _TWO_GB:
+            raise UserError(_too_big(str(path), size))
         load_external_data_for_model(loaded, str(path.parent))
     except (DecodeError, RuntimeWarning) as exc:
         raise UserError(f"not a valid ONNX model: {path} ({type(exc).__name__})") from None
@@ -47,6 +52,15 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     if not loaded.graph.node:
         raise UserError(f"not a valid ONNX model (no graph nodes): {path}")
     return _normalized(loaded)
+
+
+def _too_big(what: str, size: int | None) -> str:
+    """Models over 2 GB are refused up front, in one line, rather than failing after minutes
+    and many gigabytes: every check runs on ONNX Runtime through one in-memory copy of the
+    model, and protobuf cannot hold one over 2 GB."""
+    amount = f" ({size / 2**30:.2f} GiB with its external data)" if size else ""
+    return (f"{what}{amount} is over 2 GB: onnxprune does not handle models this large yet "
+            f"(its checks serialize the model, which protobuf limits to 2 GB)")
 
 
 def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
