@@ -4,9 +4,11 @@
 suite passes a hypothesis draw (so failures shrink to a small graph), the soak benchmark a
 seeded ``random.Random`` (so thousands run without hypothesis' database). Every pattern the
 channel analysis must couple correctly appears: convolutions of any group count (depthwise
-included), residual adds, concatenations, equal splits, squeeze-excitation, channel-last
-linears between transposes, and flatten into Gemm. Every tensor the steps leave unread goes
-into the head, so no branch is dead and every channel reaches the output.
+included), transposed convolutions, residual adds, concatenations, equal and unequal splits,
+channel slices, channel shuffles, squeeze-excitation, channel-last linears between
+transposes, pooling, group and instance norms, per-channel constants, and flatten into Gemm.
+Every tensor the steps leave unread goes into the head, so no branch is dead and every
+channel reaches the output. Opset 21 (GroupNormalization's per-channel scale and bias).
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from math import gcd
 
+import numpy as np
+
 from .builder import GraphBuilder
 
 Choose = Callable[[list], object]
 WIDTHS = [4, 6, 8, 12, 16]
 SIDE = 6        # spatial size: big enough for 3x3 convs, small enough to run fast
 CLASSES = 5
-STEPS = ["conv", "conv", "conv", "add", "concat", "split", "se", "channel_linear", "bn_relu"]
+STEPS = ["conv", "conv", "conv", "add", "concat", "split", "se", "channel_linear", "bn_relu",
+         "pool", "group_norm", "scale", "slice", "shuffle", "deconv"]
 
 
 def random_graph(choose: Choose, max_steps: int = 8):
     """A model with input ``x`` [N, C, SIDE, SIDE] and output ``y`` [N, CLASSES]."""
-    b = GraphBuilder(seed=choose(list(range(1000))))
+    b = GraphBuilder(opset=21, seed=choose(list(range(1000))))
     width = choose(WIDTHS[:3])
     tensors = [(b.conv("x", 3, width, k=choose([1, 3])), width)]   # (name, channels)
     read: set[str] = set()
@@ -34,7 +39,7 @@ def random_graph(choose: Choose, max_steps: int = 8):
         made = globals()[f"_{step}"](b, choose, tensors, read)
         tensors.extend(made)
     head = _head(b, choose, [t for t in tensors if t[0] not in read] or tensors[-1:])
-    return b.model({"x": ["N", 3, SIDE, SIDE]}, [head])
+    return b.model({"x": ["N", 3, SIDE, SIDE]}, [head], shapes={head: ["N", CLASSES]})
 
 
 def _pick(choose: Choose, tensors, read, need=lambda c: True):
@@ -105,6 +110,62 @@ def _channel_linear(b, choose, tensors, read):
     if choose([True, False]):
         mixed = b.op("Relu", [mixed])
     return [(b.op("Transpose", [mixed], perm=[0, 3, 1, 2]), cout)]
+
+
+def _pool(b, choose, tensors, read):
+    """A same-size pooling (3×3, stride 1, padded): channels pass through."""
+    name, c = _pick(choose, tensors, read)
+    op = choose(["MaxPool", "AveragePool"])
+    return [(b.op(op, [name], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]), c)]
+
+
+def _group_norm(b, choose, tensors, read):
+    """GroupNormalization (opset 21: scale and bias per channel) or InstanceNormalization."""
+    name, c = _pick(choose, tensors, read)
+    if choose([True, False]):
+        return [(b.op("InstanceNormalization", [name, b.weight(c), b.weight(c)]), c)]
+    groups = choose([g for g in (1, 2, 4) if c % g == 0])
+    return [(b.op("GroupNormalization", [name, b.weight(c), b.weight(c)], num_groups=groups),
+             c)]
+
+
+def _scale(b, choose, tensors, read):
+    """A per-channel constant (layer scale, folded BN): Mul or Add with a [C, 1, 1] tensor."""
+    name, c = _pick(choose, tensors, read)
+    return [(b.op(choose(["Mul", "Add"]), [name, b.weight(c, 1, 1)]), c)]
+
+
+def _slice(b, choose, tensors, read):
+    """Channels [start, stop) of a tensor (torch.chunk, narrow): one part of it."""
+    picked = _pick(choose, tensors, read, lambda c: c >= 4)
+    if picked is None:
+        return []
+    name, c = picked
+    start, stop = choose([(0, c // 2), (c // 2, c), (1, c - 1)])
+    out = b.op("Slice", [name, b.const(np.array([start])), b.const(np.array([stop])),
+                         b.const(np.array([1]))])
+    return [(out, stop - start)]
+
+
+def _shuffle(b, choose, tensors, read):
+    """ShuffleNet's channel shuffle: [N, g, C/g, H, W] → swap the group axes → [N, C, H, W]."""
+    picked = _pick(choose, tensors, read, lambda c: c % 2 == 0)
+    if picked is None:
+        return []
+    name, c = picked
+    grid = b.op("Reshape", [name, b.const(np.array([-1, 2, c // 2, SIDE, SIDE]))])
+    swapped = b.op("Transpose", [grid], perm=[0, 2, 1, 3, 4])
+    return [(b.op("Reshape", [swapped, b.const(np.array([-1, c, SIDE, SIDE]))]), c)]
+
+
+def _deconv(b, choose, tensors, read):
+    """A same-size ConvTranspose (3×3, stride 1, padded), grouped or not."""
+    name, cin = _pick(choose, tensors, read)
+    cout = choose(WIDTHS)
+    group = choose([g for g in (1, 2) if cin % g == 0 and cout % g == 0])
+    weight = b.weight(cin, cout // group, 3, 3)
+    return [(b.op("ConvTranspose", [name, weight, b.weight(cout)], kernel_shape=[3, 3],
+                  pads=[1, 1, 1, 1], group=group), cout)]
 
 
 def _head(b, choose, unread):
