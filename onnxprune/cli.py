@@ -254,9 +254,9 @@ def cli():
 @click.option("--obs-damping", type=float, default=DAMPING, show_default=True,
               help="Damping of the OBS update, relative to the mean of diag(H). Larger is safer "
                    "with few calibration samples per input feature (see RESULTS.md).")
-def prune(model, output, in_place, ratio, heads, mlp, hidden, round_to, exclude, input_shape, report_path,
-          tolerance, criterion, group_reduction, normalization, allocation, rank_by, max_ratio,
-          seed, calib, preprocess, target_macs, target_latency, latency_threads, steps,
+def prune(model, output, in_place, ratio, heads, mlp, hidden, round_to, exclude, input_shape,
+          report_path, tolerance, criterion, group_reduction, normalization, allocation, rank_by,
+          max_ratio, seed, calib, preprocess, target_macs, target_latency, latency_threads, steps,
           target_params, compensate, obs_damping):
     """Prune MODEL and write a smaller, verified model."""
     calib = _calib_sources(calib, preprocess)

@@ -128,8 +128,8 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
       lengths round differently although every kept product is the same."""
     if exact and low_precision(model):
         model = float32_twin(model)
-        feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name == "bfloat16"
-                 else v for k, v in feeds.items()}
+        feeds = {k: v.astype(np.float32) if v.dtype.name in ("float16", "bfloat16") else v
+                 for k, v in feeds.items()}
     level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
              if exact and any(n.op_type in QDQ_OPS for n in model.graph.node) else None)
     sess = session(model, level=level)
