@@ -140,6 +140,11 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
 HALF = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
+def needs_exact_run(model: onnx.ModelProto) -> bool:
+    """Does ``run_model(model, feeds, exact=True)`` differ from a plain run?"""
+    return low_precision(model) or any(n.op_type in QDQ_OPS for n in model.graph.node)
+
+
 def low_precision(model: onnx.ModelProto) -> bool:
     """Does the model compute in float16 or bfloat16 anywhere (weights, inputs, outputs)?"""
     return (any(t.data_type in HALF for t in model.graph.initializer) or
@@ -215,7 +220,7 @@ def compare_outputs(pruned: onnx.ModelProto, reference: onnx.ModelProto,
         runs = True
     except Exception:  # noqa: BLE001
         return CheckResult(checker, False, same_io, None, tolerance)
-    if low_precision(pruned) or any(n.op_type in QDQ_OPS for n in pruned.graph.node):
+    if needs_exact_run(pruned):
         got = run_model(pruned, feeds, exact=True)
     want = run_model(reference, feeds, exact=True)
     error = max((relative_error(got[k], want[k]) for k in want), default=0.0)
