@@ -1,7 +1,8 @@
-"""Weights inside control flow (issue 6): ``If``, ``Loop`` and ``Scan`` are barriers. Every
-channel that reaches one, as an input or read from the outer scope inside a branch or body, is
-frozen; the subgraphs are never edited; the rest of the model still prunes, and the oracle
-holds."""
+"""Weights inside control flow (issue 6). An ``If`` whose condition is a constant is replaced
+by the branch it always takes, whose channels then prune. An ``If`` decided at run time, and
+``Loop`` and ``Scan``, are barriers: every channel that reaches one, as an input or read from
+the outer scope inside a branch or body, is frozen, the subgraphs are never edited, and the
+rest of the model still prunes. The oracle holds throughout."""
 
 from __future__ import annotations
 
@@ -39,12 +40,17 @@ def _subgraph_weights(model) -> dict[str, bytes]:
     return found
 
 
-def _if_model():
-    """conv → relu → conv → relu → If(then: conv 1×1 of it, else: another) → conv."""
+def _if_model(constant_condition: bool):
+    """conv → relu → conv → relu → If(then: conv 1×1 of it, else: another) → conv; the
+    condition is a constant, or whether the input's mean is positive."""
     b = GraphBuilder()
     a = b.op("Relu", [b.conv("x", 3, 16)])
     inner = b.op("Relu", [b.conv(a, 16, 16)])
-    cond = b.const(np.array(True))
+    if constant_condition:
+        cond = b.const(np.array(True))
+    else:
+        cond = b.op("Greater", [b.op("ReduceMean", ["x"], keepdims=0),
+                                b.const(np.array(0.0, np.float32))])
     b.nodes.append(helper.make_node("If", [cond], ["chosen"], name="choose",
                                     then_branch=_conv_branch("then", inner, 16, 12),
                                     else_branch=_conv_branch("else", inner, 16, 12)))
@@ -52,8 +58,18 @@ def _if_model():
     return b.model({"x": [1, 3, 8, 8]}, [out])
 
 
-def test_if_branches_are_a_barrier_and_the_rest_prunes():
-    model = _if_model()
+def test_an_if_with_a_constant_condition_is_inlined_and_its_branch_prunes():
+    model = _if_model(constant_condition=True)
+    numbers = assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    assert "If" not in {n.op_type for n in pruned.graph.node}
+    branch_weight = next(t for t in pruned.graph.initializer if t.name.endswith("then_w"))
+    assert list(branch_weight.dims) == [6, 8, 1, 1], "the branch's conv lost channels both ways"
+    assert numbers["params"][1] < 0.5 * numbers["params"][0]
+
+
+def test_an_if_decided_at_run_time_is_a_barrier_and_the_rest_prunes():
+    model = _if_model(constant_condition=False)
     before = _subgraph_weights(model)
     assert_oracle(model, ratio=0.5, round_to=1)
     pruned, report = api.prune(model, ratio=0.5, round_to=1)

@@ -17,14 +17,15 @@ from onnx.external_data_helper import load_external_data_for_model
 
 from ..errors import UserError
 from .external import check_external_locations, external_bytes
-from .normalize import sort_topologically, unique_node_names
+from .normalize import inline_constant_ifs, sort_topologically, unique_node_names
 
 _TWO_GB = 2**31 - 1
 
 
 def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """Return a private, fully loaded copy of ``model`` (weights from external data included),
-    its nodes in topological order and its node names unique (see ``normalize``)."""
+    its nodes in topological order, Ifs with a constant condition inlined and its node names
+    unique (see ``normalize``)."""
     if isinstance(model, onnx.ModelProto):
         if not _fits_bytesize(model) or model.ByteSize() > _TWO_GB:
             raise UserError(_too_big("the model", None))
@@ -65,6 +66,7 @@ def _too_big(what: str, size: int | None) -> str:
 
 def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     sort_topologically(model.graph)
+    inline_constant_ifs(model.graph)
     unique_node_names(model.graph)
     return model
 

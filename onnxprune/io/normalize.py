@@ -4,6 +4,10 @@
   graphs, graph surgery tools) emit them out of order. The checker rejects such a model, and
   would reject our output too; so every graph is put in topological order first, keeping the
   writer's order wherever the dependencies allow.
+* Constant conditions: an ``If`` whose condition is a constant always runs the same branch, so
+  that branch's nodes take its place (their names made unique, its outputs passed on through
+  Identity). Its channels then prune like any other; an ``If`` decided at run time stays a
+  barrier.
 * Node names: the spec lets them repeat or be empty, but ONNX Runtime refuses a model with two
   nodes of one name, and our reports and ``--exclude`` address nodes by name; repeated names
   get a numbered suffix (empty ones stay empty)."""
@@ -11,7 +15,9 @@
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..errors import UserError
 
@@ -101,3 +107,93 @@ def _walk(graph: onnx.GraphProto):
         yield node
         for sub in _subgraphs(node):
             yield from _walk(sub)
+
+
+def inline_constant_ifs(graph: onnx.GraphProto) -> int:
+    """Replace every ``If`` of the main graph whose condition is a constant by the branch it
+    always takes (repeatedly, so an inlined branch's own constant Ifs go too). Returns how many
+    were inlined."""
+    inlined = 0
+    while True:
+        for position, node in enumerate(graph.node):
+            branch = _taken_branch(graph, node)
+            if branch is not None:
+                _inline(graph, position, node, branch)
+                inlined += 1
+                break
+        else:
+            return inlined
+
+
+def _taken_branch(graph: onnx.GraphProto, node: onnx.NodeProto) -> onnx.GraphProto | None:
+    if node.op_type != "If" or node.domain not in ("", "ai.onnx") or not node.input:
+        return None
+    value = _constant(graph, node.input[0])
+    if value is None or value.size != 1:
+        return None
+    name = "then_branch" if bool(value.ravel()[0]) else "else_branch"
+    branch = next((a.g for a in node.attribute if a.name == name), None)
+    if branch is None or branch.sparse_initializer or len(branch.output) != len(node.output):
+        return None
+    return branch
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return numpy_helper.to_array(value.t) if value is not None else None
+    return None
+
+
+def _inline(graph: onnx.GraphProto, position: int, node: onnx.NodeProto,
+            branch: onnx.GraphProto) -> None:
+    """Put ``branch``'s nodes where ``node`` (its If) was. Names the branch defines get a
+    fresh prefix (inside nested subgraphs too: ONNX names are unique across scopes, so a
+    rename never hits another tensor); its initializers join the graph; an Identity per output
+    writes the If's outputs."""
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    taken |= {o for n in _walk(graph) for o in n.output}
+    prefix = f"{node.name or 'if'}/"
+    renamed: dict[str, str] = {}
+    for name in [t.name for t in branch.initializer] + [o for n in _walk(branch)
+                                                        for o in n.output if o]:
+        new, k = prefix + name, 1
+        while new in taken:
+            k += 1
+            new = f"{prefix}{name}__{k}"
+        taken.add(new)
+        renamed[name] = new
+    for tensor in branch.initializer:
+        copy = graph.initializer.add()
+        copy.CopyFrom(tensor)
+        copy.name = renamed[tensor.name]
+    nodes = []
+    for inner in branch.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(inner)
+        _rename(copy, renamed)
+        if copy.name:
+            copy.name = prefix + copy.name
+        nodes.append(copy)
+    for out, result in zip(node.output, branch.output):
+        nodes.append(onnx.helper.make_node("Identity", [renamed.get(result.name, result.name)],
+                                           [out], name=f"{prefix}{out}"))
+    rest = [onnx.NodeProto() for _ in graph.node[position + 1:]]
+    for copy, later in zip(rest, graph.node[position + 1:]):
+        copy.CopyFrom(later)
+    del graph.node[position:]
+    graph.node.extend(nodes + rest)
+
+
+def _rename(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
+    for k, name in enumerate(node.input):
+        node.input[k] = renamed.get(name, name)
+    for k, name in enumerate(node.output):
+        node.output[k] = renamed.get(name, name)
+    for sub in _subgraphs(node):
+        for inner in sub.node:
+            _rename(inner, renamed)
