@@ -159,8 +159,12 @@ def _protect(analysis: Analysis, patterns: tuple[str, ...]) -> None:
 
 
 def inspect(model, exclude: tuple[str, ...] = (), input_shapes=None) -> dict:
-    """Channel groups (members, size, prunable or why not), barriers, params and MACs."""
+    """Channel groups (members, size, prunable or why not), barriers, params and MACs. A model
+    that fails the checker is refused: its groups would describe a model nothing can run."""
     a = analyze_model(model, exclude)
+    problem = input_problem(a.model, runtime=False)
+    if problem:
+        raise UserError(problem)
     cost = count_cost(a.model, input_shapes)
     return {
         "opset": a.graph.opset,

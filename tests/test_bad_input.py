@@ -217,3 +217,23 @@ def test_a_model_over_2gb_is_refused_up_front(tmp_path, capsys):
     assert main(["prune", str(tmp_path / "model.onnx"), "-o", str(out)]) == 2
     assert "is over 2 GB" in _one_line_error(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["fails onnx.checker", "unknown opset"])
+def test_inspect_refuses_a_model_that_fails_the_checker(case, tmp_path, capsys):
+    path, says = _broken_models(tmp_path)[case]
+    assert main(["inspect", str(path)]) == 2
+    assert says in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", [["bench"], ["compare", "SAME"], ["sweep", "--ratios", "0.5"],
+                                     ["sensitivity"]])
+def test_other_commands_refuse_a_model_onnx_runtime_cannot_load(command, tmp_path, capsys):
+    path, _ = _broken_models(tmp_path)["unknown domain"]
+    args = [command[0], str(path)] + [str(path) if a == "SAME" else a for a in command[1:]]
+    before = _snapshot(tmp_path)
+    assert main(args) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("error:") and "cannot load" in err, err
+    assert "domain.onnx" in err or "the input model" in err, "it says which model"
+    assert _snapshot(tmp_path) == before

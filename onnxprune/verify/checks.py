@@ -34,11 +34,12 @@ def check_model(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
-def input_problem(model: onnx.ModelProto) -> str | None:
+def input_problem(model: onnx.ModelProto, runtime: bool = True) -> str | None:
     """Why the *input* model is itself unusable, or None: an opset newer than the installed
-    onnx knows, a failed full check, or a model ONNX Runtime cannot load (an op from a domain
-    it does not implement, say). Asked only after something went wrong, so that a broken input
-    is reported as the user's problem rather than as a failed rewrite."""
+    onnx knows, a failed full check, or (with ``runtime``) a model ONNX Runtime cannot load
+    (an op from a domain it does not implement, say). ``prune`` asks only after something
+    went wrong, so that a broken input is reported as the user's problem rather than as a
+    failed rewrite; ``inspect``, which runs nothing, asks first."""
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
@@ -48,6 +49,8 @@ def input_problem(model: onnx.ModelProto) -> str | None:
         check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         return f"the input model fails onnx.checker: {one_line(str(exc), 200)}"
+    if not runtime:
+        return None
     try:
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - whatever ORT refuses, it refuses the input

@@ -122,7 +122,8 @@ def sweep(model, ratios: Sequence[float], batch: int = 1, bench: BenchOptions | 
     batch_shapes(dense, batch, model_overrides(dense, input_shapes), _label(model))
     say = _counter(progress, len(ratios))
     say("reading the comparison data and running the dense model")
-    reference = reference_run(dense, data, labels, input_shapes, preprocess)
+    reference = reference_run(model if _is_path(model) else dense, data, labels, input_shapes,
+                              preprocess)     # a path: errors name the file
     fidelity = {0.0: compare_with_reference(reference, dense)}
     analyzed = api.analyze_model(dense, exclude)
     say("capturing calibration statistics and scoring the groups (once for every ratio)")
