@@ -12,6 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import api
+from onnxprune.io import load_model
+from onnxprune.verify import make_inputs, run_model
 
 from .builder import GraphBuilder
 from .oracle import assert_oracle
@@ -125,6 +127,37 @@ def _scan_model():
                                     body=body, num_scan_inputs=1))
     out = b.op("MatMul", ["steps", b.weight(4, 3)])
     return b.model({"x": [5, 2, 6]}, [out])
+
+
+def test_an_inlined_branch_keeps_its_nested_loop_intact():
+    """The taken branch holds a Loop: its body's own names stay, its reads of the branch's
+    names follow their renaming, and the model still computes the same function."""
+    loop = _loop_model()
+    b = GraphBuilder(seed=5)
+    a = b.op("Relu", [b.conv("x", 3, 16)])
+    state = b.conv(a, 16, 8)
+    repeat = next(n for n in loop.graph.node if n.op_type == "Loop")
+    trips, keep_going = b.const(np.array(2, np.int64)), b.const(np.array(True))
+    scaled = "branch_scaled"
+    then_branch = helper.make_graph(
+        [helper.make_node("Mul", [state, state], [scaled]),
+         helper.make_node("Loop", [trips, keep_going, scaled], ["branch_out"],
+                          body=next(a.g for a in repeat.attribute if a.name == "body"))],
+        "then", [], [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT,
+                                                   [1, 8, 8, 8])])
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", [state], ["else_out"])], "else", [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 8, 8, 8])])
+    b.nodes.append(helper.make_node("If", [b.const(np.array(True))], ["chosen"], name="pick",
+                                    then_branch=then_branch, else_branch=else_branch))
+    out = b.conv(b.op("Relu", ["chosen"]), 8, 8)
+    model = b.model({"x": [1, 3, 8, 8]}, [out], shapes={out: [1, 8, 8, 8]})
+    loaded = load_model(model)
+    assert "If" not in {n.op_type for n in loaded.graph.node}
+    onnx.checker.check_model(loaded, full_check=True)
+    feeds = make_inputs(model)
+    assert np.allclose(run_model(loaded, feeds)[out], run_model(model, feeds)[out])
+    assert_oracle(model, ratio=0.5, round_to=1)
 
 
 @pytest.mark.parametrize("make", [_loop_model, _scan_model], ids=["Loop", "Scan"])

@@ -151,15 +151,15 @@ def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
 
 def _inline(graph: onnx.GraphProto, position: int, node: onnx.NodeProto,
             branch: onnx.GraphProto) -> None:
-    """Put ``branch``'s nodes where ``node`` (its If) was. Names the branch defines get a
-    fresh prefix (inside nested subgraphs too: ONNX names are unique across scopes, so a
-    rename never hits another tensor); its initializers join the graph; an Identity per output
-    writes the If's outputs."""
+    """Put ``branch``'s nodes where ``node`` (its If) was. Names the branch itself defines get
+    a fresh prefix, and so do their reads inside nested subgraphs (ONNX names are unique
+    across scopes, so a rename never hits another tensor); names local to a nested subgraph
+    stay. Its initializers join the graph; an Identity per output writes the If's outputs."""
     taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
     taken |= {o for n in _walk(graph) for o in n.output}
     prefix = f"{node.name or 'if'}/"
     renamed: dict[str, str] = {}
-    for name in [t.name for t in branch.initializer] + [o for n in _walk(branch)
+    for name in [t.name for t in branch.initializer] + [o for n in branch.node
                                                         for o in n.output if o]:
         new, k = prefix + name, 1
         while new in taken:
