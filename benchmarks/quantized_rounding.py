@@ -14,39 +14,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import onnx
 import onnxruntime as ort
-from onnxruntime import quantization
 
 from benchmarks.common import machine
 from onnxprune.api import analyze_model, masked_original
 from onnxprune.verify.checks import make_inputs, relative_error, session
+from tests.quantized_digits import quantized_digits
 
 LEVELS = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]
-
-
-class _Batches(quantization.CalibrationDataReader):
-    def __init__(self):
-        rng = np.random.default_rng(0)
-        self.batches = iter([{"input": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)}
-                             for _ in range(8)])
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
-def quantized_digits(folder: Path) -> onnx.ModelProto:
-    demo = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
-    quantization.shape_inference.quant_pre_process(demo, str(folder / "pre.onnx"))
-    quantization.quantize_static(str(folder / "pre.onnx"), str(folder / "qdq.onnx"), _Batches(),
-                                 quant_format=quantization.QuantFormat.QDQ, per_channel=True,
-                                 weight_type=quantization.QuantType.QInt8,
-                                 activation_type=quantization.QuantType.QUInt8)
-    return onnx.load(str(folder / "qdq.onnx"))
 
 
 def main(argv=None) -> None:
@@ -58,7 +35,7 @@ def main(argv=None) -> None:
     print(f"Command: `python -m benchmarks.quantized_rounding --ratio {args.ratio:g} "
           f"--round-to {args.round_to}`")
     with tempfile.TemporaryDirectory() as tmp:
-        model = quantized_digits(Path(tmp))
+        model = quantized_digits(Path(tmp), "QDQ", per_channel=True)
     pruned, masked = masked_original(analyze_model(model), ratio=args.ratio,
                                      round_to=args.round_to)
     feeds = make_inputs(model, {"input": (64, 1, 8, 8)}, seed=0)

@@ -7,9 +7,7 @@ and MatMulNBits are barriers: nothing is pruned there, and the model stays valid
 from __future__ import annotations
 
 from collections import Counter
-from importlib import resources
 
-import numpy as np
 import onnx
 import pytest
 
@@ -19,35 +17,19 @@ from .oracle import assert_oracle
 
 quantization = pytest.importorskip("onnxruntime.quantization")
 
-DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
+from .quantized_digits import prepare, quantized_digits  # noqa: E402 - needs the quantizer
 SHAPES = {"input": (2, 1, 8, 8)}
-
-
-class _Batches(quantization.CalibrationDataReader):
-    def __init__(self):
-        rng = np.random.default_rng(0)
-        self.batches = iter([{"input": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)}
-                             for _ in range(8)])
-
-    def get_next(self):
-        return next(self.batches, None)
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("quantized")
-    quantization.shape_inference.quant_pre_process(DEMO, str(folder / "pre.onnx"))
+    prepare(folder)
     return folder
 
 
 def _static(prepared, fmt: str, per_channel: bool):
-    out = prepared / f"{fmt}_{per_channel}.onnx"
-    quantization.quantize_static(
-        str(prepared / "pre.onnx"), str(out), _Batches(),
-        quant_format=getattr(quantization.QuantFormat, fmt), per_channel=per_channel,
-        weight_type=quantization.QuantType.QInt8,
-        activation_type=quantization.QuantType.QUInt8)
-    return onnx.load(str(out))
+    return quantized_digits(prepared, fmt, per_channel)
 
 
 def _float_weights(model) -> int:
@@ -92,7 +74,7 @@ def _barrier_ops(report) -> set[str]:
 def test_qoperator_and_dynamic_quantization_are_barriers(prepared):
     qoperator = _static(prepared, "QOperator", True)
     dynamic_path = prepared / "dynamic.onnx"
-    quantization.quantize_dynamic(str(prepared / "pre.onnx"), str(dynamic_path),
+    quantization.quantize_dynamic(str(prepare(prepared)), str(dynamic_path),
                                   weight_type=quantization.QuantType.QInt8)
     for model, ops in ((qoperator, {"QLinearConv", "QGemm"}),
                        (onnx.load(str(dynamic_path)), {"ConvInteger", "MatMulInteger"})):

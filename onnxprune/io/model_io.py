@@ -90,7 +90,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
 def write_atomically(path: str | os.PathLike, write) -> Path:
     """Call ``write(temporary path)`` in the target's folder, then rename it over ``path``: a
     failure leaves nothing behind, and readers never see a half-written file."""
-    target = check_writable(path)
+    target = _output_target(path)
     tmp_name = _temporary_beside(target)
     try:
         write(tmp_name)
@@ -107,13 +107,19 @@ def write_atomically(path: str | os.PathLike, write) -> Path:
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail before any work, not after it: ``path``'s folder must exist and take a new file,
     and ``path`` must not be a folder. Returns it as a Path."""
+    target = _output_target(path)
+    os.unlink(_temporary_beside(target))
+    return target
+
+
+def _output_target(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, once its folder exists and it is not itself a folder."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"output folder does not exist: {folder}")
     if target.is_dir():
         raise UserError(f"output path is a folder, not a file: {target}")
-    os.unlink(_temporary_beside(target))
     return target
 
 

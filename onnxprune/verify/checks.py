@@ -52,7 +52,7 @@ def input_problem(model: onnx.ModelProto, runtime: bool = True) -> str | None:
     if not runtime:
         return None
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session(model)
     except Exception as exc:  # noqa: BLE001 - whatever ORT refuses, it refuses the input
         return f"ONNX Runtime cannot load the input model: {one_line(str(exc), 200)}"
     return None
