@@ -1,11 +1,13 @@
-"""A model over 2 GB: what ``onnxprune prune`` does with it, how long it takes, and its peak
-memory (today: a one-line refusal, see RESULTS.md).
+"""A model over 2 GB: ``onnxprune prune`` on it, its wall time and its peak memory against
+the model's size (RESULTS.md).
 
 Builds (once, into ``--dir``) a synthetic MLP whose weights pass 2 GB: ``--layers`` Gemm
 layers of ``--width``×``--width`` float32 with ReLU between them, the weights in one external
 data file beside the model. Then runs ``onnxprune prune`` on it in a child process, as a user
 would, and reports its exit code, wall time and peak resident memory (``ru_maxrss`` of the
-child) against the size of the model. Run from the repository root::
+child: memory-mapped weight pages count too) against the size of the model. The written
+model is then checked from its file (full checker, one ONNX Runtime run). Run from the
+repository root::
 
     python -m benchmarks.big_model [--dir /tmp/onnxprune-big] [--width 14336] [--layers 3]
 """
@@ -82,9 +84,20 @@ def main(argv=None) -> None:
           else "(no output)")
     if child.returncode == 0:
         written = sum(p.stat().st_size for p in folder.glob("pruned.onnx*"))
-        print(f"written: {written / 2**30:.2f} GiB")
+        print(f"written: {written / 2**30:.2f} GiB ({', '.join(sorted(p.name for p in folder.glob('pruned.onnx*')))})")
+        print(f"written model: {check_written(out, args.width)}")
         for p in folder.glob("pruned.onnx*"):
             os.unlink(p)
+
+
+def check_written(path: Path, width: int) -> str:
+    """The full checker on the written file, and one ONNX Runtime run of it."""
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path), full_check=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": np.ones((1, width), np.float32)})[0]
+    return f"onnx.checker full check passed; ONNX Runtime runs it, output {list(out.shape)}"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from .importance import (CRITERIA, NORMALIZATIONS, REDUCTIONS, ScoringContext, c
                          normalize, score)
 from .importance.sensitivity import adaptive_weights, dead_channels, group_sensitivity
 from .io import load_model
+from .io.weights import discard_written
 from .rewrite import apply_plan
 from .rewrite.apply import project
 from .verify import compare_outputs, count_cost, make_inputs
@@ -293,6 +294,7 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
         masked = apply_plan(base, a.analysis, removed, "mask")
         feeds = make_inputs(a.model, input_shapes, seed)
         result = compare_outputs(pruned, masked, feeds, tolerance)
+        discard_written(masked, keep=[pruned, a.model])   # its weight files, if any
         report["check"] = {"checker": result.checker, "runs": result.runs,
                            "same_io": result.same_io, "max_rel_error": result.max_rel_error,
                            "tolerance": tolerance, "ok": result.ok,

@@ -199,26 +199,6 @@ def test_in_place_replaces_the_input_only_when_asked(tmp_path, capsys):
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def test_a_model_over_2gb_is_refused_up_front(tmp_path, capsys):
-    """Declared external data over 2 GB (a sparse file: nothing is written or read) is refused
-    before any weight is read, not after minutes and many gigabytes."""
-    big = onnx.TensorProto(name="big", data_type=onnx.TensorProto.FLOAT, dims=[600_000_000],
-                           data_location=onnx.TensorProto.EXTERNAL)
-    for key, value in (("location", "big.bin"), ("offset", "0"), ("length", "2400000000")):
-        big.external_data.add(key=key, value=value)
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "big",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [big])
-    onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
-    with open(tmp_path / "big.bin", "wb") as f:
-        f.truncate(2_400_000_000)
-    out = tmp_path / "out.onnx"
-    assert main(["prune", str(tmp_path / "model.onnx"), "-o", str(out)]) == 2
-    assert "is over 2 GB" in _one_line_error(capsys)
-    assert not out.exists()
-
-
 @pytest.mark.parametrize("case", ["fails onnx.checker", "unknown opset"])
 def test_inspect_refuses_a_model_that_fails_the_checker(case, tmp_path, capsys):
     path, says = _broken_models(tmp_path)[case]

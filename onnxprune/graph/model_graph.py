@@ -19,11 +19,13 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import UserError
+from ..io.weights import WeightStore, is_mapped, new_tensor, tensor_value
 
 Dim = int | str | None
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                "Multinomial", "Bernoulli", "Constant", "If", "Loop", "Scan"}
 _FOLD_LIMIT = 1 << 22  # elements; bigger computed weights are left as they are
+_LONG_VECTOR = 1 << 20  # elements of a 1-D weight that shape inference sees by name only
 # integer types a quantized weight may be stored in and still be cut (numpy keeps them as is)
 _STORED_INTEGERS = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "int32")}
 
@@ -69,6 +71,7 @@ class ModelGraph:
 
     def __init__(self, model: onnx.ModelProto, infer_shapes: bool = True):
         self.model = model
+        self.store = WeightStore.of(model)   # where external weights live, if anywhere
         graph = model.graph
         self.opset = _default_opset(model)
         self.nodes = [NodeRef(i, n) for i, n in enumerate(graph.node)]
@@ -132,16 +135,23 @@ class ModelGraph:
             return self._const_cache[name]
         value = None
         if name in self.initializers:
-            value = numpy_helper.to_array(self.initializers[name])
+            value = tensor_value(self.initializers[name], self.store)
         elif name in self.constant_nodes:
-            value = _constant_node_value(self.constant_nodes[name])
+            value = _constant_node_value(self.constant_nodes[name], self.store)
         elif name in self._foldable:
             # Weights computed from constants: Identity aliases of deduplicated weights,
             # ConstantOfShape fills, BN scales built with Mul/Unsqueeze...
             value = self._fold(self.producer[name], name)
-        if value is not None:
-            self._const_cache[name] = value
+        self._remember(name, value)
         return value
+
+    def _remember(self, name: str, value: np.ndarray | None) -> None:
+        """Cache a value, unless it maps a file: mapping it again is free, and a cached map
+        would keep its pages in memory (a model over 2 GB is read this way)."""
+        if value is not None and not is_mapped(value):
+            self._const_cache[name] = value
+        else:
+            self._const_cache.pop(name, None)
 
     def _find_foldable(self) -> set[str]:
         """Outputs of ops whose inputs are all constant (computed once, in topological order)."""
@@ -252,7 +262,7 @@ class ModelGraph:
             shape = self.const(producer.input(0))
             self.set_const(producer, 0, np.array(value.shape, dtype=shape.dtype))
             self._declare(name, value)
-            self._const_cache[name] = value
+            self._remember(name, value)
             return
         direct = name in self.initializers or name in self.constant_nodes
         if not direct or shared:
@@ -264,18 +274,21 @@ class ModelGraph:
             self.consumers[name] = [r for r in self.consumers[name] if r.index != ref.index]
             self.consumers[new_name].append(ref)
             ref.proto.input[input_index] = new_name
-            self._const_cache[new_name] = value
+            self._remember(new_name, value if tensor.data_location != onnx.TensorProto.EXTERNAL
+                           else None)
             self.copies[new_name] = name
             return
         if name in self.initializers:
             tensor = self.initializers[name]
-            tensor.CopyFrom(numpy_helper.from_array(value, name))
+            tensor.CopyFrom(new_tensor(name, value, self.store))
+            stored = tensor.data_location == onnx.TensorProto.EXTERNAL
         else:
             node = self.constant_nodes[name]
             del node.attribute[:]
             node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+            stored = False
         self._declare(name, value)
-        self._const_cache[name] = value
+        self._remember(name, None if stored else value)
 
     def merge_identical_copies(self) -> int:
         """Shared constants are copied on write (``set_const``), so that slicing one reader
@@ -310,9 +323,10 @@ class ModelGraph:
         self.copies.pop(name, None)
 
     def add_initializer(self, name: str, value: np.ndarray) -> onnx.TensorProto:
-        """Append an initializer and index the stored message (``append`` would copy it)."""
+        """Append an initializer and index the stored message (``append`` would copy it); a
+        big one joins the model's weight files when it has them."""
         tensor = self.model.graph.initializer.add()
-        tensor.CopyFrom(numpy_helper.from_array(value, name))
+        tensor.CopyFrom(new_tensor(name, value, self.store))
         self.initializers[name] = tensor
         return tensor
 
@@ -350,7 +364,9 @@ def skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelPro
 
     Big initializers become graph inputs of the same type and shape, so inference sees their
     shapes without serializing their bytes; small ones (shape constants) stay for data
-    propagation.
+    propagation. A 1-D one of millions of elements gets a named length instead
+    (``_long_vectors`` puts its real one back): ONNX's data propagation spends some 70 bytes per
+    element of a 1-D input, which it takes for a possible shape.
     """
     light = onnx.ModelProto()
     light.ir_version = max(model.ir_version, 4)
@@ -363,12 +379,20 @@ def skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelPro
     g.input.extend(src.input)
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
+    long = _long_vectors(model)
     for t in src.initializer:
         if int(np.prod(t.dims, dtype=np.int64)) <= keep_elements:
             g.initializer.append(t)
         elif t.name not in inputs:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            dims = list(t.dims) if t.name not in long else [f"{t.name}__length"]
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, dims))
     return light
+
+
+def _long_vectors(model: onnx.ModelProto) -> dict[str, tuple[int]]:
+    """1-D initializers too long for ONNX's data propagation, with their shapes."""
+    return {t.name: tuple(t.dims) for t in model.graph.initializer
+            if len(t.dims) == 1 and t.dims[0] > _LONG_VECTOR}
 
 
 def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = None
@@ -383,6 +407,7 @@ def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = 
     light = skeleton(model)
     inferred = _onnx_inference(light)
     shapes = _read_shapes(inferred)
+    shapes.update(_long_vectors(model))
     if dtypes is not None:
         graph = inferred.graph
         dtypes.update({info.name: info.type.tensor_type.elem_type for info in
@@ -442,10 +467,11 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+def _constant_node_value(node: onnx.NodeProto, store: WeightStore | None = None
+                         ) -> np.ndarray | None:
     for a in node.attribute:
         if a.name == "value":
-            return numpy_helper.to_array(a.t)
+            return tensor_value(a.t, store)
         if a.name == "value_float":
             return np.array(a.f, dtype=np.float32)
         if a.name == "value_floats":

@@ -66,5 +66,6 @@ def wanda(ctx: ScoringContext) -> np.ndarray:
         if (moments is None or not moments.count or value is None
                 or moments.rms().shape != use.labels.shape):
             continue
-        acc.add(use.labels, per_atom(use, np.abs(value, dtype=np.float64)) * moments.rms())
+        acc.add(use.labels, per_atom(use, value, lambda v: np.abs(v, dtype=np.float64))
+                * moments.rms())
     return acc.result()

@@ -74,18 +74,36 @@ class ScoringContext:
         return [u for u in self.analysis.params if u.score]
 
 
-def per_atom(use: ParamUse, values: np.ndarray) -> np.ndarray:
+def per_atom(use: ParamUse, values: np.ndarray, elementwise=None) -> np.ndarray:
     """Sum ``values`` (shaped like the member's constant) over everything but the axes that
-    follow labels, and lay the result out like ``use.labels`` (one number per label position)."""
+    follow labels, and lay the result out like ``use.labels`` (one number per label position).
+    ``elementwise`` (|w|², say) is applied first, a slab of axis 0 at a time, so that a weight
+    of gigabytes is never copied whole in float64."""
     mapped = sorted(use.axes)
     other = tuple(a for a in range(values.ndim) if a not in use.axes)
-    reduced = values.sum(axis=other, dtype=np.float64) if other else values.astype(np.float64)
+    reduced = _slab_sums(values, other, elementwise or (lambda v: v))
     order = [use.axes[a] for a in mapped]
     shape = [1] * use.labels.ndim
     for size, label_axis in zip(reduced.shape, order):
         shape[label_axis] = size
     arranged = np.transpose(reduced, np.argsort(order)).reshape(shape)
     return np.broadcast_to(arranged, use.labels.shape)
+
+
+_SLAB = 64 << 20   # bytes of a weight transformed at a time
+
+
+def _slab_sums(values: np.ndarray, other: tuple[int, ...], elementwise) -> np.ndarray:
+    def summed(part):
+        part = elementwise(part)
+        return part.sum(axis=other, dtype=np.float64) if other else part.astype(np.float64)
+
+    if values.ndim == 0 or values.nbytes <= _SLAB:
+        return summed(values)
+    rows = values.shape[0]
+    step = max(1, rows * _SLAB // values.nbytes)
+    parts = [summed(values[i:i + step]) for i in range(0, rows, step)]
+    return np.sum(parts, axis=0) if 0 in other else np.concatenate(parts, axis=0)
 
 
 class MemberScores:

@@ -27,6 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UserError
+from ..io.weights import inline_weights
 from ..verify.checks import make_inputs, run_model, user_inputs
 from .base import MemberScores, ScoringContext, criterion, per_atom
 
@@ -62,9 +63,11 @@ def convertible_copy(model: onnx.ModelProto, graph, names: set[str]) -> onnx.Mod
     (the weights the analysis slices) becomes an initializer; IR 3 is raised to IR 4; a Flatten
     at axis = rank becomes the equivalent Reshape; Reshape's ``allowzero`` is dropped where the
     shape has no zero (it then changes nothing); the opset is lowered to 17 where ONNX's version
-    converter can; and nodes are named by position."""
+    converter can; nodes are named by position; and weights kept in files are read in (torch
+    holds them all)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    inline_weights(copy)
     inits = {t.name for t in copy.graph.initializer}
     for name in sorted(names - inits):
         value = graph.const(name)

@@ -17,7 +17,8 @@ def _magnitude(ctx: ScoringContext, power: int) -> np.ndarray:
     for use in ctx.scored_uses():
         value = ctx.value(use)
         if value is not None:
-            acc.add(use.labels, per_atom(use, np.abs(value, dtype=np.float64) ** power))
+            acc.add(use.labels, per_atom(
+                use, value, lambda v: np.abs(v, dtype=np.float64) ** power))
     return acc.result()
 
 
@@ -44,7 +45,7 @@ def bn_scale(ctx: ScoringContext) -> np.ndarray:
         if graph.nodes[use.node].op in NORM_OPS and use.input_index == 1:
             value = ctx.value(use)
             if value is not None:
-                acc.add(use.labels, per_atom(use, np.abs(value, dtype=np.float64)))
+                acc.add(use.labels, per_atom(use, value, lambda v: np.abs(v, dtype=np.float64)))
     scores = acc.result()
     fallback = None
     for g in ctx.groups:

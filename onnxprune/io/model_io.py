@@ -1,8 +1,9 @@
 """Loading and saving ONNX models.
 
 Loading accepts a path or a ModelProto and always returns a private copy, so the caller's
-object and file are never changed. Saving writes to a temporary file in the target folder and
-renames it, so a failed run never leaves a half-written model behind.
+object and file are never changed; weights in external files stay in files (``weights``).
+Saving writes to a temporary file in the target folder and renames it, so a failed run never
+leaves a half-written model behind.
 """
 
 from __future__ import annotations
@@ -13,24 +14,34 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import load_external_data_for_model
+from onnx.external_data_helper import ExternalDataInfo
 
 from ..errors import UserError
-from .external import check_external_locations, external_bytes
+from .external import check_external_locations, external_tensors
 from .normalize import inline_constant_ifs, sort_topologically, unique_node_names
+from .weights import WeightStore, detach
 
 _TWO_GB = 2**31 - 1
+_ALIGN = 4096           # data offsets that ONNX Runtime can memory-map
+_CHUNK = 64 << 20       # bytes copied at a time when saving
 
 
 def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    """Return a private, fully loaded copy of ``model`` (weights from external data included),
-    its nodes in topological order, Ifs with a constant condition inlined and its node names
-    unique (see ``normalize``)."""
+    """Return a private copy of ``model``, its nodes in topological order, Ifs with a constant
+    condition inlined and its node names unique (see ``normalize``). Weights in external
+    files stay there: the copy reads them through a ``WeightStore``, which is how models over
+    2 GB load."""
     if isinstance(model, onnx.ModelProto):
         if not _fits_bytesize(model) or model.ByteSize() > _TWO_GB:
-            raise UserError(_too_big("the model", None))
+            raise UserError("the model is over 2 GB in memory, which protobuf cannot hold: "
+                            "save it with external data and pass its path")
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
+        if WeightStore.of(copy) is None:
+            detach(copy)
+            if any(external_tensors(copy)):
+                raise UserError("the model keeps weights in external files: pass its path, "
+                                "so that they are read from beside it")
         return _normalized(copy)
     path = Path(model)
     if not path.exists():
@@ -41,11 +52,10 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
         raise UserError(f"empty file: {path}")
     try:
         loaded = onnx.load(str(path), load_external_data=False)
+        detach(loaded)      # a store is ours to name, never the file's
         check_external_locations(loaded, path.parent)   # before a byte of it is read
-        size = path.stat().st_size + external_bytes(loaded)
-        if size > _TWO_GB:
-            raise UserError(_too_big(str(path), size))
-        load_external_data_for_model(loaded, str(path.parent))
+        if any(external_tensors(loaded)):
+            WeightStore().adopt(loaded, path.parent)
     except (DecodeError, RuntimeWarning) as exc:
         raise UserError(f"not a valid ONNX model: {path} ({type(exc).__name__})") from None
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -53,15 +63,6 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     if not loaded.graph.node:
         raise UserError(f"not a valid ONNX model (no graph nodes): {path}")
     return _normalized(loaded)
-
-
-def _too_big(what: str, size: int | None) -> str:
-    """Models over 2 GB are refused up front, in one line, rather than failing after minutes
-    and many gigabytes: every check runs on ONNX Runtime through one in-memory copy of the
-    model, and protobuf cannot hold one over 2 GB."""
-    amount = f" ({size / 2**30:.2f} GiB with its external data)" if size else ""
-    return (f"{what}{amount} is over 2 GB: onnxprune does not handle models this large yet "
-            f"(its checks serialize the model, which protobuf limits to 2 GB)")
 
 
 def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -72,8 +73,13 @@ def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write ``model`` to ``path`` atomically; models over 2 GB get an external data file."""
+    """Write ``model`` to ``path`` atomically. A model whose weights are in files (it was
+    loaded with external data) gets its own data file, ``<name>.data`` beside it, streamed
+    from those files; any other model over 2 GB gets one too."""
     target = Path(path)
+    store = WeightStore.of(model)
+    if store is not None:
+        return _save_stored(model, target, store)
     large = model.ByteSize() > _TWO_GB if _fits_bytesize(model) else True
     data_name = f"{target.name}.data"
 
@@ -85,6 +91,52 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
             onnx.save_model(model, tmp_name)
 
     return write_atomically(target, write)
+
+
+def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore) -> Path:
+    """The data file first (each tensor copied in chunks from its store file, at an offset
+    that ONNX Runtime can map), then the model that points at it; a failure removes both."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    detach(out)
+    tensors = list(external_tensors(out))
+    if not tensors:
+        return write_atomically(target, lambda tmp: onnx.save_model(out, tmp))
+    data_name = f"{target.name}.data"
+    data = _output_target(target).parent / data_name
+
+    def write_data(tmp_name: str) -> None:
+        with open(tmp_name, "wb") as sink:
+            for tensor in tensors:
+                info = ExternalDataInfo(tensor)
+                length = (int(info.length) if info.length is not None
+                          else store.path(tensor).stat().st_size - int(info.offset or 0))
+                sink.write(b"\0" * (-sink.tell() % _ALIGN))
+                offset = sink.tell()
+                with open(store.path(tensor), "rb") as source:
+                    source.seek(int(info.offset or 0))
+                    _copy(source, sink, length)
+                del tensor.external_data[:]
+                for key, value in (("location", data_name), ("offset", str(offset)),
+                                   ("length", str(length))):
+                    tensor.external_data.add(key=key, value=value)
+
+    write_atomically(data, write_data)
+    try:
+        return write_atomically(target, lambda tmp: onnx.save_model(out, tmp))
+    except BaseException:
+        data.unlink(missing_ok=True)
+        raise
+
+
+def _copy(source, sink, length: int) -> None:
+    """Copy the next ``length`` bytes of ``source`` to ``sink``, a chunk at a time."""
+    while length > 0:
+        chunk = source.read(min(length, _CHUNK))
+        if not chunk:
+            raise OSError(f"{source.name} ended {length} bytes early")
+        sink.write(chunk)
+        length -= len(chunk)
 
 
 def write_atomically(path: str | os.PathLike, write) -> Path:

@@ -30,6 +30,8 @@ from onnx import helper
 
 from ..errors import UserError, one_line
 from ..io import load_model
+from ..io.external import external_bytes
+from ..io.weights import WeightStore, configure_session, inline_weights
 from .checks import input_shapes, make_inputs
 from .cost import count_cost
 from .latency import MAX_RUNS, MIN_RUNS, Timing, latency_session, timed_calls
@@ -180,7 +182,8 @@ def _first_line(text: str) -> str:
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A float16 copy for timing; inputs and outputs stay float32 (``keep_io_types``) so the
-    same feeds work and the outputs compare with the original's."""
+    same feeds work and the outputs compare with the original's. Weights kept in files are
+    read in first: the converter rewrites tensors in memory."""
     try:
         from onnxconverter_common import float16
     except ImportError:
@@ -189,6 +192,11 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            if WeightStore.of(model) is not None:
+                copy = onnx.ModelProto()
+                copy.CopyFrom(model)
+                inline_weights(copy)
+                model = copy
             return float16.convert_float_to_float16(model, keep_io_types=True)
         except Exception as exc:  # noqa: BLE001 - the converter's limits, said in one line
             raise UserError(f"cannot convert the model to float16: "
@@ -238,24 +246,11 @@ class _Model:
 def _load(model, index: int, fp16: bool) -> _Model:
     proto = load_model(model)
     if isinstance(model, onnx.ModelProto):
-        label, size = f"model{index}", model.ByteSize()
+        label, size = f"model{index}", model.ByteSize() + external_bytes(proto)
     else:
         label = str(model)
-        size = os.path.getsize(model) + sum(_external_bytes(model, proto))
+        size = os.path.getsize(model) + external_bytes(proto)
     return _Model(label, proto, to_fp16(proto) if fp16 else proto, size)
-
-
-def _external_bytes(path, proto: onnx.ModelProto):
-    """Sizes of external data files beside the model (a > 2 GB model's weights)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    seen = set()
-    for t in proto.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location" and entry.value not in seen:
-                seen.add(entry.value)
-                full = os.path.join(folder, entry.value)
-                if os.path.isfile(full):
-                    yield os.path.getsize(full)
 
 
 # --- sessions and runners -------------------------------------------------------------------
@@ -272,6 +267,7 @@ def _session(m: _Model, options: BenchOptions) -> ort.InferenceSession:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.intra_op_num_threads = options.threads
         opts.inter_op_num_threads = 1
+        configure_session(opts, m.timed, lean=False)
         sess = ort.InferenceSession(m.timed.SerializeToString(), opts,
                                     providers=[(CUDA, options.cuda_provider_options()), CPU])
     except Exception as exc:  # noqa: BLE001 - a model ORT cannot load is the user's input

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from ..errors import UserError, one_line
+from ..io.weights import WeightStore, configure_session, new_tensor, tensor_value
 
 DEFAULT_DIM = 64   # used for a dynamic dim other than the batch when no shape is given
 
@@ -30,8 +30,13 @@ class CheckResult:
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """Full check: structure, types and strict shape inference."""
-    onnx.checker.check_model(model, full_check=True)
+    """Full check: structure, types and strict shape inference. A model whose weights are in
+    files is checked from a file (see ``WeightStore.checkable``)."""
+    store = WeightStore.of(model)
+    if store is None:
+        return onnx.checker.check_model(model, full_check=True)
+    with store.checkable(model) as path:
+        onnx.checker.check_model(str(path), full_check=True)
 
 
 def input_problem(model: onnx.ModelProto, runtime: bool = True) -> str | None:
@@ -113,6 +118,7 @@ def session(model, threads: int = 0, level=None) -> ort.InferenceSession:
         opts.intra_op_num_threads = threads
     if level is not None:
         opts.graph_optimization_level = level
+    configure_session(opts, model)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
@@ -162,13 +168,13 @@ def float32_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     in their twins too, without half-precision rounding."""
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
-    _widen_graph(twin.graph)
+    _widen_graph(twin.graph, WeightStore.of(model))
     return twin
 
 
-def _widen_graph(graph: onnx.GraphProto) -> None:
+def _widen_graph(graph: onnx.GraphProto, store: WeightStore | None) -> None:
     for tensor in graph.initializer:
-        _widen_tensor(tensor)
+        _widen_tensor(tensor, store)
     for info in list(graph.input) + list(graph.output) + list(graph.value_info):
         if info.type.tensor_type.elem_type in HALF:
             info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
@@ -177,18 +183,17 @@ def _widen_graph(graph: onnx.GraphProto) -> None:
             if attr.name in ("to", "dtype", "output_dtype") and attr.i in HALF:
                 attr.i = onnx.TensorProto.FLOAT
             if attr.type == onnx.AttributeProto.TENSOR:
-                _widen_tensor(attr.t)
+                _widen_tensor(attr.t, None)
             if attr.type == onnx.AttributeProto.GRAPH:
-                _widen_graph(attr.g)
+                _widen_graph(attr.g, store)
             for sub in attr.graphs:
-                _widen_graph(sub)
+                _widen_graph(sub, store)
 
 
-def _widen_tensor(tensor: onnx.TensorProto) -> None:
+def _widen_tensor(tensor: onnx.TensorProto, store: WeightStore | None) -> None:
     if tensor.data_type in HALF:
-        wide = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32),
-                                       tensor.name)
-        tensor.CopyFrom(wide)
+        wide = tensor_value(tensor, store).astype(np.float32)
+        tensor.CopyFrom(new_tensor(tensor.name, wide, store))
 
 
 def user_inputs(model: onnx.ModelProto) -> list[str]:

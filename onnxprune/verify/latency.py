@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from ..io.weights import configure_session
 from .checks import make_inputs
 from .cost import measure_node_shapes, value_shapes
 
@@ -51,6 +52,7 @@ def latency_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSe
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    configure_session(opts, model, lean=False)
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
 

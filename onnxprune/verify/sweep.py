@@ -22,6 +22,7 @@ import onnx
 
 from ..errors import UserError, VerificationError
 from ..io import check_writable, load_model, save_model, write_atomically
+from ..io.weights import discard_written
 from .bench import BenchOptions, batch_shapes, benchmark, model_overrides
 from .compare import compare_with_reference, reference_run
 
@@ -142,6 +143,7 @@ def sweep(model, ratios: Sequence[float], batch: int = 1, bench: BenchOptions | 
             row["max_rel_error"] = report["check"]["max_rel_error"]
             if out_dir is not None:
                 row["path"] = str(_save(pruned, out_dir, model, ratio))
+                discard_written(pruned, keep=[analyzed.model])  # timed from its file now
         except (UserError, VerificationError) as exc:
             row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             continue
