@@ -28,6 +28,7 @@ from .importance.sensitivity import adaptive_weights, dead_channels, group_sensi
 from .io import load_model
 from .io.weights import discard_written
 from .rewrite import apply_plan
+from .rewrite.bodies import rewrite_bodies
 from .rewrite.apply import project
 from .verify import compare_outputs, count_cost, make_inputs
 from .verify.checks import input_problem
@@ -277,13 +278,16 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
         ratio, planned = ratio_for_target(a, kind, fraction, round_to, by_kind, strategy,
                                           stats, input_shapes, scored, predictor)
         target = {"kind": kind, "fraction": fraction, "ratio": ratio, "planned": planned}
-    plan, removed, notes, base, pruned = _build(a, ratio, round_to, by_kind, strategy, stats,
-                                                scored)
+    plan, removed, notes, base, pruned, inside = _build(
+        a, ratio, round_to, by_kind, strategy, stats, scored)
     if predictor is not None:
-        plan, removed, notes, base, pruned, ratio = _meet_latency(
+        plan, removed, notes, base, pruned, inside, ratio = _meet_latency(
             a, fraction, round_to, by_kind, strategy, stats, input_shapes, scored, predictor,
-            target, (plan, removed, notes, base, pruned, ratio))
+            target, (plan, removed, notes, base, pruned, inside, ratio))
+    bodies = _body_rewriter(ratio, round_to, by_kind, strategy)
     report = _report(a, plan, pruned, removed, ratio, round_to, input_shapes)
+    report["bodies"] = inside["bodies"]
+    report["params"]["planned_after"] -= inside["params_removed"]   # pruned on their own
     report["strategy"] = {**asdict(strategy), "compensate": strategy.compensation,
                           "calibration": _describe(calib, stats), "notes": notes}
     report["ratios_by_kind"] = by_kind
@@ -291,7 +295,7 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     report["changes_function"] = any(
         g["removed"] for g in report["groups"] if g["kind"] == "hidden")
     if verify:
-        masked = apply_plan(base, a.analysis, removed, "mask")
+        masked = _rewrite(base, a, removed, "mask", bodies)[0]
         feeds = make_inputs(a.model, input_shapes, seed)
         result = compare_outputs(pruned, masked, feeds, tolerance)
         discard_written(masked, keep=[pruned, a.model])   # its weight files, if any
@@ -308,11 +312,51 @@ def prune(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
 
 
 def _build(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats, scored):
-    """(plan, removed atoms, notes, compensated original, pruned model) at one ratio."""
+    """(plan, removed atoms, notes, compensated original, pruned model, what was pruned
+    inside control-flow bodies) at one ratio."""
     plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
     base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
                             strategy.damping)
-    return plan, removed, notes + more, base, apply_plan(base, a.analysis, removed, "prune")
+    pruned, bodies = _rewrite(base, a, removed, "prune",
+                              _body_rewriter(ratio, round_to, by_kind, strategy))
+    inside = {"bodies": bodies, "params_removed": 0}
+    if bodies:     # what the main graph's plan does not cover
+        main_only = apply_plan(base, a.analysis, removed, "prune")
+        inside["params_removed"] = count_params(main_only) - count_params(pruned)
+    return plan, removed, notes + more, base, pruned, inside
+
+
+def _rewrite(base: onnx.ModelProto, a: Analyzed, removed, mode: str, bodies
+             ) -> tuple[onnx.ModelProto, list[dict]]:
+    """The pruned model or the masked original (``mode``), the bodies of its If, Loop and
+    Scan nodes rewritten too (see ``rewrite.bodies``), with what happened inside them."""
+    out = apply_plan(base, a.analysis, removed, mode)
+    return out, rewrite_bodies(out, bodies, mode)
+
+
+def _body_rewriter(ratio, round_to, by_kind, strategy: Strategy):
+    """How a branch or loop body is pruned: as a model of its own, at the same ratios,
+    uniformly, by the criterion when it reads weights only (else by L2: calibration does not
+    reach inside a body), without compensation; bodies nested in it likewise."""
+    data_free = (strategy.criterion in CRITERIA
+                 and CRITERIA[strategy.criterion].needs == "weights")
+    inner = Strategy(criterion=strategy.criterion if data_free else "l2",
+                     reduction=strategy.reduction, seed=strategy.seed, compensate="none")
+
+    def rewrite(model: onnx.ModelProto, mode: str):
+        a = analyze_model(model)
+        plan, removed, _ = _plan(a, ratio, round_to, by_kind, inner)
+        removed_channels = sum(len(p.removed) * g.width for g in a.groups
+                               for p in [plan.groups.get(g.id)] if p is not None)
+        out, nested = _rewrite(a.model, a, removed, mode, rewrite)
+        changed = bool(removed.any()) or any(n["pruned"] for n in nested)
+        summary = {"pruned": changed, "criterion": inner.criterion,
+                   "groups": sum(1 for g in a.groups if g.prunable and g.size > 1),
+                   "channels_removed": removed_channels}
+        if nested:
+            summary["bodies"] = nested
+        return (out if changed else None), summary
+    return rewrite
 
 
 def _meet_latency(a: Analyzed, fraction, round_to, by_kind, strategy, stats, input_shapes,
@@ -325,7 +369,7 @@ def _meet_latency(a: Analyzed, fraction, round_to, by_kind, strategy, stats, inp
     timed = []      # (ratio, measured fraction, planned fraction, build)
     for attempt in range(LATENCY_CORRECTIONS + 1):
         measured = predictor.measure(built[4]) / predictor.dense
-        timed.append((built[5], measured, target["planned"], built))
+        timed.append((built[6], measured, target["planned"], built))
         if fraction * (1 - LATENCY_SLACK) <= measured <= fraction or \
                 attempt == LATENCY_CORRECTIONS:
             break
@@ -424,8 +468,9 @@ def masked_original(model, ratio: float = 0.5, round_to: int = DEFAULT_ROUND_TO,
     removed = plan_for(a, ratio, round_to, by_kind, strategy, stats)[1]
     base = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
                       strategy.damping)[0]
-    return (apply_plan(base, a.analysis, removed, "prune"),
-            apply_plan(base, a.analysis, removed, "mask"))
+    bodies = _body_rewriter(ratio, round_to, by_kind, strategy)
+    return (_rewrite(base, a, removed, "prune", bodies)[0],
+            _rewrite(base, a, removed, "mask", bodies)[0])
 
 
 def plan_for(a: Analyzed, ratio: float, round_to: int,

@@ -54,6 +54,12 @@ def _ratio(after, before) -> str:
     return f"{after / before:.1%}" if before and after is not None else "n/a"
 
 
+def _walk_bodies(entries):
+    for entry in entries:
+        yield entry
+        yield from _walk_bodies(entry.get("bodies", []))
+
+
 def print_prune_summary(report: dict) -> None:
     groups = report["groups"]
     pruned = [g for g in groups if g["removed"]]
@@ -72,6 +78,11 @@ def print_prune_summary(report: dict) -> None:
         click.echo(f"{key:>6}: {_fmt(c['before'])} -> {_fmt(c['after'])} "
                    f"({_ratio(c['after'], c['before'])} kept; "
                    f"plan said {_fmt(c['planned_after'])})")
+    if report.get("bodies"):
+        bodies = list(_walk_bodies(report["bodies"]))
+        inside = sum(b.get("channels_removed", 0) for b in bodies)
+        click.echo(f"inside control flow: {sum(b['pruned'] for b in bodies)} of {len(bodies)} "
+                   f"branches/bodies pruned on their own, {inside} channels removed")
     if report["barriers"]:
         click.echo(f"barriers: {len(report['barriers'])} ops left alone "
                    f"(first: {report['barriers'][0]['node']}: {report['barriers'][0]['reason']})")

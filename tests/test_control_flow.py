@@ -1,10 +1,14 @@
 """Weights inside control flow (issue 6). An ``If`` whose condition is a constant is replaced
 by the branch it always takes, whose channels then prune. An ``If`` decided at run time, and
-``Loop`` and ``Scan``, are barriers: every channel that reaches one, as an input or read from
-the outer scope inside a branch or body, is frozen, the subgraphs are never edited, and the
-rest of the model still prunes. The oracle holds throughout."""
+``Loop`` and ``Scan``, are barriers to the model's channels: every channel that reaches one, as
+an input or read from the outer scope inside a branch or body, is frozen, and the rest of the
+model still prunes. Inside a branch or body, the channels made and read there prune, the body
+taken as a model of its own (``rewrite.bodies``): its own weights, and weights it reads from
+the main graph. The oracle holds throughout."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import onnx
@@ -82,51 +86,57 @@ def test_an_if_decided_at_run_time_is_a_barrier_and_the_rest_prunes():
     assert pruned_groups, "the convs before the If still prune"
 
 
-def _loop_model():
-    """conv → Loop (3 trips, body: state ← relu(conv(state)) with the body's own weight) →
-    conv; the loop-carried state has 8 channels."""
+def _loop_model(body_nodes=None, body_weights=None, trips=3):
+    """conv → Loop (``trips`` trips over an 8-channel state ``s_in`` → ``s_out``; by default
+    body: state ← relu(conv(state)) with the body's own weight) → conv."""
     b = GraphBuilder()
     a = b.op("Relu", [b.conv("x", 3, 16)])
     state = b.conv(a, 16, 8)
     body = helper.make_graph(
-        [helper.make_node("Conv", ["s_in", "body_w"], ["s_conv"], pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["s_conv"], ["s_out"]),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        (body_nodes or [helper.make_node("Conv", ["s_in", "body_w"], ["s_conv"],
+                                         pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["s_conv"], ["s_out"])])
+        + [helper.make_node("Identity", ["cond_in"], ["cond_out"])],
         "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
          helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, 8, 8, 8])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1, 8, 8, 8])],
-        [_weight("body_w", 8, 8, 3, 3)])
-    trips, keep_going = b.const(np.array(3, np.int64)), b.const(np.array(True))
-    b.nodes.append(helper.make_node("Loop", [trips, keep_going, state], ["looped"],
+        body_weights or [_weight("body_w", 8, 8, 3, 3)])
+    count, keep_going = b.const(np.array(trips, np.int64)), b.const(np.array(True))
+    b.nodes.append(helper.make_node("Loop", [count, keep_going, state], ["looped"],
                                     name="repeat", body=body))
     out = b.conv(b.op("Relu", ["looped"]), 8, 8)
     return b.model({"x": [1, 3, 8, 8]}, [out], shapes={out: [1, 8, 8, 8]})
 
 
-def _scan_model():
-    """MatMul → Scan over the sequence (body: running sum through the body's own MatMul) →
-    MatMul."""
-    b = GraphBuilder()
+def _scan_model(mixing=None, seed=0):
+    """MatMul → Scan over the sequence (body: a running sum of what ``mixing(builder)`` makes
+    of each step, as (nodes from ``x_t`` to ``mixed``, the body's own weights); by default the
+    body's own MatMul) → MatMul."""
+    b = GraphBuilder(seed=seed)
     h = b.op("Relu", [b.op("MatMul", ["x", b.weight(6, 16)])])
     features = b.op("MatMul", [h, b.weight(16, 10)])
+    nodes, weights = (mixing or _own_mixing)(b)
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["x_t", "scan_w"], ["mixed"]),
-         helper.make_node("Add", ["acc_in", "mixed"], ["acc_out"]),
-         helper.make_node("Identity", ["acc_out"], ["y_t"])],
+        nodes + [helper.make_node("Add", ["acc_in", "mixed"], ["acc_out"]),
+                 helper.make_node("Identity", ["acc_out"], ["y_t"])],
         "scan_body",
         [helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2, 4]),
          helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [2, 10])],
         [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2, 4]),
          helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [2, 4])],
-        [_weight("scan_w", 10, 4)])
+        weights)
     acc = b.const(np.zeros((2, 4), np.float32))
     b.nodes.append(helper.make_node("Scan", [acc, features], ["total", "steps"], name="scan",
                                     body=body, num_scan_inputs=1))
     out = b.op("MatMul", ["steps", b.weight(4, 3)])
     return b.model({"x": [5, 2, 6]}, [out])
+
+
+def _own_mixing(b):
+    return [helper.make_node("MatMul", ["x_t", "scan_w"], ["mixed"])], [_weight("scan_w", 10, 4)]
 
 
 def test_an_inlined_branch_keeps_its_nested_loop_intact():
@@ -168,3 +178,146 @@ def test_a_body_is_a_barrier_and_the_rest_prunes(make):
     pruned, _ = api.prune(model, ratio=0.5, round_to=1)
     assert _subgraph_weights(pruned) == before
     assert numbers["params"][1] < numbers["params"][0]
+
+
+def _loop_mlp_model():
+    """conv → Loop (body: state ← conv(relu(conv(state))), 8 → 16 → 8 channels, the body's own
+    weights) → conv: the 16 channels inside the body are the body's alone."""
+    return _loop_model(
+        [helper.make_node("Conv", ["s_in", "body_w1"], ["wide"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["wide"], ["wide_relu"]),
+         helper.make_node("Conv", ["wide_relu", "body_w2"], ["s_out"])],
+        [_weight("body_w1", 16, 8, 3, 3), _weight("body_w2", 8, 16, 1, 1)], trips=2)
+
+
+def _body_dims(model) -> dict[str, list[int]]:
+    return {t.name: list(t.dims) for n in model.graph.node for a in n.attribute
+            if a.type == onnx.AttributeProto.GRAPH for t in a.g.initializer}
+
+
+def test_channels_made_and_read_inside_a_loop_body_prune():
+    model = _loop_mlp_model()
+    numbers = assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    assert _body_dims(pruned) == {"body_w1": [8, 8, 3, 3], "body_w2": [8, 8, 1, 1]}
+    assert report["bodies"] == [{"node": "repeat", "op": "Loop", "graph": "body",
+                                 "pruned": True, "criterion": "l2", "groups": 1,
+                                 "channels_removed": 8}]
+    body_params = 16 * 8 * 9 + 8 * 16
+    assert numbers["params"][0] - numbers["params"][1] > body_params / 2
+
+
+def _scan_reading_outer_weights():
+    """``_scan_model`` whose body mixes by relu(x_t @ W1) @ W2, W1 and W2 kept in the main
+    graph and read from the body, as PyTorch exports them."""
+    names = []
+
+    def outer_mlp(b):
+        names.extend([b.weight(10, 32), b.weight(32, 4)])
+        return [helper.make_node("MatMul", ["x_t", names[0]], ["hidden"]),
+                helper.make_node("Relu", ["hidden"], ["hidden_relu"]),
+                helper.make_node("MatMul", ["hidden_relu", names[1]], ["mixed"])], []
+
+    return _scan_model(outer_mlp, seed=7), tuple(names)
+
+
+def test_weights_read_from_the_main_graph_prune_inside_a_scan_body():
+    model, (w1, w2) = _scan_reading_outer_weights()
+    assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    dims = _body_dims(pruned)
+    assert dims == {f"{w1}_scan_body": [10, 16], f"{w2}_scan_body": [16, 4]}
+    main = {t.name for t in pruned.graph.initializer}
+    assert w1 not in main and w2 not in main, "the outer copies went with their only reader"
+    assert report["bodies"][0]["channels_removed"] == 16
+
+
+def test_both_branches_of_a_run_time_if_prune_inside_and_keep_a_shared_weight_apart():
+    """Each branch: conv(W_shared) → relu → conv of its own, read from the main graph. Each
+    branch is pruned on its own and gets its own slice of the shared weight."""
+    b = GraphBuilder(seed=11)
+    inner = b.op("Relu", [b.conv(b.op("Relu", [b.conv("x", 3, 16)]), 16, 8)])
+    shared = b.weight(16, 8, 1, 1)
+
+    def branch(name):
+        w = b.weight(8, 16, 1, 1)
+        return helper.make_graph(
+            [helper.make_node("Conv", [inner, shared], [f"{name}_wide"]),
+             helper.make_node("Relu", [f"{name}_wide"], [f"{name}_relu"]),
+             helper.make_node("Conv", [f"{name}_relu", w], [f"{name}_out"])],
+            name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+
+    cond = b.op("Greater", [b.op("ReduceMean", ["x"], keepdims=0),
+                            b.const(np.array(0.0, np.float32))])
+    b.nodes.append(helper.make_node("If", [cond], ["chosen"], name="choose",
+                                    then_branch=branch("then"), else_branch=branch("else")))
+    model = b.model({"x": [1, 3, 8, 8]}, [b.conv(b.op("Relu", ["chosen"]), 8, 4)])
+    assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    assert [entry["channels_removed"] for entry in report["bodies"]] == [8, 8]
+    assert shared not in {t.name for t in pruned.graph.initializer}
+    for x in (np.ones((1, 3, 8, 8), np.float32), -np.ones((1, 3, 8, 8), np.float32)):
+        assert run_model(pruned, {"x": x})    # both branches run
+
+
+def test_a_body_inside_a_body_prunes_too():
+    """A Loop whose body holds the MLP Loop of ``_loop_mlp_model``."""
+    inner = _loop_mlp_model()
+    repeat = next(n for n in inner.graph.node if n.op_type == "Loop")
+    b = GraphBuilder(seed=13)
+    state = b.conv(b.op("Relu", [b.conv("x", 3, 16)]), 16, 8)
+    trips = b.const(np.array(2, np.int64))
+    keep_going = b.const(np.array(True))
+    outer_body = helper.make_graph(
+        [helper.make_node("Loop", [trips, keep_going, "o_in"], ["o_out"], name="inner",
+                          body=next(a.g for a in repeat.attribute if a.name == "body")),
+         helper.make_node("Identity", ["o_cond_in"], ["o_cond_out"])],
+        "outer_body",
+        [helper.make_tensor_value_info("j", TensorProto.INT64, []),
+         helper.make_tensor_value_info("o_cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("o_in", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("o_cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("o_out", TensorProto.FLOAT, [1, 8, 8, 8])])
+    b.nodes.append(helper.make_node("Loop", [trips, keep_going, state], ["looped"],
+                                    name="outer", body=outer_body))
+    model = b.model({"x": [1, 3, 8, 8]}, ["looped"], shapes={"looped": [1, 8, 8, 8]})
+    assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    nested = report["bodies"][0]["bodies"][0]
+    assert (nested["node"], nested["channels_removed"]) == ("inner", 8)
+    body = next(a.g for a in pruned.graph.node[-1].attribute if a.name == "body")
+    assert _body_dims(onnx.helper.make_model(body)) == {"body_w1": [8, 8, 3, 3],
+                                                       "body_w2": [8, 8, 1, 1]}
+
+
+def test_a_torchscript_loop_prunes_inside_and_the_check_runs_the_body(tmp_path):
+    """A real export: a scripted refinement loop, x ← x + fc2(relu(fc1(x))) repeated `steps`
+    times; the exporter keeps fc1 and fc2 in the main graph and reads them in the Loop body."""
+    torch = pytest.importorskip("torch")
+
+    class Refine(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+            self.head = torch.nn.Linear(8, 4)
+
+        def forward(self, x, steps: torch.Tensor):
+            for _ in range(int(steps)):
+                x = x + self.fc2(torch.relu(self.fc1(x)))
+            return self.head(x)
+
+    torch.manual_seed(0)
+    path = tmp_path / "refine.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # the TorchScript exporter's deprecation notice
+        torch.onnx.export(torch.jit.script(Refine().eval()), (torch.randn(2, 8), torch.tensor(3)),
+                          str(path), dynamo=False, input_names=["x", "steps"],
+                          output_names=["y"], opset_version=17)
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node if n.op_type == "Loop"] == ["Loop"]
+    assert make_inputs(model)["steps"] == 2
+    assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    assert report["bodies"][0]["channels_removed"] == 16
+    assert report["params"]["after"] == report["params"]["planned_after"] < \
+        report["params"]["before"]

@@ -340,12 +340,8 @@ class ModelGraph:
                     dims.add().dim_value = int(d)
 
     def _fresh_name(self, base: str) -> str:
-        taken = set(self.initializers) | set(self.producer) | set(self.graph_inputs)
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        return name
+        return fresh_name(base, set(self.initializers) | set(self.producer)
+                          | set(self.graph_inputs))
 
     # -- shapes --------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[Dim, ...] | None:
@@ -357,6 +353,16 @@ class ModelGraph:
     def rank(self, name: str) -> int | None:
         shape = self.shape(name)
         return len(shape) if shape is not None else None
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``… : the first not in ``taken``, which it joins."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
 
 
 def skeleton(model: onnx.ModelProto, keep_elements: int = 4096) -> onnx.ModelProto:
@@ -515,11 +521,12 @@ def _all_inputs(node: onnx.NodeProto) -> list[str]:
     for a in node.attribute:
         graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
         for g in graphs:
-            names.extend(_outer_names(g))
+            names.extend(outer_names(g))
     return names
 
 
-def _outer_names(graph: onnx.GraphProto) -> list[str]:
+def outer_names(graph: onnx.GraphProto) -> list[str]:
+    """Names ``graph`` (or a graph nested in it) reads from an enclosing scope."""
     local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for n in graph.node:
         local.update(n.output)

@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UserError
+from ..graph.model_graph import fresh_name
 from ..groups import Analysis, ParamUse
 from ..rewrite.apply import masked_value
 from ..rules import rule_for
@@ -72,7 +73,7 @@ def overridable_model(analysis: Analysis) -> tuple[onnx.ModelProto, dict[Key, Ov
         if value is None:
             continue
         if not _private_initializer(graph, node, name):
-            name = _fresh(f"{name}_override", taken)
+            name = fresh_name(f"{name}_override", taken)
             model.graph.initializer.append(numpy_helper.from_array(value, name))
             model.graph.node[key[0]].input[key[1]] = name
         if name not in declared:
@@ -89,15 +90,6 @@ def _private_initializer(graph, node, name: str) -> bool:
     return (name in graph.initializers and name not in graph.graph_outputs
             and [r.index for r in readers] == [node.index]
             and list(node.proto.input).count(name) == 1)
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 class MaskingSession:

@@ -19,6 +19,7 @@ from ..errors import OnnxPruneError
 from ..graph import ModelGraph
 from ..groups import Analysis, ParamUse
 from ..rules import rule_for
+from .bodies import drop_unread_initializers, read_names
 
 
 class RewriteError(OnnxPruneError):
@@ -197,34 +198,16 @@ def _drop_orphaned_constants(model: onnx.ModelProto, original: onnx.ModelProto) 
     Only what was read before and is read by nothing now goes, so the graph otherwise stays
     exactly as exported.
     """
-    def readers(graph):
-        names = {o.name for o in graph.output}
-        for n in graph.node:
-            names.update(n.input)
-            for a in n.attribute:
-                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    names |= readers(g)
-        return names
-
-    before = readers(original.graph)
+    before = read_names(original.graph)
     while True:
-        used = readers(model.graph)
+        used = read_names(model.graph)
         dead = [n for n in model.graph.node
                 if not any(o in used for o in n.output) and any(o in before for o in n.output)]
         for n in dead:
             model.graph.node.remove(n)
         if not dead:
             break
-    used = readers(model.graph)
-    keep = [t for t in model.graph.initializer if t.name in used or t.name not in before]
-    if len(keep) != len(model.graph.initializer):
-        gone = {t.name for t in model.graph.initializer} - {t.name for t in keep}
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-        # IR 3 lists initializers among the inputs too: a dropped weight is no input.
-        inputs = [i for i in model.graph.input if i.name not in gone]
-        del model.graph.input[:]
-        model.graph.input.extend(inputs)
+    drop_unread_initializers(model.graph, before)
 
 
 def _refresh_value_info(model: onnx.ModelProto, had_value_info: bool) -> None:

@@ -88,9 +88,11 @@ def input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
 
 def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
                 seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic random inputs of the right dtype for every graph input."""
+    """Deterministic random inputs of the right dtype for every graph input. Integers are 0
+    or 1 (masks, ids), except a Loop's trip count, which is 2: a check must run the body."""
     rng = np.random.default_rng(seed)
     concrete = input_shapes(model, shapes)
+    trip_counts = {n.input[0] for n in model.graph.node if n.op_type == "Loop" and n.input}
     feeds = {}
     for inp in model.graph.input:
         if inp.name not in concrete:
@@ -101,6 +103,8 @@ def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | Non
             feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
+        elif inp.name in trip_counts:
+            feeds[inp.name] = np.full(shape, 2, dtype)
         else:
             feeds[inp.name] = rng.integers(0, 2, shape).astype(dtype)
     return feeds

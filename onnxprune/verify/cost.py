@@ -23,12 +23,13 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DO
 def count_params(model: onnx.ModelProto) -> int:
     """Elements of every floating-point constant (initializers, Constant nodes, and weights
     filled by ConstantOfShape in structure-only models) and of every integer constant a
-    DequantizeLinear reads as data or zero point (a quantized model's weights). Read from
-    dims, not data."""
-    tensors = list(model.graph.initializer) + [
-        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+    DequantizeLinear reads as data or zero point (a quantized model's weights), in the main
+    graph and in the bodies of control-flow nodes. Read from dims, not data."""
+    graphs = list(_graphs(model.graph))
+    tensors = [t for g in graphs for t in g.initializer] + [
+        a.t for g in graphs for n in g.node if n.op_type == "Constant" for a in n.attribute
         if a.name == "value"]
-    quantized = {name for n in model.graph.node if n.op_type == "DequantizeLinear"
+    quantized = {name for g in graphs for n in g.node if n.op_type == "DequantizeLinear"
                  for k, name in enumerate(n.input) if k in (0, 2) and name}
     total = sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors
                 if t.data_type in _FLOATS or t.name in quantized)
@@ -44,6 +45,15 @@ def count_params(model: onnx.ModelProto) -> int:
     return total
 
 
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every graph nested in it (If branches, Loop and Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from _graphs(sub)
+
+
 def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> int | None:
     """MACs of Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU and RNN at the given (or default)
     input shapes."""
@@ -55,18 +65,29 @@ def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
 
 def node_macs(model: onnx.ModelProto, shapes=None) -> list[int | None] | None:
     """MACs of every node (0 for ops that are not Conv/Gemm/MatMul/recurrent), in graph
-    order."""
+    order. An If, Loop or Scan whose bodies hold such ops is unknown (None): how often a body
+    runs is decided at run time, and a count without it would flatter the pruning."""
     shape = value_shapes(model, shapes)
     if shape is None:
         return None
     nodes = model.graph.node
-    macs = [_node_macs(node, shape) for node in nodes]
-    missing = [i for i, m in enumerate(macs) if m is None]
+    inside = [_computes_inside(node) for node in nodes]
+    macs = [None if inner else _node_macs(node, shape) for node, inner in zip(nodes, inside)]
+    missing = [i for i, m in enumerate(macs) if m is None and not inside[i]]
     if missing:
         # Shape inference gave up somewhere (symbolic reshapes): measure the shapes instead.
         measure_node_shapes(model, shape, missing, shapes)
-        macs = [m if m is not None else _node_macs(node, shape) for node, m in zip(nodes, macs)]
+        macs = [m if m is not None or inner else _node_macs(node, shape)
+                for node, m, inner in zip(nodes, macs, inside)]
     return macs
+
+
+def _computes_inside(node: onnx.NodeProto) -> bool:
+    """Does a branch or body of ``node`` hold an op whose MACs are counted?"""
+    counted = {"Conv", "ConvTranspose", "Gemm", "MatMul", *RECURRENT}
+    return any(n.op_type in counted for attr in node.attribute
+               for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)
+               for g in _graphs(sub) for n in g.node)
 
 
 def value_shapes(model: onnx.ModelProto, shapes=None) -> dict[str, list[int | None]] | None:
