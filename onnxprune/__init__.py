@@ -6,8 +6,8 @@
 
 from .api import Strategy, inspect, prune
 from .errors import OnnxPruneError, UserError, VerificationError
-from .io import save_model
+from .io import release_weights, save_model
 
 __all__ = ["OnnxPruneError", "Strategy", "UserError", "VerificationError", "inspect", "prune",
-           "save_model"]
+           "release_weights", "save_model"]
 __version__ = "0.1.0"

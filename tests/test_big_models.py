@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxprune
 from onnxprune import api
 from onnxprune.cli import main
 from onnxprune.errors import UserError
@@ -165,3 +166,14 @@ def test_a_sweep_keeps_no_copy_of_the_models_it_saved(tmp_path):
     new = [weights._STORES[k] for k in set(weights._STORES) - before]
     assert new and all(sorted(p.name for p in s.folder.iterdir()) == ["input0.data"]
                        for s in new)
+
+
+def test_release_weights_frees_the_store_now(tmp_path):
+    pruned, _ = api.prune(str(_external_demo(tmp_path / "in")), ratio=0.5)
+    out = save_model(pruned, tmp_path / "pruned.onnx")
+    folder = WeightStore.of(pruned).folder
+    onnxprune.release_weights(pruned)
+    assert not folder.exists() and WeightStore.of(pruned) is None
+    with pytest.raises(UserError, match="keeps weights in external files: pass its path"):
+        api.prune(pruned)
+    onnx.checker.check_model(str(out), full_check=True)     # what was saved stays

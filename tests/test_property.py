@@ -6,10 +6,14 @@ equal to the masked original. A few hundred run here (derandomized, so CI is rep
 
 from __future__ import annotations
 
+import tempfile
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .oracle import assert_oracle
+from onnxprune.io import release_weights
+
+from .oracle import assert_oracle, external
 from .random_graphs import random_graph
 
 
@@ -22,3 +26,21 @@ def test_the_oracle_holds_on_random_graphs(data):
     round_to = data.draw(st.sampled_from([1, 2, 4]), label="round_to")
     assert_oracle(model, ratio=ratio, round_to=round_to, expect_pruned=False,
                   shapes={"x": (2, 3, 6, 6)})
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_the_oracle_holds_with_the_weights_in_files(data):
+    """The same, every tensor in an external data file: memory-mapped reads, sliced and
+    masked weights written to the store, checks run from files (``io.weights``)."""
+    model = random_graph(lambda options: data.draw(st.sampled_from(options)))
+    ratio = data.draw(st.sampled_from([0.25, 0.5, 0.75, 0.9]), label="ratio")
+    round_to = data.draw(st.sampled_from([1, 2, 4]), label="round_to")
+    with tempfile.TemporaryDirectory() as folder:
+        stored = external(model, folder)
+        try:
+            assert_oracle(stored, ratio=ratio, round_to=round_to, expect_pruned=False,
+                          shapes={"x": (2, 3, 6, 6)})
+        finally:
+            release_weights(stored)

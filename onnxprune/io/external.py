@@ -56,14 +56,16 @@ def check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
 def external_bytes(model: onnx.ModelProto) -> int:
     """Bytes of weight data the model keeps in external files (from the lengths it declares,
     else from dims and type), without reading them."""
-    total = 0
-    for tensor in external_tensors(model):
-        length = ExternalDataInfo(tensor).length
-        if length is None:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-            length = itemsize * int(np.prod(tensor.dims, dtype=np.int64))
-        total += int(length)
-    return total
+    return sum(declared_bytes(tensor) for tensor in external_tensors(model))
+
+
+def declared_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes an external tensor declares: its length, else what its dims and type take."""
+    length = ExternalDataInfo(tensor).length
+    if length is not None:
+        return int(length)
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return itemsize * int(np.prod(tensor.dims, dtype=np.int64))
 
 
 def _tensors(graph: onnx.GraphProto):

@@ -19,7 +19,9 @@ files, relative to that folder:
 
 The folder is named in the model's metadata (``STORE_KEY``) so that a model handed from one
 stage to the next finds its weights. Only folders this process made are honoured, the key
-never reaches a saved file, and the folders go when the process exits.
+never reaches a saved file, and a folder goes when the process exits or when
+``release_weights`` is called on a model that uses it (a long-running pipeline should, once it
+has saved what it pruned).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import ExternalDataInfo
 
-from .external import external_tensors
+from .external import declared_bytes, external_tensors
 
 STORE_KEY = "onnxprune.weights"
 MIN_BYTES = 1 << 12   # smaller new tensors (shapes, scales) stay inside the model
@@ -71,7 +73,9 @@ class WeightStore:
 
     def adopt(self, model: onnx.ModelProto, source: Path) -> None:
         """Point the model's external tensors, whose files are in folder ``source`` (already
-        checked safe), at hard links to (or copies of) those files here, and attach it."""
+        checked safe), at hard links to (or copies of) those files here, and attach it. Small
+        ones (shape constants, scales: under ``MIN_BYTES``) are read into the model: shape
+        inference, ours and ONNX Runtime's, reads no external data."""
         links: dict[Path, str] = {}
         for tensor in external_tensors(model):
             real = (source / ExternalDataInfo(tensor).location).resolve()
@@ -79,6 +83,9 @@ class WeightStore:
                 links[real] = f"input{len(links)}{real.suffix}"
                 _link_or_copy(real, self.folder / links[real])
             _set_location(tensor, links[real])
+            if declared_bytes(tensor) < MIN_BYTES:
+                tensor.CopyFrom(numpy_helper.from_array(np.array(self.read(tensor)),
+                                                        tensor.name))
         self.attach(model)
 
     # -- reading and writing ------------------------------------------------------------------
@@ -88,7 +95,14 @@ class WeightStore:
         shape = tuple(int(d) for d in tensor.dims)
         info = ExternalDataInfo(tensor)
         if dtype.kind not in _MAPPABLE or not int(np.prod(shape, dtype=np.int64)):
-            return numpy_helper.to_array(tensor, base_dir=str(self.folder))
+            inline = onnx.TensorProto()
+            inline.CopyFrom(tensor)
+            del inline.external_data[:]
+            inline.data_location = onnx.TensorProto.DEFAULT
+            with open(self.folder / info.location, "rb") as f:
+                f.seek(int(info.offset or 0))
+                inline.raw_data = f.read(declared_bytes(tensor))
+            return numpy_helper.to_array(inline)
         return np.memmap(self.folder / info.location, dtype=dtype.newbyteorder("<"), mode="r",
                          offset=int(info.offset or 0), shape=shape)
 
@@ -137,6 +151,16 @@ class WeightStore:
             yield folder / "model.onnx"
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def release_weights(model: onnx.ModelProto) -> None:
+    """Delete the store ``model`` reads its weights from, now rather than at exit. Every model
+    sharing it (the loaded model, the pruned one, their copies) can no longer be read or run;
+    a model without a store is left as it is."""
+    store = WeightStore.of(model)
+    if store is not None:
+        _STORES.pop(str(store.folder), None)
+        store._tmp.cleanup()
 
 
 def discard_written(model: onnx.ModelProto, keep: list[onnx.ModelProto]) -> None:
