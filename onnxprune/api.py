@@ -28,7 +28,7 @@ from .importance.sensitivity import adaptive_weights, dead_channels, group_sensi
 from .io import load_model
 from .io.weights import discard_written
 from .rewrite import apply_plan
-from .rewrite.bodies import rewrite_bodies
+from .rewrite.bodies import has_bodies, rewrite_bodies
 from .rewrite.apply import project
 from .verify import compare_outputs, count_cost, make_inputs
 from .verify.checks import input_problem
@@ -317,21 +317,23 @@ def _build(a: Analyzed, ratio, round_to, by_kind, strategy: Strategy, stats, sco
     plan, removed, notes = _plan(a, ratio, round_to, by_kind, strategy, stats, scored)
     base, more = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
                             strategy.damping)
-    pruned, bodies = _rewrite(base, a, removed, "prune",
-                              _body_rewriter(ratio, round_to, by_kind, strategy))
-    inside = {"bodies": bodies, "params_removed": 0}
-    if bodies:     # what the main graph's plan does not cover
-        main_only = apply_plan(base, a.analysis, removed, "prune")
-        inside["params_removed"] = count_params(main_only) - count_params(pruned)
+    pruned, bodies, params_inside = _rewrite(
+        base, a, removed, "prune", _body_rewriter(ratio, round_to, by_kind, strategy))
+    inside = {"bodies": bodies, "params_removed": params_inside}
     return plan, removed, notes + more, base, pruned, inside
 
 
 def _rewrite(base: onnx.ModelProto, a: Analyzed, removed, mode: str, bodies
-             ) -> tuple[onnx.ModelProto, list[dict]]:
+             ) -> tuple[onnx.ModelProto, list[dict], int]:
     """The pruned model or the masked original (``mode``), the bodies of its If, Loop and
-    Scan nodes rewritten too (see ``rewrite.bodies``), with what happened inside them."""
+    Scan nodes rewritten too (see ``rewrite.bodies``), with what happened inside them and the
+    params that went there (which the main graph's plan does not cover)."""
     out = apply_plan(base, a.analysis, removed, mode)
-    return out, rewrite_bodies(out, bodies, mode)
+    if not has_bodies(out):
+        return out, [], 0
+    before = count_params(out)
+    summaries = rewrite_bodies(out, bodies, mode)
+    return out, summaries, before - count_params(out)
 
 
 def _body_rewriter(ratio, round_to, by_kind, strategy: Strategy):
@@ -348,7 +350,7 @@ def _body_rewriter(ratio, round_to, by_kind, strategy: Strategy):
         plan, removed, _ = _plan(a, ratio, round_to, by_kind, inner)
         removed_channels = sum(len(p.removed) * g.width for g in a.groups
                                for p in [plan.groups.get(g.id)] if p is not None)
-        out, nested = _rewrite(a.model, a, removed, mode, rewrite)
+        out, nested, _ = _rewrite(a.model, a, removed, mode, rewrite)
         changed = bool(removed.any()) or any(n["pruned"] for n in nested)
         summary = {"pruned": changed, "criterion": inner.criterion,
                    "groups": sum(1 for g in a.groups if g.prunable and g.size > 1),

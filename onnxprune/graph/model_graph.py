@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import UserError
+from ..io.normalize import subgraphs
 from ..io.weights import WeightStore, is_mapped, new_tensor, tensor_value
 
 Dim = int | str | None
@@ -518,10 +519,8 @@ def _constant_of_shape(ref: NodeRef, shape: np.ndarray | None) -> np.ndarray | N
 def _all_inputs(node: onnx.NodeProto) -> list[str]:
     """Explicit inputs plus outer-scope names read inside subgraph attributes."""
     names = list(node.input)
-    for a in node.attribute:
-        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-        for g in graphs:
-            names.extend(outer_names(g))
+    for g in subgraphs(node):
+        names.extend(outer_names(g))
     return names
 
 

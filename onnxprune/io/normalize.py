@@ -28,7 +28,7 @@ def sort_topologically(graph: onnx.GraphProto) -> bool:
     whether anything moved; a cycle is the user's error."""
     moved = False
     for node in graph.node:
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             moved |= sort_topologically(sub)
     producer = {out: k for k, node in enumerate(graph.node) for out in node.output if out}
     deps = nx.DiGraph()
@@ -54,7 +54,8 @@ def sort_topologically(graph: onnx.GraphProto) -> bool:
     return True
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs ``node`` holds as attributes (an If's branches, a Loop's or Scan's body)."""
     graphs = []
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -67,7 +68,7 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
 def _reads(node: onnx.NodeProto) -> set[str]:
     """Every name ``node`` reads: its inputs, and the outer-scope names its subgraphs use."""
     names = {name for name in node.input if name}
-    for sub in _subgraphs(node):
+    for sub in subgraphs(node):
         names |= _outer_reads(sub)
     return names
 
@@ -102,10 +103,18 @@ def unique_node_names(graph: onnx.GraphProto) -> int:
     return renamed
 
 
+def all_graphs(graph: onnx.GraphProto):
+    """``graph`` and every graph nested in it."""
+    yield graph
+    for node in graph.node:
+        for sub in subgraphs(node):
+            yield from all_graphs(sub)
+
+
 def _walk(graph: onnx.GraphProto):
     for node in graph.node:
         yield node
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             yield from _walk(sub)
 
 
@@ -194,6 +203,6 @@ def _rename(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
         node.input[k] = renamed.get(name, name)
     for k, name in enumerate(node.output):
         node.output[k] = renamed.get(name, name)
-    for sub in _subgraphs(node):
+    for sub in subgraphs(node):
         for inner in sub.node:
             _rename(inner, renamed)

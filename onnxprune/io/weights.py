@@ -120,6 +120,11 @@ class WeightStore:
             tensor.external_data.add(key=key, value=entry)
         return tensor
 
+    def close(self) -> None:
+        """Delete the folder; models that name it no longer find a store."""
+        _STORES.pop(str(self.folder), None)
+        self._tmp.cleanup()
+
     def path(self, tensor: onnx.TensorProto) -> Path:
         return self.folder / ExternalDataInfo(tensor).location
 
@@ -129,7 +134,7 @@ class WeightStore:
         kept = {ExternalDataInfo(t).location for m in keep for t in external_tensors(m)}
         for tensor in external_tensors(model):
             location = ExternalDataInfo(tensor).location
-            if location not in kept and location.startswith("w"):
+            if location not in kept and location.startswith("w"):  # written here, not input*
                 (self.folder / location).unlink(missing_ok=True)
 
     @contextlib.contextmanager
@@ -159,8 +164,7 @@ def release_weights(model: onnx.ModelProto) -> None:
     a model without a store is left as it is."""
     store = WeightStore.of(model)
     if store is not None:
-        _STORES.pop(str(store.folder), None)
-        store._tmp.cleanup()
+        store.close()
 
 
 def discard_written(model: onnx.ModelProto, keep: list[onnx.ModelProto]) -> None:

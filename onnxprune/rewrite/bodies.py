@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 from ..graph import ModelGraph
 from ..graph.model_graph import fresh_name, outer_names
+from ..io.normalize import subgraphs
 
 # (standalone body model, "prune" or "mask") -> (its rewrite, or None when nothing went;
 # a summary for the report)
@@ -141,9 +142,8 @@ def _rename(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
             node.input[k] = rename.get(name, name)
         for k, name in enumerate(node.output):
             node.output[k] = rename.get(name, name)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                _rename(sub, rename)
+        for sub in subgraphs(node):
+            _rename(sub, rename)
 
 
 def defined_names(graph: onnx.GraphProto) -> set[str]:
@@ -152,9 +152,8 @@ def defined_names(graph: onnx.GraphProto) -> set[str]:
     names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:
         names.update(o for o in node.output if o)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                names |= defined_names(sub)
+        for sub in subgraphs(node):
+            names |= defined_names(sub)
     return names
 
 
@@ -163,9 +162,8 @@ def read_names(graph: onnx.GraphProto) -> set[str]:
     names = {o.name for o in graph.output}
     for node in graph.node:
         names.update(node.input)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                names |= read_names(sub)
+        for sub in subgraphs(node):
+            names |= read_names(sub)
     return names
 
 

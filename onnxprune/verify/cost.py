@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..io.normalize import all_graphs, subgraphs
 from .checks import input_shapes
 
 
@@ -25,7 +26,7 @@ def count_params(model: onnx.ModelProto) -> int:
     filled by ConstantOfShape in structure-only models) and of every integer constant a
     DequantizeLinear reads as data or zero point (a quantized model's weights), in the main
     graph and in the bodies of control-flow nodes. Read from dims, not data."""
-    graphs = list(_graphs(model.graph))
+    graphs = list(all_graphs(model.graph))
     tensors = [t for g in graphs for t in g.initializer] + [
         a.t for g in graphs for n in g.node if n.op_type == "Constant" for a in n.attribute
         if a.name == "value"]
@@ -43,15 +44,6 @@ def count_params(model: onnx.ModelProto) -> int:
             if value is not None and np.issubdtype(value.dtype, np.floating):
                 total += int(value.size)
     return total
-
-
-def _graphs(graph: onnx.GraphProto):
-    """``graph`` and every graph nested in it (If branches, Loop and Scan bodies)."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield from _graphs(sub)
 
 
 def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> int | None:
@@ -85,9 +77,8 @@ def node_macs(model: onnx.ModelProto, shapes=None) -> list[int | None] | None:
 def _computes_inside(node: onnx.NodeProto) -> bool:
     """Does a branch or body of ``node`` hold an op whose MACs are counted?"""
     counted = {"Conv", "ConvTranspose", "Gemm", "MatMul", *RECURRENT}
-    return any(n.op_type in counted for attr in node.attribute
-               for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)
-               for g in _graphs(sub) for n in g.node)
+    return any(n.op_type in counted for sub in subgraphs(node) for g in all_graphs(sub)
+               for n in g.node)
 
 
 def value_shapes(model: onnx.ModelProto, shapes=None) -> dict[str, list[int | None]] | None:
