@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo
@@ -130,13 +131,18 @@ def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore) -> Pa
 
 
 def _copy(source, sink, length: int) -> None:
-    """Copy the next ``length`` bytes of ``source`` to ``sink``, a chunk at a time."""
+    """Copy the next ``length`` bytes of ``source`` to ``sink``, a chunk at a time. A chunk of
+    zeros is skipped over rather than written, so sparse data stays sparse (``cp --sparse``)."""
     while length > 0:
         chunk = source.read(min(length, _CHUNK))
         if not chunk:
             raise OSError(f"{source.name} ended {length} bytes early")
-        sink.write(chunk)
+        if not np.frombuffer(chunk, dtype=np.uint8).any():
+            sink.seek(len(chunk), os.SEEK_CUR)
+        else:
+            sink.write(chunk)
         length -= len(chunk)
+    sink.truncate()     # the file ends where the data does, holes included
 
 
 def write_atomically(path: str | os.PathLike, write) -> Path:
