@@ -3,6 +3,7 @@ Runtime with the original's inputs and outputs, and matches the masked original.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,11 +114,18 @@ def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | Non
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
+def _threads_from_environment() -> int:
+    value = os.environ.get("ONNXPRUNE_THREADS", "")
+    return int(value) if value.isdigit() else 0
+
+
 def session(model, threads: int = 0, level=None) -> ort.InferenceSession:
     """A CPU session for a ModelProto or a path (``level``: graph optimizations, default
-    ONNX Runtime's own, all of them)."""
+    ONNX Runtime's own, all of them). ``threads`` 0: ``ONNXPRUNE_THREADS`` when set (a
+    pipeline that runs several jobs side by side), else ONNX Runtime's default, every core."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    threads = threads or _threads_from_environment()
     if threads:
         opts.intra_op_num_threads = threads
     if level is not None:
