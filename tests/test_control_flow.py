@@ -321,3 +321,18 @@ def test_a_torchscript_loop_prunes_inside_and_the_check_runs_the_body(tmp_path):
     assert report["bodies"][0]["channels_removed"] == 16
     assert report["params"]["after"] == report["params"]["planned_after"] < \
         report["params"]["before"]
+
+
+def test_a_body_the_tool_cannot_follow_stays_whole():
+    from onnxprune.rewrite.bodies import rewrite_bodies
+
+    model = load_model(_loop_mlp_model())
+    before = _body_dims(model)
+
+    def fails(standalone, mode):
+        raise ValueError("no rule for this\nbody")
+
+    summaries = rewrite_bodies(model, fails, "prune")
+    assert summaries == [{"node": "repeat", "op": "Loop", "graph": "body", "pruned": False,
+                          "reason": "no rule for this body"}]
+    assert _body_dims(model) == before

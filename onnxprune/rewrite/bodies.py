@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..errors import one_line
 from ..graph import ModelGraph
 from ..graph.model_graph import fresh_name, outer_names
 from ..io.normalize import subgraphs
@@ -54,11 +55,16 @@ def rewrite_bodies(model: onnx.ModelProto, rewriter: BodyRewriter, mode: str) ->
             where = {"node": node.name or node.op_type, "op": node.op_type, "graph": attr.name}
             made = body_model(attr.g, outer, model)
             if made is None:
-                summaries.append({**where, "pruned": False,
-                                  "reason": "a value it reads has no known element type"})
+                summaries.append({**where, "pruned": False, "reason": (
+                    "it reads a value of unknown type, takes a non-tensor input, or holds "
+                    "sparse initializers")})
                 continue
             standalone, imported = made
-            result, summary = rewriter(standalone, mode)
+            try:
+                result, summary = rewriter(standalone, mode)
+            except Exception as exc:  # noqa: BLE001 - a body the tool cannot follow stays whole
+                summaries.append({**where, "pruned": False, "reason": one_line(str(exc), 160)})
+                continue
             summaries.append({**where, **summary})
             if result is not None:
                 write_back(attr.g, result.graph, imported, taken)
