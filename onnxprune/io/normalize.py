@@ -184,7 +184,7 @@ def _inline(graph: onnx.GraphProto, position: int, node: onnx.NodeProto,
     for inner in branch.node:
         copy = onnx.NodeProto()
         copy.CopyFrom(inner)
-        _rename(copy, renamed)
+        rename_reads_and_writes(copy, renamed)
         if copy.name:
             copy.name = prefix + copy.name
         nodes.append(copy)
@@ -198,11 +198,12 @@ def _inline(graph: onnx.GraphProto, position: int, node: onnx.NodeProto,
     graph.node.extend(nodes + rest)
 
 
-def _rename(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
+def rename_reads_and_writes(node: onnx.NodeProto, renamed: dict[str, str]) -> None:
+    """Apply ``renamed`` to the node's inputs and outputs and to every node nested in it."""
     for k, name in enumerate(node.input):
         node.input[k] = renamed.get(name, name)
     for k, name in enumerate(node.output):
         node.output[k] = renamed.get(name, name)
     for sub in subgraphs(node):
         for inner in sub.node:
-            _rename(inner, renamed)
+            rename_reads_and_writes(inner, renamed)

@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from ..errors import one_line
 from ..graph import ModelGraph
 from ..graph.model_graph import fresh_name, outer_names
-from ..io.normalize import subgraphs
+from ..io.normalize import rename_reads_and_writes, subgraphs
 
 # (standalone body model, "prune" or "mask") -> (its rewrite, or None when nothing went;
 # a summary for the report)
@@ -137,19 +137,14 @@ def write_back(body: onnx.GraphProto, result: onnx.GraphProto, imported: dict[st
 
 
 def _rename(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
-    """Apply ``rename`` to every definition and read in ``graph`` and its nested graphs (the
-    new names are unique model-wide, so no scope hides one)."""
+    """Apply ``rename`` to the body's initializers, value_info and nodes, nested graphs
+    included (the new names are unique model-wide, so no scope hides one)."""
     for tensor in graph.initializer:
         tensor.name = rename.get(tensor.name, tensor.name)
     for info in graph.value_info:
         info.name = rename.get(info.name, info.name)
     for node in graph.node:
-        for k, name in enumerate(node.input):
-            node.input[k] = rename.get(name, name)
-        for k, name in enumerate(node.output):
-            node.output[k] = rename.get(name, name)
-        for sub in subgraphs(node):
-            _rename(sub, rename)
+        rename_reads_and_writes(node, rename)
 
 
 def defined_names(graph: onnx.GraphProto) -> set[str]:
