@@ -20,6 +20,7 @@ pruned model is verified against its masked original. Random is averaged over 5 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from importlib import resources
 
@@ -28,6 +29,7 @@ import numpy as np
 import onnxprune
 from benchmarks.common import machine
 from models.digits_cnn import accuracy, load_split
+from onnxprune.calibration import DAMPING
 from onnxprune.importance import NORMALIZATIONS, REDUCTIONS
 
 RANDOM_SEEDS = 5
@@ -74,12 +76,11 @@ def main(argv=None) -> None:
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--sweep", action="store_true",
                         help="also sweep group reduction × normalization (global allocation)")
-    parser.add_argument("--damping", type=float, default=onnxprune.api.DAMPING, metavar="LAMBDA",
+    parser.add_argument("--damping", type=float, default=DAMPING, metavar="LAMBDA",
                         help="OBS damping of every configuration that compensates with obs")
     parser.add_argument("--only", nargs="+", metavar="CRITERION",
                         help="run only the configurations of these criteria")
     args = parser.parse_args(argv)
-    damping = args.damping
     model = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
     x_train, _, x_test, y_test = load_split()
     calib = [{"input": x_train[i:i + 32]} for i in range(0, CALIB_SAMPLES, 32)]
@@ -95,12 +96,10 @@ def main(argv=None) -> None:
         seeds = range(RANDOM_SEEDS) if name == "random" else [0]
         how, *mods = allocation.split("/")
         steps = int(mods[0].removesuffix(" steps")) if mods and mods[0].endswith("steps") else 1
+        strategy = _strategy(name, how, compensation, args.damping, "mac" in mods)
         cells = [_cell(model, x_test, y_test, target, args.round_to, calib if data ==
-                       "calibration" else data, [onnxprune.Strategy(
-                           name, allocation=how, seed=seed, compensate=compensation,
-                           damping=damping,
-                           rank_by="score-per-mac" if "mac" in mods else "score")
-                           for seed in seeds], steps) for target in args.macs]
+                       "calibration" else data, [(strategy, seed) for seed in seeds], steps)
+                 for target in args.macs]
         print(f"| {name} | {compensation} | {allocation} | {data or 'none'} | "
               + " | ".join(cells) + " |", flush=True)
     if args.sweep:
@@ -113,18 +112,30 @@ def main(argv=None) -> None:
                 NORMALIZATIONS):
             cells = [_cell(model, x_test, y_test, target, args.round_to,
                            calib if data else None,
-                           [onnxprune.Strategy(name, reduction, normalization, "global")])
+                           [(onnxprune.Strategy(name, reduction=reduction,
+                                                normalization=normalization,
+                                                allocation="global"), 0)])
                      for target in args.macs]
             print(f"| {name} | {reduction} | {normalization} | " + " | ".join(cells) + " |",
                   flush=True)
 
 
+def _strategy(name, allocation, compensation, damping, per_mac: bool):
+    """The strategy of one row; the damping only where OBS compensation reads it."""
+    strategy = onnxprune.Strategy(name, allocation=allocation, compensate=compensation,
+                                  rank_by="score-per-mac" if per_mac else "score")
+    if strategy.compensation == "obs":
+        strategy = dataclasses.replace(strategy, damping=damping)
+    return strategy
+
+
 def _cell(model, x_test, y_test, target, round_to, calib, strategies, steps=1) -> str:
-    """Mean accuracy (min–max over several strategies, e.g. seeds) at one MAC budget."""
+    """Mean accuracy (min–max over several (strategy, seed) pairs) at one MAC budget."""
     accs, ratios = [], []
-    for strategy in strategies:
+    for strategy, seed in strategies:
         pruned, report = onnxprune.prune(model, target_macs=target, round_to=round_to,
-                                         strategy=strategy, calib=calib, steps=steps)
+                                         strategy=strategy, calib=calib, steps=steps,
+                                         seed=seed)
         assert report["check"]["ok"]
         accs.append(accuracy(pruned, x_test, y_test))
         ratios.append(report["target"]["ratio"])

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         path = torchvision_at(name, 224)
-        analyzed = onnxprune.api.analyze_model(path)
+        analyzed = onnxprune.pipeline.analyze_model(path)
         for fraction in args.targets:
             start = time.perf_counter()
             _, report = onnxprune.prune(analyzed, target_latency=fraction,

@@ -16,7 +16,7 @@ import time
 import onnx
 
 from benchmarks.common import machine, torchvision_at
-from onnxprune.verify.latency import LayerLatencyTable, measure_latency
+from onnxprune.runtime import LayerLatencyTable, measure_latency
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 ROUND = 16

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnxprune
 from benchmarks.common import machine, ort_latency, torchvision_at
-from onnxprune.verify import make_inputs
+from onnxprune.runtime import make_inputs
 from onnxprune.io import load_model
 
 MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0"]

@@ -26,10 +26,10 @@ import onnx
 import onnxprune
 from benchmarks.common import machine, ort_latency
 from models import zoo
-from onnxprune.api import DEFAULT_ROUND_TO
-from onnxprune.verify import count_cost
-from onnxprune.verify.checks import run_model
-from onnxprune.verify.cost import node_macs
+from onnxprune.pipeline import DEFAULT_ROUND_TO
+from onnxprune.runtime import count_cost
+from onnxprune.runtime import run_model
+from onnxprune.runtime.cost import node_macs
 
 MODELS = ["bert_base", "llama_gqa"]
 HEADS, MLP = 0.25, 0.5

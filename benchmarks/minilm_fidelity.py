@@ -18,10 +18,10 @@ import os
 import numpy as np
 
 import onnxprune
-import onnxprune.api
+import onnxprune.pipeline
 from benchmarks.common import machine
 from models import zoo
-from onnxprune.verify.checks import session
+from onnxprune.runtime import session
 
 SENTENCES = [
     "A man is playing a guitar on the stage.",
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     calib = [{"input_ids": calib["input_ids"].astype(np.int64),
               "attention_mask": calib["attention_mask"].astype(np.int64)}]
     path = str(zoo.ensure("minilm_l6", "torchscript"))
-    analyzed = onnxprune.api.analyze_model(path)
+    analyzed = onnxprune.pipeline.analyze_model(path)
     dense = embed(path, ids, mask)
     print(machine())
     print("| ratio (heads and MLP neurons) | criterion | compensation | calibration | damping "
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
             if args.only and criterion not in args.only:
                 continue
             strategy = onnxprune.Strategy(criterion, compensate=compensation,
-                                          damping=damping or onnxprune.api.DAMPING)
+                                          damping=damping or onnxprune.calibration.DAMPING)
             pruned, report = onnxprune.prune(
                 analyzed, ratio=ratio, round_to=1, calib=calib if data == "sentences" else None,
                 strategy=strategy,

@@ -20,7 +20,7 @@ measured (random weights). The three tools:
 
 Each result is checked with ``onnx.checker.check_model(full_check=True)`` and one ORT CPU run
 (outputs must have the dense model's shapes), costed with ``onnxprune.verify.count_cost`` and timed
-with ``onnxprune.verify.latency.measure_latency`` (ORT CPU, optimizations ALL, ``--threads``
+with ``onnxprune.runtime.measure_latency`` (ORT CPU, optimizations ALL, ``--threads``
 intra-op threads, 2 s of timed runs). The timing takes ``--turns`` passes through the dense and
 pruned models of an architecture, so load from other processes falls on all of them; the median
 reported is the least disturbed turn's, the min the fastest run of any turn. Run from the
@@ -48,10 +48,10 @@ import onnx
 
 import onnxprune
 from benchmarks.common import machine, turns_note, torchvision_at, torchvision_module
-from onnxprune.api import DEFAULT_ROUND_TO
-from onnxprune.verify import count_cost
-from onnxprune.verify.checks import make_inputs
-from onnxprune.verify.latency import Timing, latency_session, measure_latency
+from onnxprune.pipeline import DEFAULT_ROUND_TO
+from onnxprune.runtime import count_cost
+from onnxprune.runtime import make_inputs
+from onnxprune.runtime import Timing, latency_session, measure_latency
 
 MODELS = ["resnet50", "mobilenet_v2", "vit_b_16"]
 TOOLS = ["onnxprune", "Torch-Pruning", "onnxsim"]

@@ -2,7 +2,7 @@
 
 The bundled digits CNN is quantized by ONNX Runtime (static, QDQ, int8 weights per channel,
 uint8 activations, 8 random calibration batches), pruned at ``--ratio``, and its masked
-original built (``onnxprune.api.masked_original``). Both run on the same random inputs at
+original built (``onnxprune.pipeline.masked_original``). Both run on the same random inputs at
 each ONNX Runtime graph optimization level; the table gives their largest relative output
 difference, and how far each model's own output moves from what it gives at basic
 optimizations (where the quantize ops run as written). Run from the repository root::
@@ -19,8 +19,9 @@ from pathlib import Path
 import onnxruntime as ort
 
 from benchmarks.common import machine
-from onnxprune.api import analyze_model, masked_original
-from onnxprune.verify.checks import make_inputs, relative_error, session
+from onnxprune.pipeline import analyze_model, masked_original
+from onnxprune.runtime import make_inputs, session
+from onnxprune.verify import relative_error
 from tests.quantized_digits import quantized_digits
 
 LEVELS = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]

@@ -20,7 +20,7 @@ import numpy as np
 import onnxprune
 from benchmarks.common import machine
 from models import zoo
-from onnxprune.verify.checks import session
+from onnxprune.runtime import session
 
 CONFIGS = [("random", "none", None), ("l2", "none", None), ("wanda", "none", "calibration"),
            ("l2", "obs", "calibration"), ("obs", "obs", "calibration"),

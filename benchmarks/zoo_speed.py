@@ -6,7 +6,7 @@ For each torchvision model (random weights, seed 0, ``benchmarks.common.torchvis
 export is pruned with ``onnxprune.prune(path, ratio=R, round_to=N)`` (verified against the
 masked original; ViT and Swin also ``heads=R, mlp=R``); one analysis of the dense model is reused for all of them, as ``onnxprune
 sweep`` does. Then the dense model and every pruned model of that architecture are timed on the
-ORT CPU EP (``onnxprune.verify.latency.measure_latency``: optimizations ALL, ``--threads``
+ORT CPU EP (``onnxprune.runtime.measure_latency``: optimizations ALL, ``--threads``
 intra-op threads, 5 warm-up runs, ``BUDGET_S`` s of timed runs, at least 10) in ``--turns``
 passes through all of them, as ``benchmarks.peers`` does, so load from other processes falls on
 all of them alike. The median reported is the least disturbed turn's; speedup, MAC ratio and
@@ -32,11 +32,11 @@ import onnx
 
 import onnxprune
 from benchmarks.common import machine, turns_note, torchvision_at
-from onnxprune.api import analyze_model
-from onnxprune.verify import count_cost
-from onnxprune.verify.bench import compare_with_first
-from onnxprune.verify.checks import make_inputs
-from onnxprune.verify.latency import Timing, measure_latency
+from onnxprune.pipeline import analyze_model
+from onnxprune.runtime import count_cost
+from onnxprune.evaluate.bench import compare_with_first
+from onnxprune.runtime import make_inputs
+from onnxprune.runtime import Timing, measure_latency
 
 MODELS = ["resnet50", "mobilenet_v2", "vit_b_16"]
 CLASSIFIERS = ["resnet18", "resnet50", "resnext50_32x4d", "vgg11_bn", "mobilenet_v2",

@@ -8,11 +8,14 @@ import tempfile
 import numpy as np
 import onnx
 
-from onnxprune.api import Analyzed, analyze_model, masked_original
+from onnxprune.pipeline import Analyzed, Strategy, analyze_model, masked_original
+from onnxprune.pipeline.plan import MacCounter, planned_params, plan_for
+from onnxprune.rewrite.bodies import has_bodies
 from onnxprune.io import save_model
 from onnxprune.io.weights import WeightStore
-from onnxprune.verify import count_cost, make_inputs, run_model
-from onnxprune.verify.checks import needs_exact_run, relative_error, user_inputs
+from onnxprune.runtime import count_cost, make_inputs, run_model
+from onnxprune.runtime import needs_exact_run, user_inputs
+from onnxprune.verify import relative_error
 
 TOLERANCE = 1e-4
 
@@ -41,8 +44,9 @@ def _full_check(model: onnx.ModelProto) -> None:
 def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
                   exclude=(), by_kind=None, strategy=None, stats=None) -> dict:
     """1. checker + ORT + same IO; 2. ratio 0 is bit-identical; 3. mask equivalence;
-    4. MACs/params fall as the weights say. Returns the measured numbers."""
+    4. MACs/params fall, exactly as the plan predicted them. Returns the measured numbers."""
     analyzed = model if isinstance(model, Analyzed) else analyze_model(model, exclude)
+    assert not analyzed.analysis.failures, f"rules raised: {analyzed.analysis.failures}"
     original = analyzed.model
     feeds = make_inputs(original, shapes)
     reference = run_model(original, feeds)
@@ -71,8 +75,24 @@ def assert_oracle(model, ratio=0.5, shapes=None, round_to=1, expect_pruned=True,
         assert effect > 10 * TOLERANCE, f"masking changed the outputs by only {effect:.1e}"
 
     before, after = count_cost(original, shapes), count_cost(pruned, shapes)
+    _assert_cost_as_planned(analyzed, ratio, round_to, by_kind, strategy, stats, shapes,
+                            before, after)
     if expect_pruned:
         assert after.params < before.params
         if before.macs is not None:
             assert after.macs < before.macs
     return {"params": (before.params, after.params), "macs": (before.macs, after.macs)}
+
+
+def _assert_cost_as_planned(analyzed, ratio, round_to, by_kind, strategy, stats, shapes,
+                            before, after) -> None:
+    """What the plan predicts (the numbers --target-macs/--target-params search on) is what
+    the pruned model has. Bodies of control-flow nodes prune on their own, outside the plan."""
+    planned = plan_for(analyzed, ratio, round_to, by_kind, strategy or Strategy(), stats)
+    if not has_bodies(analyzed.model):
+        assert planned_params(analyzed, planned.removed, before.params) == after.params, \
+            "params differ from what the plan predicted"
+    macs = MacCounter(analyzed, shapes)
+    if macs.known and after.macs is not None:
+        assert macs.planned(planned.removed) == after.macs, \
+            "MACs differ from what the plan predicted"

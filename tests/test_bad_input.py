@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxprune import api
+from onnxprune import pipeline
 from onnxprune.cli import main
 from onnxprune.errors import UserError
 
@@ -121,7 +121,7 @@ def test_a_broken_model_is_the_users_error(case, tmp_path, capsys):
 def test_the_api_raises_the_same_one_line_user_error(tmp_path):
     path, _ = _broken_models(tmp_path)["unknown domain"]
     with pytest.raises(UserError, match="ONNX Runtime cannot load the input"):
-        api.prune(str(path))
+        pipeline.prune(str(path))
 
 
 def test_external_data_inside_the_folder_loads(tmp_path):
@@ -154,7 +154,7 @@ def test_an_unnamed_array_feeds_the_one_input(tmp_path):
 @pytest.mark.parametrize("option", ["-o", "--report"])
 def test_an_unwritable_output_fails_before_any_work(option, tmp_path, capsys, monkeypatch):
     """/proc takes no new file, even for root; the error comes before pruning starts."""
-    monkeypatch.setattr(api, "prune", lambda *a, **k: pytest.fail("pruned anyway"))
+    monkeypatch.setattr(pipeline, "prune", lambda *a, **k: pytest.fail("pruned anyway"))
     args = ["prune", DEMO, option, "/proc/onnxprune-test.onnx"]
     if option == "--report":
         args += ["-o", str(tmp_path / "out.onnx")]
@@ -176,7 +176,7 @@ def test_an_internal_error_says_how_to_report_it_and_writes_nothing(tmp_path, ca
     def broken(*args, **kwargs):
         raise RuntimeError("an invariant broke\nsecond line of detail")
 
-    monkeypatch.setattr(api, "prune", broken)
+    monkeypatch.setattr(pipeline, "prune", broken)
     out = tmp_path / "out.onnx"
     assert main(["prune", DEMO, "-o", str(out)]) == 1
     err = _one_line_error(capsys)

@@ -16,12 +16,11 @@ import pytest
 import onnxprune
 from onnxprune.cli import main
 from onnxprune.errors import UserError
-from onnxprune.verify import count_cost
-from onnxprune.verify.bench import (BenchOptions, batch_shapes, bound_runner,
-                                    cuda_unavailable_reason, interleaved, machine_info,
-                                    parse_batches)
-from onnxprune.verify.latency import latency_session
-from onnxprune.verify.compare import class_recall, cosine_rows, recall_distortion
+from onnxprune.runtime import count_cost
+from onnxprune.evaluate.bench import (CUDA, BenchOptions, batch_shapes, bound_runner,
+                                      cuda_unavailable_reason, interleaved, machine_info)
+from onnxprune.runtime import latency_session
+from onnxprune.evaluate.compare import class_recall, cosine_rows, recall_distortion
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 CUDA_REASON = cuda_unavailable_reason()
@@ -29,7 +28,7 @@ CUDA_REASON = cuda_unavailable_reason()
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
-    model, _ = onnxprune.prune(DEMO, 0.5)
+    model, _ = onnxprune.prune(DEMO, ratio=0.5)
     path = tmp_path_factory.mktemp("bench") / "demo.pruned.onnx"
     onnx.save(model, path)
     return str(path)
@@ -88,7 +87,7 @@ def test_bench_table_with_a_budget(capsys, pruned):
     assert "2 thread(s)" in out and "median ms" in out and "MAC ratio" in out
     lines = [line for line in out.splitlines() if line.strip().startswith("1 ")]
     assert len(lines) == 2 and "demo.pruned.onnx" in lines[1]
-    assert lines[0].rstrip().endswith("1.00x     1.00x       1.00")
+    assert lines[0].split()[-3:] == ["1.00x", "1.00x", "1.00"]
 
 
 def test_interleaved_rounds_share_the_runs():
@@ -113,11 +112,12 @@ def test_bench_fp16_without_the_converter_says_how_to_install(capsys, monkeypatc
     assert "pip install 'onnxprune[fp16]'" in line
 
 
-def test_parse_batches_and_shapes():
-    assert parse_batches("1,8,32") == (1, 8, 32) and parse_batches("4,4") == (4,)
-    for bad in ("", "1,x", "0", "8,-1"):
-        with pytest.raises(UserError):
-            parse_batches(bad)
+def test_batch_lists_and_shapes(capsys):
+    info = run_json(capsys, ["bench", DEMO, "--batch", "4,1,4", "--runs", "2"])
+    assert [r["batch"] for r in info["rows"]] == [4, 1]       # in order, once each
+    for bad, says in (("", "expects numbers"), ("1,x", "expects numbers"), ("0", "at least 1"),
+                      ("8,-1", "at least 1")):
+        assert says in one_line_error(capsys, ["bench", DEMO, "--batch", bad])
     model = onnx.load(DEMO)
     assert batch_shapes(model, 8) == {"input": (8, 1, 8, 8)}
     assert batch_shapes(model, 2, {"input": (5, 1, 8, 8)}) == {"input": (2, 1, 8, 8)}
@@ -130,8 +130,11 @@ def test_parse_batches_and_shapes():
 @pytest.mark.parametrize("args,says", [
     (["nothere.onnx"], "no such file"),
     (["{text}"], "not a valid ONNX model"),
-    ([DEMO, "--batch", "1,x"], "--batch expects"),
+    ([DEMO, "--batch", "1,x"], "expects numbers like 1,8"),
     ([DEMO, "--batch", "0"], "at least 1"),
+    ([DEMO, "--tf32"], "--provider cuda"),
+    ([DEMO, "--algo-search", "default"], "--provider cuda"),
+    ([DEMO, "--device-id", "1"], "--provider cuda"),
     ([DEMO, "--input-shape", "input:1x1x9x8"], "size 8 on axis 2"),
     ([DEMO, "--input-shape", "input:1x8x8"], "has 4 dims"),
     ([DEMO, "--input-shape", "other:1x8x8"], "no model has an input named"),
@@ -159,12 +162,27 @@ def test_bound_runner_computes_what_run_does():
     np.testing.assert_allclose(got, sess.run(None, feeds)[0], rtol=1e-6)
 
 
-def test_machine_info_reports_the_cuda_options_asked_for():
-    info = machine_info(BenchOptions(provider="cuda", tf32=False, nhwc=True,
-                                     algo_search="HEURISTIC"))
+class _SessionThatIgnoredOptions:
+    """A CUDA session as ORT reports it when it did not take what was asked (a build without
+    NHWC kernels, say): the report must say what ran, not what was asked."""
+
+    def get_provider_options(self):
+        return {CUDA: {"device_id": "0", "cudnn_conv_algo_search": "DEFAULT", "use_tf32": "0",
+                       "prefer_nhwc": "0"}}
+
+
+def test_machine_info_reports_what_the_session_used_not_what_was_asked():
+    asked = BenchOptions(provider="cuda", tf32=True, nhwc=True, algo_search="HEURISTIC")
+    assert asked.cuda_provider_options() == {"device_id": "0", "use_tf32": "1",
+                                             "prefer_nhwc": "1",
+                                             "cudnn_conv_algo_search": "HEURISTIC"}
+    info = machine_info(asked, _SessionThatIgnoredOptions())
     assert info["provider"] == "CUDAExecutionProvider"
-    assert info["cuda"]["tf32"] is False and info["cuda"]["prefer_nhwc"] is True
-    assert info["cuda"]["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert info["cuda"]["tf32"] is False and info["cuda"]["prefer_nhwc"] is False
+    assert info["cuda"]["cudnn_conv_algo_search"] == "DEFAULT"
+    cpu = machine_info(BenchOptions(threads=3))
+    assert "cuda" not in cpu and cpu["threads"] == 3 and cpu["cores"] == os.cpu_count()
+    assert cpu["onnxruntime"] == ort.__version__ and cpu["cpu"]
 
 
 @pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA is not usable here: {CUDA_REASON}")
@@ -269,7 +287,7 @@ def test_cosine_of_zero_and_opposite_rows():
     ("badclass", "out of range"),
     ("nodata", "calibration data not found"),
     ("nomodel", "no such file"),
-    ("samples0", "--samples must be at least 1"),
+    ("samples0", "Invalid value for '--samples'"),
 ])
 def test_compare_bad_input_is_one_line(capsys, tmp_path, make, says):
     x, labels = digits_like()

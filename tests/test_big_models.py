@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune import api
+from onnxprune import pipeline
 from onnxprune.cli import main
 from onnxprune.errors import UserError
 from onnxprune.graph import ModelGraph
@@ -49,7 +49,7 @@ def test_external_weights_stay_in_files_from_load_to_save(tmp_path):
     graph = ModelGraph(model, infer_shapes=False)
     assert graph.store is not None and is_mapped(graph.const("fc1.weight"))
 
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     assert report["check"]["ok"]
     fc1 = next(t for t in pruned.graph.initializer if t.name == "fc1.weight")
     assert fc1.data_location == TensorProto.EXTERNAL and fc1.dims[0] == 32   # sliced, in a file
@@ -66,7 +66,7 @@ def test_external_weights_stay_in_files_from_load_to_save(tmp_path):
                              .metadata_props}
     onnx.checker.check_model(str(out), full_check=True)
     # the same model as pruning a copy held wholly in memory gives
-    in_memory, _ = api.prune(onnx.load(DEMO), ratio=0.5, round_to=1)
+    in_memory, _ = pipeline.prune(onnx.load(DEMO), ratio=0.5, round_to=1)
     feeds = {"input": np.random.default_rng(0).standard_normal((2, 1, 8, 8), np.float32)}
     np.testing.assert_array_equal(_outputs(out, feeds)[0], _outputs(in_memory, feeds)[0])
     assert _digest(tmp_path / "in") == before       # the input is untouched
@@ -126,7 +126,7 @@ def test_an_in_memory_model_with_external_references_is_refused():
     onnx.external_data_helper.convert_model_to_external_data(model, location="w.bin",
                                                              size_threshold=0)
     with pytest.raises(UserError, match="keeps weights in external files: pass its path"):
-        api.prune(model)
+        pipeline.prune(model)
 
 
 def test_a_store_named_in_a_file_is_ignored(tmp_path):
@@ -140,13 +140,13 @@ def test_a_store_named_in_a_file_is_ignored(tmp_path):
 
 
 @pytest.mark.parametrize("strategy, calib", [
-    (api.Strategy("obspa"), None),                                  # compensation writes
-    (api.Strategy("wanda", compensate="obs"), "random"),            # capture from files
-    (api.Strategy("taylor"), "random"),                             # torch reads them in
+    (pipeline.Strategy("obspa"), None),                                  # compensation writes
+    (pipeline.Strategy("wanda", compensate="obs"), "random"),            # capture from files
+    (pipeline.Strategy("taylor"), "random"),                             # torch reads them in
 ])
 def test_every_criterion_works_from_files(strategy, calib, tmp_path):
     path = _external_demo(tmp_path / "in")
-    pruned, report = api.prune(str(path), ratio=0.5, strategy=strategy, calib=calib)
+    pruned, report = pipeline.prune(str(path), ratio=0.5, strategy=strategy, calib=calib)
     assert report["check"]["ok"]
     assert WeightStore.of(pruned) is not None
     out = save_model(pruned, tmp_path / "pruned.onnx")
@@ -157,8 +157,8 @@ def test_a_sweep_keeps_no_copy_of_the_models_it_saved(tmp_path):
     """Each saved model is timed from its file, so its weight files in the store go: a sweep
     over a big model does not pile up a copy per ratio."""
     from onnxprune.io import weights
-    from onnxprune.verify.bench import BenchOptions
-    from onnxprune.verify.sweep import sweep
+    from onnxprune.evaluate.bench import BenchOptions
+    from onnxprune.evaluate.sweep import sweep
 
     path = _external_demo(tmp_path / "in")
     before = set(weights._STORES)
@@ -171,11 +171,11 @@ def test_a_sweep_keeps_no_copy_of_the_models_it_saved(tmp_path):
 
 
 def test_release_weights_frees_the_store_now(tmp_path):
-    pruned, _ = api.prune(str(_external_demo(tmp_path / "in")), ratio=0.5)
+    pruned, _ = pipeline.prune(str(_external_demo(tmp_path / "in")), ratio=0.5)
     out = save_model(pruned, tmp_path / "pruned.onnx")
     folder = WeightStore.of(pruned).folder
     onnxprune.release_weights(pruned)
     assert not folder.exists() and WeightStore.of(pruned) is None
     with pytest.raises(UserError, match="keeps weights in external files: pass its path"):
-        api.prune(pruned)
+        pipeline.prune(pruned)
     onnx.checker.check_model(str(out), full_check=True)     # what was saved stays

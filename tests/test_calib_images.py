@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from onnxprune.calibration import load_calibration, load_images, parse_preprocess
 from onnxprune.calibration.images import Preprocess
 from onnxprune.errors import UserError
-from onnxprune.verify.checks import run_model
+from onnxprune.runtime import run_model
 
 from .builder import GraphBuilder
 

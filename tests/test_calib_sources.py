@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune.api import Strategy, analyze_model, calibration_stats
+from onnxprune.pipeline import Strategy, analyze_model, calibration_stats
 from onnxprune.calibration import CalibSource, parse_source
 from onnxprune.cli import main
 from onnxprune.errors import UserError
@@ -67,8 +67,8 @@ def test_weights_steer_the_choice(tmp_path):
     """All weight on one set gives the same plan as that set alone."""
     small, large = digit_sets(tmp_path)
     strategy = Strategy("wanda")
-    alone = onnxprune.prune(DIGITS, 0.5, round_to=1, strategy=strategy, calib=large)[1]
-    fused = onnxprune.prune(DIGITS, 0.5, round_to=1, strategy=strategy,
+    alone = onnxprune.prune(DIGITS, ratio=0.5, round_to=1, strategy=strategy, calib=large)[1]
+    fused = onnxprune.prune(DIGITS, ratio=0.5, round_to=1, strategy=strategy,
                             calib=[CalibSource(small, 1e-9), CalibSource(large, 1.0)])[1]
     assert [g["kept"] for g in fused["groups"]] == [g["kept"] for g in alone["groups"]]
     assert "weight 1e-09" in fused["strategy"]["calibration"]["source"]

@@ -11,11 +11,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxprune
-from onnxprune.api import Strategy, analyze_model, calibration_stats
+from onnxprune.pipeline import Strategy, analyze_model, calibration_stats
 from onnxprune.calibration.capture import unfold
-from onnxprune.compensation.consumers import find_consumers
+from onnxprune.groups.consumers import find_consumers
+from onnxprune.calibration import input_gram
 from onnxprune.compensation.refit import _obs
-from onnxprune.verify.checks import run_model
+from onnxprune.runtime import run_model
 
 from .builder import GraphBuilder
 from .oracle import assert_oracle
@@ -64,7 +65,8 @@ def test_obs_update_is_the_least_squares_optimum():
     removed = np.zeros(N_HID, bool)
     removed[[1, 4, 6]] = True
     moments = stats.get(consumer.input_name)
-    delta_w, delta_b = _obs(consumer, removed, moments, moments.gram, moments.count, damping=0.0)
+    delta_w, delta_b = _obs(consumer, removed, moments, *input_gram(consumer, moments),
+                            damping=0.0)
 
     h, y = hidden_and_output(model, batches)
     # Least squares of the layer's outputs on the kept inputs and a constant.
@@ -97,7 +99,8 @@ def test_compensation_lowers_the_error():
     _, dense = hidden_and_output(model, batches)
     errors = {}
     for method in ("none", "bias", "obs"):
-        pruned, _ = onnxprune.prune(model, ratio=0.5, round_to=1, calib=batches,
+        pruned, _ = onnxprune.prune(model, ratio=0.5, round_to=1,
+                                    calib=None if method == "none" else batches,
                                     strategy=Strategy("l2", compensate=method))
         got = np.concatenate([run_model(pruned, f)[pruned.graph.output[0].name]
                               for f in batches])
@@ -186,9 +189,56 @@ def test_stronger_damping_keeps_the_update_smaller():
     removed = np.zeros(N_HID, bool)
     removed[[0, 3]] = True
     m = stats.get(consumer.input_name)
-    sizes = [np.linalg.norm(_obs(consumer, removed, m, m.gram, m.count, damping=d)[0])
+    sizes = [np.linalg.norm(_obs(consumer, removed, m, *input_gram(consumer, m), damping=d)[0])
              for d in (0.01, 1.0, 100.0)]
     assert sizes[0] > sizes[1] > sizes[2]
     _, report = onnxprune.prune(model, ratio=0.5, round_to=1, calib=calibration(),
                                 strategy=Strategy("obs", damping=1.0))
     assert report["check"]["ok"] and report["strategy"]["damping"] == 1.0
+
+
+def _group_read_by(a, op: str):
+    """The prunable group that a ``op`` node reads (not the one it makes)."""
+    reader = next(n.label for n in a.graph.nodes if n.op == op and (
+        op != "Conv" or n.attr("group", 1) > 1))
+    return next(g for g in a.groups
+                if g.prunable and reader in g.members and reader not in g.sources)
+
+
+@pytest.mark.parametrize("make, op", [("grouped", "Conv"), ("conv_transpose", "ConvTranspose")])
+def test_obs_scores_channels_read_by_grouped_and_transposed_convs(make, op):
+    """OBS saliency comes from the layers that read a group: a grouped conv (one Hessian per
+    group of channels) or a transposed conv (the diagonal E[x²], said in the notes). Such a
+    group used to score all zeros, its order left to chance."""
+    from onnxprune.importance import ScoringContext, score
+
+    from . import test_patterns
+
+    a = analyze_model(getattr(test_patterns, make)())
+    stats = calibration_stats(a, "random")
+    ctx = ScoringContext(a.analysis, a.roots, a.groups, "sum", 0, stats)
+    scores = score("obs", ctx)[_group_read_by(a, op).components]
+    assert np.all(scores > 0) and len(np.unique(scores)) == len(scores)
+    assert not any("scored by l2" in note for note in ctx.notes)
+    assert any("diagonal" in note for note in ctx.notes) == (op == "ConvTranspose")
+
+
+def test_grouped_conv_is_refit_one_group_at_a_time():
+    """OBS compensation of a grouped conv's inputs (a least-squares re-fit inside each group)
+    brings the outputs closer to the dense model's than the bias update or none."""
+    from .test_patterns import grouped
+
+    model = grouped()
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(32)]
+    dense = np.concatenate([run_model(model, f)[model.graph.output[0].name] for f in batches])
+    errors = {}
+    for method in ("none", "bias", "obs"):
+        pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1,
+                                         calib=None if method == "none" else batches,
+                                         strategy=Strategy("l2", compensate=method))
+        assert not any("not compensated" in n for n in report["strategy"]["notes"])
+        got = np.concatenate([run_model(pruned, f)[pruned.graph.output[0].name]
+                              for f in batches])
+        errors[method] = float(np.mean(np.square(got - dense)))
+    assert errors["obs"] < errors["bias"] < errors["none"]

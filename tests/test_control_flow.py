@@ -15,9 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import api
+from onnxprune import pipeline
 from onnxprune.io import load_model
-from onnxprune.verify import make_inputs, run_model
+from onnxprune.runtime import make_inputs, run_model
 
 from .builder import GraphBuilder
 from .oracle import assert_oracle
@@ -67,7 +67,7 @@ def _if_model(constant_condition: bool):
 def test_an_if_with_a_constant_condition_is_inlined_and_its_branch_prunes():
     model = _if_model(constant_condition=True)
     numbers = assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     assert "If" not in {n.op_type for n in pruned.graph.node}
     branch_weight = next(t for t in pruned.graph.initializer if t.name.endswith("then_w"))
     assert list(branch_weight.dims) == [6, 8, 1, 1], "the branch's conv lost channels both ways"
@@ -78,7 +78,7 @@ def test_an_if_decided_at_run_time_is_a_barrier_and_the_rest_prunes():
     model = _if_model(constant_condition=False)
     before = _subgraph_weights(model)
     assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     assert _subgraph_weights(pruned) == before, "the branches are never edited"
     frozen = [g for g in report["groups"] if not g["prunable"]]
     assert any("choose (If)" in (g.get("reason") or "") for g in frozen)
@@ -175,7 +175,7 @@ def test_a_body_is_a_barrier_and_the_rest_prunes(make):
     model = make()
     before = _subgraph_weights(model)
     numbers = assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, _ = api.prune(model, ratio=0.5, round_to=1)
+    pruned, _ = pipeline.prune(model, ratio=0.5, round_to=1)
     assert _subgraph_weights(pruned) == before
     assert numbers["params"][1] < numbers["params"][0]
 
@@ -198,7 +198,7 @@ def _body_dims(model) -> dict[str, list[int]]:
 def test_channels_made_and_read_inside_a_loop_body_prune():
     model = _loop_mlp_model()
     numbers = assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     assert _body_dims(pruned) == {"body_w1": [8, 8, 3, 3], "body_w2": [8, 8, 1, 1]}
     assert report["bodies"] == [{"node": "repeat", "op": "Loop", "graph": "body",
                                  "pruned": True, "criterion": "l2", "groups": 1,
@@ -224,7 +224,7 @@ def _scan_reading_outer_weights():
 def test_weights_read_from_the_main_graph_prune_inside_a_scan_body():
     model, (w1, w2) = _scan_reading_outer_weights()
     assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     dims = _body_dims(pruned)
     assert dims == {f"{w1}_scan_body": [10, 16], f"{w2}_scan_body": [16, 4]}
     main = {t.name for t in pruned.graph.initializer}
@@ -253,7 +253,7 @@ def test_both_branches_of_a_run_time_if_prune_inside_and_keep_a_shared_weight_ap
                                     then_branch=branch("then"), else_branch=branch("else")))
     model = b.model({"x": [1, 3, 8, 8]}, [b.conv(b.op("Relu", ["chosen"]), 8, 4)])
     assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     assert [entry["channels_removed"] for entry in report["bodies"]] == [8, 8]
     assert shared not in {t.name for t in pruned.graph.initializer}
     for x in (np.ones((1, 3, 8, 8), np.float32), -np.ones((1, 3, 8, 8), np.float32)):
@@ -282,7 +282,7 @@ def test_a_body_inside_a_body_prunes_too():
                                     name="outer", body=outer_body))
     model = b.model({"x": [1, 3, 8, 8]}, ["looped"], shapes={"looped": [1, 8, 8, 8]})
     assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     nested = report["bodies"][0]["bodies"][0]
     assert (nested["node"], nested["channels_removed"]) == ("inner", 8)
     body = next(a.g for a in pruned.graph.node[-1].attribute if a.name == "body")
@@ -317,7 +317,7 @@ def test_a_torchscript_loop_prunes_inside_and_the_check_runs_the_body(tmp_path):
     assert [n.op_type for n in model.graph.node if n.op_type == "Loop"] == ["Loop"]
     assert make_inputs(model)["steps"] == 2
     assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     assert report["bodies"][0]["channels_removed"] == 16
     assert report["params"]["after"] == report["params"]["planned_after"] < \
         report["params"]["before"]

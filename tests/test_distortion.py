@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxprune.api import Strategy, analyze_model, calibration_stats
+from onnxprune.pipeline import Strategy, analyze_model, calibration_stats
 from onnxprune.graph import ModelGraph
 from onnxprune.importance import ScoringContext, score
 from onnxprune.importance.distortion import MaskingSession
-from onnxprune.importance.sensitivity import batch_outputs, output_distortion
+from onnxprune.runtime import batch_outputs, output_distortion
 from onnxprune.rewrite import apply_plan
 
 from .builder import GraphBuilder

@@ -277,3 +277,27 @@ def test_fused_bert_heads_and_mlp_groups(fused_bert):
     assert heads_of(pruned) == [2, 2]
     kept = [len(g["kept"]) for g in report["groups"] if g["kind"] == "heads"]
     assert kept == [2, 2]
+
+
+def test_fused_attention_counts_its_macs():
+    """The packed projection and the attention inside the op: --target-macs on an
+    ORT-optimized transformer must see them (they were counted as 0)."""
+    from onnxprune.runtime import node_macs
+
+    model = attention_block()
+    index = next(i for i, n in enumerate(model.graph.node) if n.op_type == "Attention")
+    assert node_macs(model)[index] == S * E * 3 * E + S * S * (E + E)
+    pruned, report = onnxprune.prune(model, ratio=0.0, heads=0.5, round_to=1)
+    kept = next(i for i, n in enumerate(pruned.graph.node) if n.op_type == "Attention")
+    assert node_macs(pruned)[kept] == S * E * 3 * E // 2 + S * S * (E // 2 + E // 2)
+    assert report["macs"]["after"] == report["macs"]["planned_after"] < report["macs"]["before"]
+    _, report = onnxprune.prune(model, target_macs=0.6, round_to=1)
+    assert report["macs"]["after"] <= 0.6 * report["macs"]["before"]
+
+
+def test_multi_head_attention_counts_its_macs():
+    from onnxprune.runtime import node_macs
+
+    model = mha_block()
+    index = next(i for i, n in enumerate(model.graph.node) if n.op_type == "MultiHeadAttention")
+    assert node_macs(model)[index] == S * S * (E + E)

@@ -11,13 +11,13 @@ from onnx import numpy_helper
 
 pytest.importorskip("onnx2torch")
 
-from onnxprune.api import Strategy, analyze_model, calibration_stats  # noqa: E402
+from onnxprune.pipeline import Strategy, analyze_model, calibration_stats  # noqa: E402
 from onnxprune.cli import main  # noqa: E402
 from onnxprune.errors import UserError  # noqa: E402
 from onnxprune.graph import ModelGraph  # noqa: E402
 from onnxprune.importance import ScoringContext, score  # noqa: E402
 from onnxprune.importance.gradient import loss_gradients, synflow_gradients  # noqa: E402
-from onnxprune.verify.checks import make_inputs, run_model  # noqa: E402
+from onnxprune.runtime import make_inputs, run_model  # noqa: E402
 
 from .builder import GraphBuilder  # noqa: E402
 from .oracle import assert_oracle  # noqa: E402

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.verify import latency as lat
-from onnxprune.verify.latency import LayerLatencyTable, Timing, measure_latency
+from onnxprune.runtime import layer_table
+from onnxprune.runtime import timing as lat
+from onnxprune.runtime import LayerLatencyTable, Timing, measure_latency
 
 from .builder import GraphBuilder
 
@@ -88,7 +89,7 @@ def test_same_signature_is_measured_once(monkeypatch):
         calls.append(model)
         return Timing(median=1e-3 * len(calls), p90=1.0, min=0.0, runs=10)
 
-    monkeypatch.setattr(lat, "measure_latency", fake)
+    monkeypatch.setattr(layer_table, "measure_latency", fake)
     table = LayerLatencyTable(twin_conv_model())
     assert table.layers() == {0: (16, 16), 1: (16, 16)}
     first = table.latency(0, 16, 16)

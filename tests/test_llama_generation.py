@@ -15,8 +15,8 @@ import pytest
 
 import onnxprune
 from models import zoo
-from onnxprune.api import masked_original
-from onnxprune.verify.checks import run_model
+from onnxprune.pipeline import masked_original
+from onnxprune.runtime import run_model
 
 pytestmark = pytest.mark.zoo
 

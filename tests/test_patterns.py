@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune.api import analyze_model
+from onnxprune.pipeline import analyze_model
 
 from .builder import GraphBuilder
 from .oracle import assert_oracle

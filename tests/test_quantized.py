@@ -11,7 +11,7 @@ from collections import Counter
 import onnx
 import pytest
 
-from onnxprune import api
+from onnxprune import pipeline
 
 from .oracle import assert_oracle
 
@@ -42,7 +42,7 @@ def test_qdq_prunes_and_stays_quantized(prepared, per_channel):
     model = _static(prepared, "QDQ", per_channel)
     assert _float_weights(model) == 0
     numbers = assert_oracle(model, ratio=0.5, round_to=1, shapes=SHAPES)
-    pruned, report = api.prune(model, ratio=0.5, input_shapes=SHAPES)
+    pruned, report = pipeline.prune(model, ratio=0.5, input_shapes=SHAPES)
     assert _float_weights(pruned) == 0, "a weight was dequantized into a float"
     stored = Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
                      for t in pruned.graph.initializer)
@@ -61,7 +61,7 @@ def test_qdq_prunes_and_stays_quantized(prepared, per_channel):
 
 def test_compensation_leaves_quantized_weights_alone(prepared):
     model = _static(prepared, "QDQ", True)
-    pruned, report = api.prune(model, ratio=0.5, strategy=api.Strategy("obs"), calib="random",
+    pruned, report = pipeline.prune(model, ratio=0.5, strategy=pipeline.Strategy("obs"), calib="random",
                                input_shapes=SHAPES)
     assert _float_weights(pruned) == 0
     assert any("stored quantized, not compensated" in n for n in report["strategy"]["notes"])
@@ -79,7 +79,7 @@ def test_qoperator_and_dynamic_quantization_are_barriers(prepared):
     for model, ops in ((qoperator, {"QLinearConv", "QGemm"}),
                        (onnx.load(str(dynamic_path)), {"ConvInteger", "MatMulInteger"})):
         assert ops <= {n.op_type for n in model.graph.node}
-        pruned, report = api.prune(model, ratio=0.5, input_shapes=SHAPES)
+        pruned, report = pipeline.prune(model, ratio=0.5, input_shapes=SHAPES)
         assert report["check"]["ok"]
         assert not [g for g in report["groups"] if g["removed"]]
         weights = {t.name: t.SerializeToString() for t in model.graph.initializer}
@@ -100,7 +100,7 @@ def test_matmul_nbits_is_a_barrier(tmp_path):
     quantizer.process()
     nbits = quantizer.model.model
     assert "MatMulNBits" in {n.op_type for n in nbits.graph.node}
-    pruned, report = api.prune(nbits, ratio=0.5)
+    pruned, report = pipeline.prune(nbits, ratio=0.5)
     assert report["check"]["ok"]
     assert "MatMulNBits" in _barrier_ops(report)
     assert not [g for g in report["groups"] if g["prunable"] and g["removed"]], \

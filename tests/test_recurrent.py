@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import api
+from onnxprune import pipeline
 
 from .oracle import assert_oracle
 
@@ -55,7 +55,7 @@ def _export(kind: str, bidirectional: bool, layers: int) -> onnx.ModelProto:
 def test_torch_exports_prune_inputs_and_hidden_units(kind, bidirectional, layers):
     model = _export(kind, bidirectional, layers)
     assert_oracle(model, ratio=0.5, shapes=SHAPES)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1, input_shapes=SHAPES)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1, input_shapes=SHAPES)
     recurrent = [n for n in pruned.graph.node if n.op_type == kind]
     assert len(recurrent) == layers
     for node in recurrent:
@@ -125,7 +125,7 @@ def test_hand_made_recurrent_ops(op, gates, options):
     shaping = {k: v for k, v in options.items() if k not in attrs}
     model = _recurrent_graph(op, gates, **shaping, **attrs)
     numbers = assert_oracle(model, ratio=0.5, round_to=1)
-    pruned, _ = api.prune(model, ratio=0.5, round_to=1)
+    pruned, _ = pipeline.prune(model, ratio=0.5, round_to=1)
     node = next(n for n in pruned.graph.node if n.op_type == op)
     assert next(a.i for a in node.attribute if a.name == "hidden_size") == 3
     assert numbers["params"][1] < numbers["params"][0]
@@ -134,7 +134,7 @@ def test_hand_made_recurrent_ops(op, gates, options):
 def test_a_state_given_at_run_time_keeps_the_units():
     model = _recurrent_graph("GRU", 3, state_input=True)
     assert_oracle(model, ratio=0.5, round_to=1, shapes={"x": (SEQ, BATCH, 5)})
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     node = next(n for n in pruned.graph.node if n.op_type == "GRU")
     assert next(a.i for a in node.attribute if a.name == "hidden_size") == 6
     assert [g for g in report["groups"] if not g["prunable"] and "input 5" in g["reason"]]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-import onnxprune.api as api
+from onnxprune import pipeline as api
 from onnxprune.cli import main
 
 from .builder import GraphBuilder
@@ -53,7 +53,7 @@ def test_cli_table_json_and_plot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--ratios", "half"], "--ratios expects numbers"),
+    (["--ratios", "half"], "expects numbers like 0.25,0.5"),
     (["--ratios", "1.5"], "ratios must be in (0, 1)"),
     (["--plot", "out.jpg"], "give a path ending in .png"),
     (["--calib", "missing.npz"], "calibration data not found"),

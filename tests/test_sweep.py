@@ -15,10 +15,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnxprune import api
+from onnxprune import pipeline
 from onnxprune.cli import main
 from onnxprune.errors import UserError, VerificationError
-from onnxprune.verify import CSV_COLUMNS, parse_ratios
+from onnxprune.evaluate import CSV_COLUMNS, parse_ratios
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 
@@ -158,18 +158,20 @@ def test_sweep_table_and_accuracy_with_labels(capsys, tmp_path):
 
 
 def test_a_failed_ratio_is_a_row_and_the_sweep_goes_on(capsys, tmp_path, monkeypatch):
-    real = api.prune
+    sweep_module = sys.modules["onnxprune.evaluate.sweep"]
 
-    def prune(model, ratio, **kwargs):
-        if ratio == 0.3:
+    real = sweep_module.prune
+
+    def prune(model, options, **kwargs):
+        if options.ratio == 0.3:
             raise VerificationError("the pruned model failed verification (made up)")
-        return real(model, ratio, **kwargs)
-    monkeypatch.setattr(api, "prune", prune)
+        return real(model, options, **kwargs)
+    monkeypatch.setattr(sweep_module, "prune", prune)
     code = main(["sweep", DEMO, "--ratios", "0.3,0.6", "--runs", "10", "--csv",
                  str(tmp_path / "s.csv")])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "0.3  error: the pruned model failed verification (made up)" in out
+    assert "ratio 0.3: error: the pruned model failed verification (made up)" in out
     with open(tmp_path / "s.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["error"] for r in rows] == ["", "the pruned model failed verification (made up)",
@@ -213,22 +215,22 @@ def test_reused_scoring_prunes_exactly_as_a_fresh_prune():
     """The sweep scores once: a model pruned with the shared scoring must be byte-identical to
     one pruned from scratch, at every ratio, for a criterion that reads calibration data and
     compensates with it (the statistics must not be changed by an earlier ratio)."""
-    strategy = api.Strategy(criterion="obs", allocation="global")
-    analyzed = api.analyze_model(DEMO)
-    scoring = api.score_model(analyzed, strategy, "random")
+    strategy = pipeline.Strategy(criterion="obs", allocation="global")
+    analyzed = pipeline.analyze_model(DEMO)
+    scoring = pipeline.score_model(analyzed, strategy, "random")
     for ratio in (0.6, 0.3):
-        reused, _ = api.prune(analyzed, ratio=ratio, strategy=strategy, calib="random",
+        reused, _ = pipeline.prune(analyzed, ratio=ratio, strategy=strategy, calib="random",
                               scoring=scoring, verify=False)
-        fresh, _ = api.prune(DEMO, ratio=ratio, strategy=strategy, calib="random",
+        fresh, _ = pipeline.prune(DEMO, ratio=ratio, strategy=strategy, calib="random",
                              verify=False)
         assert reused.SerializeToString() == fresh.SerializeToString()
 
 
 def test_scoring_for_another_strategy_is_refused():
-    analyzed = api.analyze_model(DEMO)
-    scoring = api.score_model(analyzed, api.Strategy(criterion="l1"))
+    analyzed = pipeline.analyze_model(DEMO)
+    scoring = pipeline.score_model(analyzed, pipeline.Strategy(criterion="l1"))
     with pytest.raises(UserError, match="another model, strategy"):
-        api.prune(analyzed, ratio=0.5, strategy=api.Strategy(criterion="l2"), scoring=scoring)
+        pipeline.prune(analyzed, ratio=0.5, strategy=pipeline.Strategy(criterion="l2"), scoring=scoring)
     with pytest.raises(UserError, match="another model, strategy"):
-        api.prune(api.analyze_model(DEMO), ratio=0.5, strategy=api.Strategy(criterion="l1"),
+        pipeline.prune(pipeline.analyze_model(DEMO), ratio=0.5, strategy=pipeline.Strategy(criterion="l1"),
                   scoring=scoring)

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from importlib import resources
 
+import numpy as np
 import onnx
 import pytest
 
-from onnxprune import api
+import onnxprune
+from onnxprune import pipeline
 from onnxprune.cli import main
 from onnxprune.errors import UserError
 from onnxprune.io import load_model
@@ -82,7 +84,7 @@ def test_one_weight_read_by_two_convs():
     y2 = b.op("Conv", [h, shared], kernel_shape=[3, 3], pads=[1] * 4)
     out = b.conv(b.op("Add", [b.op("Relu", [y1]), y2]), 16, 8)
     model = b.model({"x": [1, 3, 8, 8]}, [out])
-    pruned, _ = api.prune(model, ratio=0.5, round_to=1)
+    pruned, _ = pipeline.prune(model, ratio=0.5, round_to=1)
     readers = [n for n in pruned.graph.node if shared in n.input]
     assert len(readers) == 2, "the shared weight must stay one initializer read by both"
     assert_oracle(model)
@@ -115,7 +117,7 @@ def _half(model, data_type):
 def test_float16_model_prunes_and_is_compared_through_its_float32_twin():
     model = _half(_chain(), onnx.TensorProto.FLOAT16)
     numbers = assert_oracle(model)
-    pruned, report = api.prune(model, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
     assert report["check"]["ok"] and report["check"]["max_rel_error"] < 1e-6
     assert {t.data_type for t in pruned.graph.initializer} == {onnx.TensorProto.FLOAT16}
     assert numbers["params"][1] < numbers["params"][0]
@@ -146,3 +148,22 @@ def test_same_seed_same_bytes(tmp_path):
         assert run.returncode == 0, run.stderr
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_a_norm_that_reads_one_tensor_twice_prunes():
+    """Exporters that deduplicate equal initializers hand a fresh BatchNorm one tensor as its
+    scale and its variance (all ones) and one as its bias and mean (all zeros), and share them
+    with the next BatchNorm of the same width (torch 2.14's dynamo export of DenseNet-121 does:
+    "constant axis 0 has 32 entries but 64 channel labels"). Each input is sliced once, the
+    params are what the plan says (assert_oracle), and equal slices stay one tensor."""
+    b = GraphBuilder()
+    ones = b.const(np.ones(16, np.float32), "ones")
+    zeros = b.const(np.zeros(16, np.float32), "zeros")
+    y = b.op("Relu", [b.op("BatchNormalization", [b.conv("x", 3, 16), ones, zeros, zeros, ones])])
+    z = b.op("Relu", [b.op("BatchNormalization", [b.conv(y, 16, 16), ones, zeros, zeros, ones])])
+    model = b.model({"x": [1, 3, 8, 8]}, [b.conv(z, 16, 4, k=1)])
+    assert_oracle(model, ratio=0.5, round_to=1)
+    pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1)
+    for bn in (n for n in pruned.graph.node if n.op_type == "BatchNormalization"):
+        assert bn.input[1] == bn.input[4] and bn.input[2] == bn.input[3]
+    assert report["params"]["after"] == report["params"]["planned_after"]

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import onnx
 
-from ..verify.latency import LayerLatencyTable, measure_latency
+from ..runtime import LayerLatencyTable, measure_latency
 
 MEASURE_BUDGET_S = 1.0      # seconds of timed runs per whole-model measurement
 
 
 class LatencyPredictor:
-    def __init__(self, model: onnx.ModelProto, input_shapes=None, threads: int = 1):
+    def __init__(self, model: onnx.ModelProto, input_shapes=None, threads: int = 1,
+                 progress=None):
         self.threads, self.input_shapes = threads, input_shapes
         self.table = LayerLatencyTable(model, input_shapes, threads)
-        self.dense_layers = self.table.dense_total()
+        self.dense_layers = self.table.dense_total(progress)
         self.dense = self.measure(model)
 
     def fraction(self, weight_dims: dict[tuple[int, int], list[int]]) -> float:

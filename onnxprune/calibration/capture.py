@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 
 from ..graph import ChannelMap
-from ..verify.checks import session
+from ..progress import task
+from ..runtime import session
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Moments:
     sum_abs: np.ndarray | None = None
     zeros: np.ndarray | None = None
     gram: np.ndarray | None = None   # Σ over samples of x xᵀ (channels flattened)
-    patches: dict = field(default_factory=dict)   # conv node → (Σ p pᵀ over patches, count)
+    patches: dict = field(default_factory=dict)   # conv node → (Σ p pᵀ per group, count)
 
     def add(self, values: np.ndarray, cmap: ChannelMap, gram: bool) -> None:
         other = tuple(a for a in range(values.ndim) if a not in cmap.axes)
@@ -48,11 +49,14 @@ class Moments:
             g = flat.T @ flat
             self.gram = g if self.gram is None else self.gram + g
 
-    def add_patches(self, values: np.ndarray, key, window) -> None:
-        """The Gram matrix of a k×k conv's input patches (channel-major, then kernel
-        positions, as the weight is laid out)."""
+    def add_patches(self, values: np.ndarray, key, window, groups: int = 1) -> None:
+        """The Gram matrices [groups, f, f] of a k×k conv's input patches, one per group of
+        input channels (features channel-major, then kernel positions, as the weight is
+        laid out)."""
         p = unfold(values.astype(np.float64), *window)
-        g = p.T @ p
+        size = p.shape[1] // groups
+        g = np.stack([p[:, k * size:(k + 1) * size].T @ p[:, k * size:(k + 1) * size]
+                      for k in range(groups)])
         old, count = self.patches.get(key, (0.0, 0))
         self.patches[key] = (old + g, count + p.shape[0])
 
@@ -96,11 +100,12 @@ def unfold(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
 
 def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
                   gram_for: set[str] = frozenset(), patches_for: dict | None = None,
-                  probe: onnx.ModelProto | None = None) -> ChannelStats:
+                  probe: onnx.ModelProto | None = None, progress=None) -> ChannelStats:
     """Run ``batches`` through ``model`` and reduce every tensor in ``maps`` to per-channel
     moments (with the Gram matrix for names in ``gram_for``, and the patch Gram matrices of
-    the convs in ``patches_for``: {tensor: [(conv key, window)]}). ``probe``: a variant of
-    the model to run instead (it must keep the watched tensors' names)."""
+    the convs in ``patches_for``: {tensor: [(conv key, window, groups)]}). ``probe``: a variant of
+    the model to run instead (it must keep the watched tensors' names). ``progress`` (see
+    :mod:`onnxprune.progress`) advances once per batch."""
     patches_for = patches_for or {}
     source = probe if probe is not None else model
     probe = onnx.ModelProto()
@@ -112,11 +117,14 @@ def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
     sess = session(probe)
     names = list(maps)
     stats = ChannelStats({n: Moments() for n in names})
-    for feeds in batches:
-        values = sess.run(names, feeds)
-        for name, value in zip(names, values):
-            stats.tensors[name].add(value, maps[name], name in gram_for)
-            for key, window in patches_for.get(name, []):
-                stats.tensors[name].add_patches(value, key, window)
-        stats.samples += len(next(iter(feeds.values())))
+    batches = list(batches)
+    with task(progress, "capturing calibration statistics", len(batches)) as step:
+        for feeds in batches:
+            values = sess.run(names, feeds)
+            for name, value in zip(names, values):
+                stats.tensors[name].add(value, maps[name], name in gram_for)
+                for key, window, groups in patches_for.get(name, []):
+                    stats.tensors[name].add_patches(value, key, window, groups)
+            stats.samples += len(next(iter(feeds.values())))
+            step()
     return stats

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
-from ..verify.checks import input_shapes, make_inputs, user_inputs
+from ..runtime import input_shapes, make_inputs, user_inputs
 from .images import load_images
 
 DEFAULT_RANDOM_SAMPLES = 32
@@ -24,10 +24,11 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
     its static dims; the first (batch) axis is split into batches of ``batch_size``, or of the
     model's own batch size when that is fixed (samples that do not fill a batch are left out).
     ``samples``: how many random inputs (``DEFAULT_RANDOM_SAMPLES`` when None), or at most how
-    many images of a folder (``images.MAX_IMAGES`` when None). ``preprocess``: the spec for an
+    many images of a folder (``images.MAX_IMAGES`` when None) or samples of an .npz (the
+    first ones). ``preprocess``: the spec for an
     image folder (see ``images.parse_preprocess``)."""
     names = user_inputs(model)
-    fixed = _fixed_batch(model, names)
+    fixed = fixed_batch(model, names)
     batch_size = fixed or batch_size
     if preprocess is not None and not os.path.isdir(source):
         raise UserError(f"a preprocessing spec goes with an image folder; {source} is not one")
@@ -40,6 +41,7 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
         arrays = _read_npz(source, names)
     _check(model, names, arrays, source)
     count = len(next(iter(arrays.values())))
+    count = count if samples is None else min(count, samples)
     split = [{n: arrays[n][i:i + 1] for n in names} for i in range(count)]
     if fixed and len(split) < fixed:
         raise UserError(f"{source}: the model takes batches of {fixed}, the data has "
@@ -106,7 +108,7 @@ def _lookup_sizes(model, names) -> dict[str, int]:
     return sizes
 
 
-def _fixed_batch(model, names) -> int | None:
+def fixed_batch(model, names) -> int | None:
     """The batch size every input fixes, if the first dim of the inputs is static."""
     by_name = {i.name: i for i in model.graph.input}
     sizes = set()

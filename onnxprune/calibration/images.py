@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
-from ..verify.checks import user_inputs
+from ..runtime import user_inputs
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 MAX_IMAGES = 1024   # read from a folder when no sample count is given (the rest is left out)

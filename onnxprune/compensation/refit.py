@@ -5,8 +5,10 @@
 * ``obs``: the optimal brain surgeon update. With H = E[x xᵀ] over the layer's inputs (plus a
   constant 1 so that the bias is re-fit too), removing the set M and re-fitting the rest in the
   least-squares sense is ΔW = −W[:, M]·([H⁻¹]_MM)⁻¹·[H⁻¹]_M,: (IST-DASLab OBC). For a k×k conv
-  H is over its input patches (C·k features, a channel removing its k). Layers whose H was not
-  captured (too wide, grouped, 3-D kernels) get the bias update.
+  H is over its input patches (C·k features, a channel removing its k); for a grouped conv
+  there is one H per group, since each output reads its own group's channels only. Layers
+  whose H was not captured (too wide, 3-D kernels) get the bias update; transposed convs,
+  whose inputs spread over overlapping outputs, are left as they are. The notes say which.
 
 The correction is written into a copy of the *original* model (removed columns stay as they
 are), so the pruned and the masked model are both derived from it and the oracle still holds.
@@ -17,29 +19,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..calibration.hessian import DAMPING, damped, input_gram
 from ..graph import ModelGraph
-from ..groups import Analysis
-from .consumers import Consumer, find_consumers
+from ..groups import Analysis, Consumer, find_consumers
 
 METHODS = ("none", "bias", "obs")
-MAX_OBS_FEATURES = 8192     # a bigger Gram matrix (flatten → Gemm) costs too much memory
-MAX_PATCH_FEATURES = 2304   # C·kh·kw of a k×k conv whose patch Gram is kept (256 × 3×3)
-DAMPING = 0.01              # λ·mean(diag H) added to the diagonal
-
-
-def obs_inputs(analysis: Analysis) -> set[str]:
-    """Tensors whose Gram matrix ``obs`` needs (inputs of pointwise consumers)."""
-    return {c.input_name for c in find_consumers(analysis)
-            if c.pointwise and c.weight.shape[1] <= MAX_OBS_FEATURES}
-
-
-def obs_patches(analysis: Analysis) -> dict[str, list]:
-    """{tensor: [(conv node, window)]} for the k×k convs whose patch Gram ``obs`` needs."""
-    out: dict[str, list] = {}
-    for c in find_consumers(analysis):
-        if c.window is not None and c.weight.shape[1] * c.weight.shape[2] <= MAX_PATCH_FEATURES:
-            out.setdefault(c.input_name, []).append((c.node, c.window))
-    return out
 
 
 def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray, stats,
@@ -57,23 +41,15 @@ def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
     graph = ModelGraph(out, infer_shapes=False)
     notes = []
     for c in find_consumers(analysis):
-        removed = removed_atom[c.use.labels]
+        removed = removed_atom[c.labels]
         if not removed.any() or removed.all():
             continue
-        moments = stats.get(c.input_name) if stats is not None else None
         label = graph.nodes[c.node].label
-        if moments is None or not moments.count:
-            notes.append(f"{label}: no calibration statistics, not compensated")
+        why = _why_not(c, graph, stats)
+        if why:
+            notes.append(f"{label}: {why}")
             continue
-        if c.bias is None:
-            notes.append(f"{label}: no bias to absorb the correction, not compensated")
-            continue
-        node_index, input_index, _ = c.bias
-        if (graph.quantized_source(graph.nodes[c.node].input(1)) is not None or
-                graph.quantized_source(graph.nodes[node_index].input(input_index)) is not None):
-            notes.append(f"{label}: weights stored quantized, not compensated (a correction "
-                         f"would not survive rounding to the stored integers)")
-            continue
+        moments = stats.get(c.input_name)
         gram = input_gram(c, moments)
         if method == "obs" and gram is not None:
             delta_w, delta_b = _obs(c, removed, moments, *gram, damping=damping)
@@ -91,34 +67,57 @@ def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
     return out, notes
 
 
-def _bias(c: Consumer, removed: np.ndarray, moments) -> np.ndarray:
-    """Σ_{j removed} Σ_k W[:, j, k]·E[x_j]."""
-    return c.weight[:, removed, :].sum(axis=2) @ moments.mean()[removed]
-
-
-def input_gram(c: Consumer, moments):
-    """(Σ x xᵀ over the layer's input features, sample count), or None when not captured."""
-    if c.pointwise and moments.gram is not None:
-        return moments.gram, moments.count
-    if c.window is not None and c.node in moments.patches:
-        return moments.patches[c.node]
+def _why_not(c: Consumer, graph: ModelGraph, stats) -> str | None:
+    """Why a consumer cannot be re-fitted, or None."""
+    moments = stats.get(c.input_name) if stats is not None else None
+    if not c.view.exact:
+        return "a transposed conv (its inputs spread over overlapping outputs), not compensated"
+    if moments is None or not moments.count:
+        return "no calibration statistics, not compensated"
+    if c.bias is None:
+        return "no bias to absorb the correction, not compensated"
+    node_index, input_index, _ = c.bias
+    if (graph.quantized_source(graph.nodes[c.node].input(1)) is not None or
+            graph.quantized_source(graph.nodes[node_index].input(input_index)) is not None):
+        return ("weights stored quantized, not compensated (a correction would not survive "
+                "rounding to the stored integers)")
     return None
+
+
+def _bias(c: Consumer, removed: np.ndarray, moments) -> np.ndarray:
+    """Σ_{j removed} Σ_k W[:, j, k]·E[x_j], each output summing over its group's inputs."""
+    mean = moments.mean()
+    delta = np.zeros(c.weight.shape[0])
+    for rows, channels in c.blocks():
+        gone = removed[channels]
+        delta[rows] = c.weight[rows][:, gone, :].sum(axis=2) @ mean[channels][gone]
+    return delta
 
 
 def _obs(c: Consumer, removed: np.ndarray, moments, gram: np.ndarray, count: int,
          damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
-    """ΔW and Δb for removing the ``removed`` input channels (each spans k features)."""
-    out, channels, k = c.weight.shape
+    """ΔW and Δb for removing the ``removed`` input channels (each spans k features), one
+    least-squares re-fit per group of channels."""
+    delta_w, delta_b = np.zeros_like(c.weight), np.zeros(c.weight.shape[0])
+    mean = moments.mean()
+    for g, (rows, channels) in enumerate(c.blocks()):
+        delta_w[rows], delta_b[rows] = _obs_block(
+            c.weight[rows], removed[channels], mean[channels], gram[g], count, damping)
+    return delta_w, delta_b
+
+
+def _obs_block(weight: np.ndarray, removed: np.ndarray, channel_mean: np.ndarray,
+               gram: np.ndarray, count: int, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    out, channels, k = weight.shape
     size = channels * k
     n = max(count, 1)
-    mean = np.repeat(moments.mean(), k)      # a patch feature's mean is its channel's
+    mean = np.repeat(channel_mean, k)        # a patch feature's mean is its channel's
     h = np.empty((size + 1, size + 1))
     h[:size, :size] = gram / n
     h[:size, size] = h[size, :size] = mean
     h[size, size] = 1.0
-    h[np.diag_indices_from(h)] += damping * float(np.mean(np.diag(h)))
-    h_inv = np.linalg.inv(h)
+    h_inv = np.linalg.inv(damped(h, damping))
     m = np.flatnonzero(np.repeat(removed, k))
-    w = np.concatenate([c.weight.reshape(out, size), np.zeros((out, 1))], axis=1)
+    w = np.concatenate([weight.reshape(out, size), np.zeros((out, 1))], axis=1)
     delta = -w[:, m] @ np.linalg.solve(h_inv[np.ix_(m, m)], h_inv[m, :])
-    return delta[:, :size].reshape(c.weight.shape), delta[:, size]
+    return delta[:, :size].reshape(weight.shape), delta[:, size]

@@ -247,16 +247,19 @@ class ModelGraph:
     def set_const(self, ref: NodeRef, input_index: int, value: np.ndarray) -> None:
         """Replace the constant read by ``ref`` at ``input_index``.
 
-        A constant shared with other readers (or exposed as a graph output, or reached through
-        an alias) is copied under a new name first, so that editing it for one node never
-        changes another. A constant-filled weight (``ConstantOfShape``) keeps that form: only
+        A constant shared with other readers or other inputs of this node (or exposed as a
+        graph output, or reached through an alias) is copied under a new name first, so that
+        editing it for one use never changes another. A constant-filled weight (``ConstantOfShape``) keeps that form: only
         its shape changes.
         """
         name = ref.proto.input[input_index]
         old = self.const(name)
         value = np.ascontiguousarray(value, dtype=old.dtype if old is not None else None)
         readers = {r.index for r in self.consumers.get(name, [])}
-        shared = bool(readers - {ref.index}) or name in self.graph_outputs
+        # Another reader, a graph output, or another input of this very node (exporters that
+        # deduplicate initializers hand a fresh BatchNorm the same tensor as scale and var).
+        shared = (bool(readers - {ref.index}) or name in self.graph_outputs
+                  or list(ref.proto.input).count(name) > 1)
         producer = self.producer.get(name)
         if (not shared and producer is not None and producer.op == "ConstantOfShape"
                 and old is not None and value.size and np.all(value == old.flat[0])):
@@ -272,9 +275,10 @@ class ModelGraph:
             if self.model.ir_version < 4:  # IR 3 wants every initializer among the inputs
                 self.model.graph.input.append(onnx.helper.make_tensor_value_info(
                     new_name, tensor.data_type, list(value.shape)))
-            self.consumers[name] = [r for r in self.consumers[name] if r.index != ref.index]
-            self.consumers[new_name].append(ref)
             ref.proto.input[input_index] = new_name
+            if name not in ref.proto.input:    # it may still read the original elsewhere
+                self.consumers[name] = [r for r in self.consumers[name] if r.index != ref.index]
+            self.consumers[new_name].append(ref)
             self._remember(new_name, value if tensor.data_location != onnx.TensorProto.EXTERNAL
                            else None)
             self.copies[new_name] = name

@@ -7,10 +7,12 @@ notes for the rewrite, and the frozen atoms with the reason each was frozen.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import OnnxPruneError
 from ..graph import ChannelMap, ChannelSpace, ModelGraph
 from ..graph.model_graph import NodeRef
 from ..rules import rule_for
@@ -34,6 +36,17 @@ class ParamUse:
     score: bool = True
 
 
+class RuleError(OnnxPruneError):
+    """A rule raised while propagating (strict analysis only: otherwise the node becomes a
+    barrier and the failure is recorded in ``Analysis.failures``)."""
+
+
+def strict_from_environment() -> bool:
+    """``ONNXPRUNE_STRICT_RULES=1`` (the test suite sets it): a rule that raises is an error
+    rather than a barrier, so that a broken rule cannot hide behind pruning less."""
+    return os.environ.get("ONNXPRUNE_STRICT_RULES", "") == "1"
+
+
 @dataclass
 class Analysis:
     graph: ModelGraph
@@ -46,6 +59,8 @@ class Analysis:
     shaping: list = field(default_factory=list)
     head_atoms: set = field(default_factory=set)
     hidden_atoms: set = field(default_factory=set)
+    strict: bool = field(default_factory=strict_from_environment)
+    failures: list = field(default_factory=list)    # (node, op, message) of rules that raised
 
     # -- the interface rules use ---------------------------------------------------------
     def map(self, name: str) -> ChannelMap | None:
@@ -140,6 +155,10 @@ class Analysis:
             try:
                 rule.propagate(node, self)
             except (ValueError, IndexError, KeyError, TypeError) as exc:
+                self.failures.append((node.label, node.op, str(exc)))
+                if self.strict:
+                    raise RuleError(f"the {node.op} rule raised on {node.label}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
                 self.barrier(node, f"rule could not handle this node ({exc})")
         for step in self.shaping:
             step()
@@ -152,6 +171,8 @@ class Analysis:
         return self
 
 
-def analyze(graph: ModelGraph) -> Analysis:
-    """Propagate channel labels through the whole graph."""
-    return Analysis(graph).run()
+def analyze(graph: ModelGraph, strict: bool | None = None) -> Analysis:
+    """Propagate channel labels through the whole graph (``strict``: see
+    :func:`strict_from_environment`, the default)."""
+    analysis = Analysis(graph) if strict is None else Analysis(graph, strict=strict)
+    return analysis.run()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..rules import rule_for
 from .analysis import Analysis
 
 
@@ -46,7 +47,8 @@ def find_groups(analysis: Analysis) -> tuple[list[Group], np.ndarray]:
         atoms_of[root].append(atom)
     members_of: dict[int, set[int]] = defaultdict(set)
     read_by_linear: set[int] = set()
-    linear = {n.index for n in analysis.graph.nodes if n.op in ("MatMul", "Gemm")}
+    linear = {n.index for n in analysis.graph.nodes
+              if getattr(rule_for(n), "fully_connected", False)}
     for use in analysis.params:
         for root in np.unique(roots[use.labels]).tolist():
             members_of[root].add(use.node)

@@ -11,23 +11,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..groups import Analysis
+from ..groups import Analysis, find_consumers, reads_linearly
 from .base import MemberScores, ScoringContext, criterion, per_atom
-
-CONSUMERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def consumed_inputs(analysis: Analysis) -> dict[str, object]:
     """The tracked tensors that linear layers read (their channels' 'input features'), by
-    name, with their ChannelMap: what calibration must capture."""
+    name, with their ChannelMap: what calibration must capture. Which ops are linear readers
+    is their rule's to say (``Rule.linear_view``)."""
     out = {}
     for use in analysis.params:
         node = analysis.graph.nodes[use.node]
-        if not use.consume or node.op not in CONSUMERS:
+        if not use.consume or not reads_linearly(node):
             continue
         cmap = analysis.map(node.input(0))
         if cmap is not None and cmap.labels.shape == use.labels.shape:
             out[node.input(0)] = cmap
+    for consumer in find_consumers(analysis):      # grouped convs read theirs by blocks
+        out.setdefault(consumer.input_name, analysis.map(consumer.input_name))
     return out
 
 
@@ -59,7 +60,7 @@ def wanda(ctx: ScoringContext) -> np.ndarray:
     graph = ctx.analysis.graph
     for use in ctx.scored_uses():
         node = graph.nodes[use.node]
-        if not use.consume or node.op not in CONSUMERS:
+        if not use.consume or not reads_linearly(node):
             continue
         moments = ctx.calibration.get(node.input(0))
         value = ctx.value(use)

@@ -30,18 +30,21 @@ class Criterion:
     score: Callable[["ScoringContext"], np.ndarray]
     needs: str = "weights"          # "weights", "calibration", or "synthetic" (inputs made up)
     doc: str = ""
+    reduces: bool = True            # combines member scores (the group reduction matters)
 
 
 CRITERIA: dict[str, Criterion] = {}
 
 
-def criterion(name: str, needs: str = "weights"):
-    """Register ``fn(ctx) -> per-component scores`` under ``name``."""
+def criterion(name: str, needs: str = "weights", reduces: bool = True):
+    """Register ``fn(ctx) -> per-component scores`` under ``name``; ``reduces=False`` for a
+    criterion that reads no member scores (the group reduction does not change it)."""
 
     def wrap(fn):
         if name in CRITERIA:
             raise ValueError(f"two criteria named {name}")
-        CRITERIA[name] = Criterion(name, fn, needs, (fn.__doc__ or "").strip().split("\n")[0])
+        CRITERIA[name] = Criterion(name, fn, needs, (fn.__doc__ or "").strip().split("\n")[0],
+                                   reduces)
         return fn
 
     return wrap
@@ -50,8 +53,8 @@ def criterion(name: str, needs: str = "weights"):
 @dataclass
 class ScoringContext:
     """What a criterion may read: the analysis, the component of every atom, the groups, the
-    member reduction, a seed, (for data-driven criteria) calibration statistics, and the input
-    shapes to run the model at."""
+    member reduction, a seed, (for data-driven criteria) calibration statistics, the input
+    shapes to run the model at, and where to report the progress of long scoring."""
 
     analysis: Analysis
     roots: np.ndarray
@@ -61,6 +64,7 @@ class ScoringContext:
     calibration: object | None = None
     notes: list[str] = field(default_factory=list)
     input_shapes: dict | None = None      # for criteria that run the model on made-up inputs
+    progress: object | None = None        # see onnxprune.progress
 
     def value(self, use: ParamUse) -> np.ndarray | None:
         """The float constant a member slices, or None."""

@@ -27,12 +27,11 @@ from onnx import helper, numpy_helper
 
 from ..errors import UserError
 from ..graph.model_graph import fresh_name
-from ..groups import Analysis, ParamUse
-from ..rewrite.apply import masked_value
+from ..groups import Analysis, ParamUse, masked_value
+from ..progress import task
 from ..rules import rule_for
-from ..verify.checks import session
+from ..runtime import output_distortion, session
 from .base import ScoringContext, criterion, score
-from .sensitivity import output_distortion
 
 Key = tuple[int, int]          # (node index, input index) of a constant that masking edits
 
@@ -165,7 +164,10 @@ def distortion(ctx: ScoringContext) -> np.ndarray:
     if measured:
         masking = MaskingSession(ctx.analysis, ctx.roots)
         dense = masking.run(batches)
-        for g in measured:
-            for comp in g.components.tolist():
-                scores[comp] = masking.component_distortion(comp, batches, dense, weights)
+        total = sum(g.size for g in measured)
+        with task(ctx.progress, "distortion: masking each component", total) as step:
+            for g in measured:
+                for comp in g.components.tolist():
+                    scores[comp] = masking.component_distortion(comp, batches, dense, weights)
+                    step()
     return scores

@@ -28,7 +28,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import UserError
 from ..io.weights import inline_weights
-from ..verify.checks import make_inputs, run_model, user_inputs
+from ..progress import task
+from ..runtime import make_inputs, run_model, user_inputs
 from .base import MemberScores, ScoringContext, criterion, per_atom
 
 CONVERT_OPSET = 17        # onnx2torch converts most ops up to this opset
@@ -249,7 +250,7 @@ def pseudo_label_loss(outputs: list, torch):
 
 
 def loss_gradients(model: onnx.ModelProto, graph, names: set[str], batches,
-                   weights: list[float] | None = None) -> dict:
+                   weights: list[float] | None = None, progress=None) -> dict:
     """∂L/∂initializer (ONNX layout) of the pseudo-label loss summed over ``batches`` (each
     scaled by ``weights``, when several calibration sets were fused), for the initializers in
     ``names`` (others that the module holds are included too)."""
@@ -257,10 +258,12 @@ def loss_gradients(model: onnx.ModelProto, graph, names: set[str], batches,
     tm = TorchModel(model, graph, names)
     tm.check_against_ort(batches[0])
     tm.track()
-    with _reported("back-propagate through"):
+    with _reported("back-propagate through"), \
+            task(progress, "back-propagating the calibration batches", len(batches)) as step:
         for k, feeds in enumerate(batches):
             loss = pseudo_label_loss(tm.forward(feeds), torch)
             (loss * weights[k] if weights else loss).backward()
+            step()
     return tm.gradients()
 
 
@@ -324,7 +327,7 @@ def _member_scores(ctx: ScoringContext, grads: dict, per_use) -> np.ndarray:
 def _calibration_gradients(ctx: ScoringContext) -> dict:
     stats = ctx.calibration
     return loss_gradients(ctx.analysis.graph.model, ctx.analysis.graph, _names(ctx),
-                          stats.batches, stats.batch_weights)
+                          stats.batches, stats.batch_weights, ctx.progress)
 
 
 @criterion("taylor", needs="calibration")

@@ -6,10 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..groups import Analysis
+from ..rules import rule_for
 from .base import MemberScores, ScoringContext, criterion, per_atom
-
-NORM_OPS = {"BatchNormalization", "InstanceNormalization", "GroupNormalization",
-            "LayerNormalization"}
 
 
 def _magnitude(ctx: ScoringContext, power: int) -> np.ndarray:
@@ -42,7 +40,8 @@ def bn_scale(ctx: ScoringContext) -> np.ndarray:
     graph = ctx.analysis.graph
     acc = MemberScores(len(ctx.roots), ctx.roots, ctx.reduction)
     for use in ctx.scored_uses():
-        if graph.nodes[use.node].op in NORM_OPS and use.input_index == 1:
+        rule = rule_for(graph.nodes[use.node])
+        if rule is not None and use.input_index == rule.scale_input:
             value = ctx.value(use)
             if value is not None:
                 acc.add(use.labels, per_atom(use, value, lambda v: np.abs(v, dtype=np.float64)))
@@ -75,7 +74,7 @@ def fpgm(ctx: ScoringContext) -> np.ndarray:
     return acc.result()
 
 
-@criterion("random")
+@criterion("random", reduces=False)
 def random(ctx: ScoringContext) -> np.ndarray:
     """Uniform random scores (seeded): the baseline that shows what a criterion is worth."""
     rng = np.random.default_rng(ctx.seed)

@@ -15,26 +15,11 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
-from ..errors import OnnxPruneError
 from ..graph import ModelGraph
 from ..groups import Analysis, ParamUse
+from ..groups.masks import RewriteError, kept_mask, project
 from ..rules import rule_for
 from .bodies import drop_unread_initializers, read_names
-
-
-class RewriteError(OnnxPruneError):
-    """The plan cannot be applied consistently; nothing is written."""
-
-
-def project(keep: np.ndarray) -> list[np.ndarray]:
-    """Per-axis keep vectors of a rectangular keep grid (error if it is not rectangular)."""
-    vectors = [keep.any(axis=tuple(o for o in range(keep.ndim) if o != k)) for k in range(keep.ndim)]
-    outer = vectors[0]
-    for v in vectors[1:]:
-        outer = np.multiply.outer(outer, v)
-    if not np.array_equal(outer.reshape(keep.shape), keep):
-        raise RewriteError("kept channels do not form a rectangular grid")
-    return vectors
 
 
 class RewriteContext:
@@ -161,35 +146,6 @@ def _kept_along_axes(value, uses, removed_atom) -> dict[int, np.ndarray] | None:
     if not all(v.any() for v in keep_axes.values()):
         raise RewriteError("a constant would lose every channel")
     return keep_axes
-
-
-def masked_value(value, uses, removed_atom):
-    """``value`` with the slices that consuming ``uses`` read from removed atoms zeroed (the
-    masked original; the distortion criterion feeds the same arrays), or None."""
-    keep = kept_mask(value, uses, removed_atom)
-    if keep is None:
-        return None
-    return np.where(keep, value, np.zeros((), dtype=value.dtype))
-
-
-def kept_mask(value, uses, removed_atom) -> np.ndarray | None:
-    """Where ``value`` stays in the masked original: False on the slices that consuming
-    ``uses`` read from removed atoms; None when nothing is masked."""
-    mask = np.ones(value.shape, dtype=bool)
-    for use in uses:
-        if not use.consume:
-            continue
-        keep = ~removed_atom[use.labels]
-        order = sorted(use.axes)
-        label_axes = [use.axes[a] for a in order]
-        unmapped = tuple(k for k in range(keep.ndim) if k not in label_axes)
-        if unmapped:
-            keep = keep.any(axis=unmapped)
-            label_axes = [k - sum(1 for u in unmapped if u < k) for k in label_axes]
-        keep = np.transpose(keep, np.argsort(np.argsort(label_axes)))
-        shape = [value.shape[a] if a in use.axes else 1 for a in range(value.ndim)]
-        mask &= np.broadcast_to(keep.reshape(shape), value.shape)
-    return None if mask.all() else mask
 
 
 def _drop_orphaned_constants(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

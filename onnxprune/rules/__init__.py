@@ -15,6 +15,6 @@ from . import (  # noqa: F401 - importing a module registers its rules
     shape_of,
     spatial,
 )
-from .base import RULES, Rule, register, rule_for
+from .base import RULES, LinearView, Rule, TimedLayer, counts_macs, register, rule_for
 
-__all__ = ["RULES", "Rule", "register", "rule_for"]
+__all__ = ["LinearView", "RULES", "Rule", "TimedLayer", "counts_macs", "register", "rule_for"]

@@ -1,6 +1,6 @@
-"""What a per-op channel rule is, and the registry that maps op types to rules.
+"""What a per-op rule is, and the registry that maps op types to rules.
 
-A rule does two things for its op type:
+A rule is everything the tool knows about one op type. Two methods move channels:
 
 * ``propagate(node, ctx)`` runs once per node in topological order. It reads the
   :class:`~onnxprune.graph.ChannelMap` of the node's inputs and sets those of its outputs, draws
@@ -11,6 +11,20 @@ A rule does two things for its op type:
 * ``rewrite(node, ctx)`` runs after the plan is fixed, only for nodes whose ``propagate``
   called ``ctx.note``. Declared constants are sliced for it; ``rewrite`` only updates what is
   not a sliced constant: attributes such as ``group``, split sizes, shape constants.
+  ``mask_rewrite(node, ctx)``, where defined, rewrites the op in the masked original (a norm
+  that must average over the kept channels only).
+
+The other layers ask a rule, never an op name, for the rest:
+
+* ``macs(node, shape)``: multiply-accumulates at the shapes ``shape(name)`` gives (0 by
+  default). The cost counter and the planned cost of a plan both call it.
+* ``linear_view(node, graph)``: the layer as y = W·x + b over its input channels
+  (:class:`LinearView`), for criteria that read what flows into linear layers and for
+  compensation; None for ops that do not read channels linearly.
+* ``timed_widths`` / ``widths_after`` / ``narrowed``: how the per-layer latency table builds a
+  one-node copy of the op at other channel widths (see ``runtime.layer_table``).
+* ``fully_connected``: the op makes features that the next such op reads (an MLP's neurons).
+* ``scale_input``: the input holding a per-channel scale γ (the BN-scale criterion).
 
 To support a new op, add one small rule class in the module of its family and decorate it with
 ``@register("OpType", ...)``: no other part of the tool needs to change.
@@ -18,9 +32,60 @@ To support a new op, add one small rule class in the module of its family and de
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 RULES: dict[str, "Rule"] = {}
+
+
+@dataclass
+class LinearView:
+    """A layer that reads its input channels linearly, seen as W [out, in, k] (k: kernel
+    positions, 1 for a matrix) with ``groups`` blocks: output o reads input channels of block
+    o // (out / groups) only, so W holds ``in / groups`` columns per output.
+
+    ``write`` turns a [out, in/groups, k] weight back into the op's own layout. ``bias`` is
+    (node index, input index, sign) of the constant that absorbs a correction of the outputs.
+    ``window`` (a 2-D conv's kernel, strides, pads, dilations) says how inputs unfold into
+    patches. ``exact`` is False where the view is a per-channel summary that cannot be re-fitted
+    (a transposed conv spreads each input over overlapping outputs)."""
+
+    weight: np.ndarray
+    write: Callable[[np.ndarray], np.ndarray] | None
+    groups: int = 1
+    bias: tuple[int, int, float] | None = None
+    window: tuple | None = None
+    exact: bool = True
+
+
+@dataclass
+class TimedLayer:
+    """What a one-node copy of a layer needs for the latency table: the op, its attributes,
+    the shapes around it and its dense widths."""
+
+    op: str
+    attrs: tuple
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    b_shape: tuple[int, ...] | None
+    elem_type: int
+    c_in: int
+    c_out: int
+
+    def attr(self, name: str, default=0):
+        from onnx import helper
+
+        return next((helper.get_attribute_value(a) for a in self.attrs if a.name == name),
+                    default)
+
+    def bias_at(self, c_out: int) -> list[int] | None:
+        """The bias shape when the layer makes ``c_out`` outputs."""
+        b = list(self.b_shape) if self.b_shape is not None else None
+        if b and b[-1] == self.c_out:
+            b[-1] = c_out
+        return b
 
 
 class Rule:
@@ -31,12 +96,46 @@ class Rule:
     """
 
     follows_tiled = False
+    fully_connected = False
+    scale_input: int | None = None
 
     def propagate(self, node, ctx) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def rewrite(self, node, ctx) -> None:
         return None
+
+    def macs(self, node, shape) -> int | None:
+        """Multiply-accumulates of ``node`` when ``shape(name)`` gives each value's dims (None
+        where unknown); None when they cannot be counted."""
+        return 0
+
+    def linear_view(self, node, graph) -> LinearView | None:
+        return None
+
+    def timed_widths(self, node, x_shape, w_shape) -> tuple[int, int] | None:
+        """Dense (c_in, c_out) of a layer the latency table can time; None for the others."""
+        return None
+
+    def widths_after(self, layer: TimedLayer, weight_shape) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def narrowed(self, layer: TimedLayer, c_in: int, c_out: int):
+        """(input shape, weight shape, bias shape, attributes) at (c_in, c_out)."""
+        raise NotImplementedError
+
+
+class InputRule(Rule):
+    """A rule for ops whose channels arrive through input 0: nothing moves when that input
+    carries none, so ``follow(node, ctx, x)`` runs only with its ChannelMap ``x``."""
+
+    def propagate(self, node, ctx) -> None:
+        x = ctx.map(node.input(0))
+        if x is not None:
+            self.follow(node, ctx, x)
+
+    def follow(self, node, ctx, x) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 def register(*op_types: str) -> Callable[[type[Rule]], type[Rule]]:
@@ -57,15 +156,32 @@ RULE_DOMAINS = ("com.microsoft",)  # other domains with rules, keyed "domain:OpT
 
 
 def rule_for(node) -> Rule | None:
-    """The rule of a node's op, or None (a barrier). Default-domain ops are keyed by their op
-    type; ``com.microsoft`` ops by "com.microsoft:OpType" (see ``fused``)."""
-    domain = node.proto.domain
+    """The rule of a node's op (a NodeRef or a NodeProto), or None (a barrier).
+    Default-domain ops are keyed by their op type; ``com.microsoft`` ops by
+    "com.microsoft:OpType" (see ``fused``)."""
+    proto = getattr(node, "proto", node)
+    domain = proto.domain
     if domain in ("", "ai.onnx"):
-        return RULES.get(node.op)
+        return RULES.get(proto.op_type)
     if domain in RULE_DOMAINS:
-        return RULES.get(f"{domain}:{node.op}")
+        return RULES.get(f"{domain}:{proto.op_type}")
     return None
+
+
+def counts_macs(node) -> bool:
+    """Does the node's rule count multiply-accumulates (is it a compute op)?"""
+    rule = rule_for(node)
+    return rule is not None and type(rule).macs is not Rule.macs
 
 
 def normalize_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
+
+
+def known(dims) -> bool:
+    """Are all dims known (integers, not symbols or None)?"""
+    return dims is not None and all(isinstance(d, int) and d >= 0 for d in dims)
+
+
+def elements(dims) -> int:
+    return int(np.prod(dims, dtype=np.int64))

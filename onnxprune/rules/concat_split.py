@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import ChannelMap
-from .base import Rule, normalize_axis, register
+from .base import InputRule, Rule, normalize_axis, register
 from .shape_values import locate_entry, shape_source, trace_dim
 
 
@@ -87,14 +87,11 @@ def _slice_expanded_constant(ctx, name: str, base: ChannelMap) -> bool:
 
 
 @register("Split")
-class SplitRule(Rule):
+class SplitRule(InputRule):
     """Split on the tracked axis hands each output its slice of the labels; the sizes are
     rewritten to the kept counts (as an input from opset 13, an attribute before)."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         axis = normalize_axis(int(node.attr("axis", 0)), x.rank)
         outputs = list(node.proto.output)
         if axis not in x.axes:
@@ -141,15 +138,12 @@ def _split_sizes(node, ctx, width, count):
 
 
 @register("Slice")
-class SliceRule(Rule):
+class SliceRule(InputRule):
     """A step-1 slice of one tracked axis keeps a contiguous run of its labels (in a grid of
     several tracked axes, e.g. heads × head_dim, the other axes are untouched); other axes
     pass."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         spec = _slice_spec(node, ctx, x.rank)
         if spec is None:
             return self._chunk(node, ctx, x)

@@ -14,9 +14,10 @@ The weight is viewed in Conv layout (out, in/group, k...). Three cases:
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from ..graph import ChannelMap
-from .base import Rule, register
+from .base import LinearView, Rule, elements, known, register
 
 
 def to_conv_layout(weight: np.ndarray, group: int, transposed: bool) -> np.ndarray:
@@ -88,3 +89,97 @@ class ConvRule(Rule):
         if info["kind"] == "depthwise":
             kept = int(ctx.keep(node.proto.output[0]).sum())
             node.set_attr("group", kept // info["m"])
+
+    # -- what other layers ask of a conv ---------------------------------------------------
+    def macs(self, node, shape):
+        x, w, y = shape(node.input(0)), shape(node.input(1)), shape(node.proto.output[0])
+        if not (known(x) and known(w) and known(y)):
+            return None
+        if node.op == "ConvTranspose":   # every input position meets every weight of its group
+            return elements(x) * elements(w[1:])
+        return elements(y) * elements(w[1:])
+
+    def linear_view(self, node, graph):
+        weight = graph.const(node.input(1))
+        if weight is None or weight.ndim < 3:
+            return None
+        group = int(node.attr("group", 1))
+        out = weight.shape[1] * group if node.op == "ConvTranspose" else weight.shape[0]
+        bias = _bias_of(node, graph, out)
+        if node.op == "ConvTranspose":
+            # Each input position reaches overlapping outputs through every kernel position: a
+            # per-channel summary of the weights it meets, not a layer to re-fit.
+            std = to_conv_layout(weight, group, True)
+            return LinearView(std.reshape(out, std.shape[1], -1).astype(np.float64), None,
+                              group, bias, None, exact=False)
+        if group > 1 and weight.shape[1] == 1:
+            return None     # depthwise: channels pass through, nothing reads them linearly
+        std = weight.reshape(out, weight.shape[1], -1).astype(np.float64)
+        shape = weight.shape
+        window = _window(node, weight) if std.shape[2] > 1 else None
+        return LinearView(std, lambda w: w.reshape(shape), group, bias, window)
+
+    def timed_widths(self, node, x, w):
+        if node.op != "Conv" or len(x) != 4 or len(w) != 4:
+            return None
+        group = int(node.attr("group", 1))
+        return (x[1], w[0]) if x[1] == w[1] * group else None
+
+    def widths_after(self, layer, w):
+        group = layer.attr("group", 1)
+        if group > 1 and group == layer.c_in:       # depthwise: c_in follows c_out
+            return w[0] * layer.c_in // layer.c_out, w[0]
+        return w[1] * group, w[0]
+
+    def narrowed(self, layer, c_in, c_out):
+        group = conv_group(layer.attr("group", 1), layer.c_in, c_in, c_out)
+        x = list(layer.x_shape)
+        x[1] = c_in
+        w = [c_out, c_in // group, *layer.w_shape[2:]]
+        attrs = [a for a in layer.attrs if a.name != "group"] + [
+            helper.make_attribute("group", group)]
+        return x, w, layer.bias_at(c_out), attrs
+
+
+def conv_group(dense_group: int, dense_c_in: int, c_in: int, c_out: int) -> int:
+    """The group count of a conv narrowed to (c_in, c_out).
+
+    A depthwise conv (one input channel per group) stays depthwise: group = c_in. Any other
+    grouped conv keeps its group count, which must divide both widths. ValueError otherwise.
+    """
+    if dense_group == 1:
+        return 1
+    group = c_in if dense_group == dense_c_in else dense_group
+    if c_in % group or c_out % group:
+        raise ValueError(f"a conv with group={group} cannot take c_in={c_in}, c_out={c_out}: "
+                         "both must be multiples of the group count")
+    return group
+
+
+
+def _window(node, weight):
+    """A 2-D conv's unfolding parameters, or None (auto_pad other than NOTSET/VALID, or not
+    2-D): such a layer gets no patch Gram."""
+    if weight.ndim != 4 or node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET",
+                                                                     b"VALID", "VALID"):
+        return None
+    kernel = tuple(weight.shape[2:])
+    strides = tuple(node.attr("strides", [1, 1]))
+    dilations = tuple(node.attr("dilations", [1, 1]))
+    pads = tuple(node.attr("pads", [0, 0, 0, 0]))
+    return kernel, strides, pads, dilations
+
+
+def _bias_of(node, graph, out: int):
+    """The constant that absorbs a correction of the outputs: the conv's own bias, or, for a
+    conv without one, the running mean of a BatchNormalization right after it (BN(y + d) is
+    BN with running mean − d)."""
+    if node.input(2):
+        value = graph.const(node.input(2))
+        return (node.index, 2, 1.0) if value is not None and value.shape == (out,) else None
+    readers = graph.consumers.get(node.proto.output[0], [])
+    if len(readers) == 1 and readers[0].op == "BatchNormalization":
+        mean = graph.const(readers[0].input(3))
+        if mean is not None and mean.shape == (out,):
+            return readers[0].index, 3, -1.0
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import ChannelMap
-from .base import Rule, register
+from .base import InputRule, Rule, register
 
 UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
@@ -16,25 +16,19 @@ UNARY = (
 
 
 @register(*UNARY)
-class UnaryRule(Rule):
+class UnaryRule(InputRule):
     """Applied to each element alone: output 0 carries the input's channels unchanged."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         ctx.set_map(node.proto.output[0], x)
         ctx.note(node)
 
 
 @register("Clip")
-class ClipRule(Rule):
+class ClipRule(InputRule):
     """Clip's min/max are scalars: a pass-through like any activation."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         for i in (1, 2):
             name = node.input(i)
             if name and (ctx.map(name) is not None or _size(ctx, name) != 1):

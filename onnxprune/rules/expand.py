@@ -4,22 +4,19 @@ followed by a Reshape that merges the copies)."""
 
 from __future__ import annotations
 
-from .base import Rule, register
+from .base import InputRule, register
 from .shape_values import (channel_dim, locate_entry, require_proportional, shape_source,
                            write_kept_counts)
 
 
 @register("Expand")
-class ExpandRule(Rule):
+class ExpandRule(InputRule):
     """Channels pass through when the target leaves the tracked axes as they are: an entry of
     1 (keep the input's size) or the channel count itself, which is rewritten when it is a
     constant and must be read from a tensor with the same channels when computed at run time.
     No other entry may read a channel count (the copies would change in number)."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         target = node.input(1)
         if ctx.map(target) is not None:
             return ctx.barrier(node, "the target shape is itself tracked")

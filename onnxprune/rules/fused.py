@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import ChannelMap
-from .base import Rule, register
+from .base import LinearView, Rule, elements, known, register
 
 MS = "com.microsoft:"
 
@@ -199,6 +199,36 @@ class AttentionRule(Rule):
             return "the input's channels do not match the weight's rows"
         return None
 
+    def macs(self, node, shape):
+        """The packed projection, B·S·in·(q + k + v), and attention itself: scores over T keys
+        (the sequence, plus a past where one is given) and their weighted sum of values,
+        B·S·T·(q + v). Read from shapes alone, so a plan's narrower weight counts too."""
+        x, w, y = shape(node.input(0)), shape(node.input(1)), shape(node.proto.output[0])
+        if not (known(x) and known(w) and known(y)) or len(x) != 3 or len(y) != 3:
+            return None
+        v = y[2]
+        q = (w[1] - v) // 2
+        keys = x[1]
+        past = shape(node.input(4)) if _given(node, 4) else None
+        if past is not None:
+            if not known(past) or len(past) != 5:
+                return None
+            keys += past[3]
+        return elements(x) * w[1] + x[0] * x[1] * keys * (q + v)
+
+    def linear_view(self, node, graph):
+        """The packed QKV weight [in, q + k + v] reads the hidden channels as a MatMul does."""
+        weight = graph.const(node.input(1))
+        if weight is None or weight.ndim != 2:
+            return None
+        bias = None
+        if _given(node, 2):
+            value = graph.const(node.input(2))
+            if value is not None and value.shape == (weight.shape[1],):
+                bias = (node.index, 2, 1.0)
+        return LinearView(weight.T[:, :, None].astype(np.float64), lambda w: w[:, :, 0].T,
+                          bias=bias)
+
     def rewrite(self, node, ctx):
         kept = _kept_heads(node, ctx)
         note = ctx.note_of(node)
@@ -265,6 +295,17 @@ class MultiHeadAttentionRule(Rule):
             if bias is None or bias.shape != (sum(m.labels.size for m in maps),):
                 return "the bias is not a constant [q + k + v]"
         return _head_bias(node, ctx, 5, num_heads)
+
+    def macs(self, node, shape):
+        """Scores of every query against L keys and the weighted sum of values: B·S·L·(q + v)
+        for 3-D query/key/value (L from a 4-D [B, N, L, d] key too)."""
+        q, k, y = shape(node.input(0)), shape(node.input(1)), shape(node.proto.output[0])
+        if not (known(q) and known(k) and known(y)) or len(q) != 3 or len(y) != 3:
+            return None
+        keys = {3: 1, 4: 2}.get(len(k))
+        if keys is None:
+            return None
+        return q[0] * q[1] * k[keys] * (q[2] + y[2])
 
     def rewrite(self, node, ctx):
         node.set_attr("num_heads", _kept_heads(node, ctx))

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from .base import Rule, register
+from .base import InputRule, register
 from .hidden import mask_layer_norm
 
 
 @register("BatchNormalization", "InstanceNormalization")
-class PerChannelNormRule(Rule):
+class PerChannelNormRule(InputRule):
     """Statistics are per channel, so channels pass through; slice scale, bias, mean, var."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    scale_input = 1
+
+    def follow(self, node, ctx, x):
         if x.axes != (1,):
             return ctx.barrier(node, "channels are not tracked on axis 1")
         for i in range(1, len(node.proto.input)):
@@ -28,16 +27,15 @@ class PerChannelNormRule(Rule):
 
 
 @register("GroupNormalization")
-class GroupNormRule(Rule):
+class GroupNormRule(InputRule):
     """Statistics are shared within a group, so only whole groups can go: ``num_groups`` shrinks.
 
     Scale and bias are per group up to opset 18 and per channel from opset 21.
     """
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    scale_input = 1
+
+    def follow(self, node, ctx, x):
         groups = int(node.attr("num_groups"))
         channels = x.labels.size
         if x.axes != (1,) or channels % groups:
@@ -59,7 +57,7 @@ class GroupNormRule(Rule):
 
 
 @register("LayerNormalization")
-class LayerNormRule(Rule):
+class LayerNormRule(InputRule):
     """Normalizes over axes [axis, rank). Channels before ``axis`` pass through untouched.
 
     Channels on the normalized axis itself (a transformer's hidden size, normalized over the
@@ -67,10 +65,9 @@ class LayerNormRule(Rule):
     then averages over the kept channels (a different function, so the kind is opt-in).
     """
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    scale_input = 1
+
+    def follow(self, node, ctx, x):
         axis = int(node.attr("axis", -1))
         axis = axis + x.rank if axis < 0 else axis
         if not any(a >= axis for a in x.axes):

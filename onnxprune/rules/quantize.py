@@ -12,15 +12,12 @@ barriers.
 
 from __future__ import annotations
 
-from .base import Rule, normalize_axis, register
+from .base import InputRule, normalize_axis, register
 
 
 @register("QuantizeLinear", "DequantizeLinear")
-class QuantizeRule(Rule):
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+class QuantizeRule(InputRule):
+    def follow(self, node, ctx, x):
         if node.attr("block_size", 0):
             return ctx.barrier(node, "blocked quantization")
         pair = [(i, ctx.const(node.input(i))) for i in (1, 2) if node.input(i)]

@@ -23,7 +23,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ..graph import ChannelMap
-from .base import Rule, register
+from .base import Rule, elements, known, register
 
 # ops that keep a tensor of zeros all zeros (an initial state seen through them is still zero)
 ZERO_PRESERVING = {"Slice", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Expand", "Cast",
@@ -65,6 +65,14 @@ class RecurrentRule(Rule):
         for name in outputs[1:3]:       # Y_h, Y_c: [directions, batch, units] in either layout
             ctx.set_map(name, ChannelMap(3, (2,), units.labels))
         ctx.note(node, units=units.labels, zeros=zeros)
+
+    def macs(self, node, shape):
+        """Every step, for every sequence in the batch, each direction multiplies its input by
+        W and its previous hidden state by R: steps × batch × (|W| + |R|) in either layout."""
+        x, w, r = (shape(node.input(k)) for k in range(3))
+        if not (known(x) and known(w) and known(r)):
+            return None
+        return elements(x[:2]) * (elements(w) + elements(r))
 
     def rewrite(self, node, ctx):
         note = ctx.note_of(node)

@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 from ..graph import ChannelMap
-from .base import Rule, normalize_axis, register
+from .base import InputRule, normalize_axis, register
 from .shape_values import channel_dim, locate_entry, require_proportional, write_kept_counts
 
 
@@ -205,7 +205,7 @@ def _carry(ctx, node, x, in_shape, out_shape):
 
 
 @register("Reshape")
-class ReshapeRule(Rule):
+class ReshapeRule(InputRule):
     """Every entry of the target is accounted for: constants at channel axes are rewritten,
     run-time entries that read channel counts must stay proportional (``shape_values``).
     Heads merged with a dynamic batch (``[S, B, E] → [S, B·H, d]`` and back) are followed as
@@ -213,10 +213,7 @@ class ReshapeRule(Rule):
 
     follows_tiled = True
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         in_shape = ctx.shape(node.input(0))
         out_shape = _resolve_target(ctx, node, in_shape, ctx.shape(node.proto.output[0]))
         y = _carry(ctx, node, x, in_shape, out_shape)
@@ -290,13 +287,10 @@ def _resolve_target(ctx, node, in_shape, inferred):
 
 
 @register("Flatten")
-class FlattenRule(Rule):
+class FlattenRule(InputRule):
     """Flatten is a Reshape to 2-D: the leading dims become one opaque dim."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         in_shape = ctx.shape(node.input(0))
         if in_shape is None:
             return ctx.barrier(node, "input shape unknown")
@@ -312,13 +306,10 @@ class FlattenRule(Rule):
 
 
 @register("Transpose")
-class TransposeRule(Rule):
+class TransposeRule(InputRule):
     follows_tiled = True
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         perm = list(node.attr("perm", list(range(x.rank))[::-1]))
         new_pos = {old: new for new, old in enumerate(perm)}
         order = sorted(range(len(x.axes)), key=lambda k: new_pos[x.axes[k]])
@@ -338,11 +329,8 @@ def _axes_operand(node, ctx):
 
 
 @register("Squeeze")
-class SqueezeRule(Rule):
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+class SqueezeRule(InputRule):
+    def follow(self, node, ctx, x):
         axes = _axes_operand(node, ctx)
         if axes is None:
             shape = ctx.shape(node.input(0))
@@ -358,11 +346,8 @@ class SqueezeRule(Rule):
 
 
 @register("Unsqueeze")
-class UnsqueezeRule(Rule):
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+class UnsqueezeRule(InputRule):
+    def follow(self, node, ctx, x):
         axes = _axes_operand(node, ctx)
         if axes is None:
             return ctx.barrier(node, "unsqueezed axes unknown")

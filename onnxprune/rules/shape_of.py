@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Rule, normalize_axis, register
+from .base import InputRule, normalize_axis, register
 from .shape_values import SHAPE_ARITHMETIC
 
 # Readers that account for every entry of the shape they take (see shape_values).
@@ -14,16 +14,13 @@ VALUE_PRESERVING = {("Reshape", 0)}
 
 
 @register("Shape")
-class ShapeRule(Rule):
+class ShapeRule(InputRule):
     """After pruning, Shape reports the new channel count. That is only safe where the count
     reaches nothing but shape arithmetic ending in a Reshape target, Resize sizes or Slice bounds
     whose rule checked the entry against the channels (``shape_values``); otherwise it is a
     barrier."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         start = normalize_axis(int(node.attr("start", 0)), x.rank)
         end = node.attr("end")
         end = x.rank if end is None else min(normalize_axis(int(end), x.rank), x.rank)

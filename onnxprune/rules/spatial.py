@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from onnx import helper
 
-from .base import Rule, normalize_axis, register
+from .base import InputRule, normalize_axis, register
 from .hidden import MASKABLE_REDUCTIONS, mask_reduction
 from .shape_values import channel_dim, locate_entry, require_proportional
 
@@ -19,11 +19,8 @@ def _pass(node, ctx, x):
 
 @register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
           "GlobalLpPool")
-class PoolRule(Rule):
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+class PoolRule(InputRule):
+    def follow(self, node, ctx, x):
         if x.axes != (1,):
             return ctx.barrier(node, "channels are not on axis 1")
         if len(node.proto.output) > 1 and node.proto.output[1]:
@@ -32,14 +29,11 @@ class PoolRule(Rule):
 
 
 @register("Resize", "Upsample")
-class ResizeRule(Rule):
+class ResizeRule(InputRule):
     """Scales must be 1 on the channel axes; constant output sizes are rewritten, run-time
     sizes built from Shape must stay proportional to the channels (``shape_values``)."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         axes = node.attr("axes")
         axes = list(range(x.rank)) if axes is None else [normalize_axis(a, x.rank) for a in axes]
         scales_at = 1 if (node.op == "Upsample" or ctx.graph.opset < 11) else 2
@@ -78,11 +72,8 @@ class ResizeRule(Rule):
 
 
 @register("Pad")
-class PadRule(Rule):
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+class PadRule(InputRule):
+    def follow(self, node, ctx, x):
         pads = node.attr("pads") if ctx.graph.opset < 11 else ctx.const(node.input(1))
         if pads is None:
             return ctx.barrier(node, "pads are not constant")
@@ -101,7 +92,7 @@ class PadRule(Rule):
 
 @register("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
-class ReduceRule(Rule):
+class ReduceRule(InputRule):
     """Reducing over spatial axes keeps the channels.
 
     A sum-like reduction over exactly the tracked axis (RMSNorm's mean of squares over the
@@ -109,10 +100,7 @@ class ReduceRule(Rule):
     reduction then runs over the kept ones. Any other reduction over them is a barrier.
     """
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         if node.input(1):
             value = ctx.const(node.input(1))
             if value is None:
@@ -145,13 +133,10 @@ class ReduceRule(Rule):
 
 
 @register("Softmax", "LogSoftmax", "Hardmax")
-class SoftmaxRule(Rule):
+class SoftmaxRule(InputRule):
     """Normalizes along one axis (or, before opset 13, every axis from ``axis`` on)."""
 
-    def propagate(self, node, ctx):
-        x = ctx.map(node.input(0))
-        if x is None:
-            return
+    def follow(self, node, ctx, x):
         if ctx.graph.opset >= 13:
             axis = normalize_axis(int(node.attr("axis", -1)), x.rank)
             mixed = axis in x.axes

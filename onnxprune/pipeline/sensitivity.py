@@ -7,6 +7,7 @@ outputs on the calibration batches are compared with the dense outputs:
 distortion = ‖y_masked − y‖² / ‖y‖², summed over outputs (LD-Pruner's task-agnostic output
 distortion, at group level). Also reported: the dead-channel rate (share of exact zeros) of
 every tensor a linear layer reads, the signal that a ReLU network has channels to spare.
+Adaptive allocation reads the same measurement to prune less where it hurts more.
 """
 
 from __future__ import annotations
@@ -14,45 +15,49 @@ from __future__ import annotations
 import numpy as np
 
 from ..compensation import compensate
+from ..importance import ScoringContext, consumed_inputs, score
+from ..progress import task
 from ..rewrite import apply_plan
-from ..verify.checks import session
-from .base import ScoringContext, score
+from ..runtime import batch_outputs, output_distortion
 
 
 def group_sensitivity(a, stats, batches, ratios, strategy, progress=None,
-                      compensated: bool = True) -> list[dict]:
+                      compensated: bool = True, seed: int = 0) -> list[dict]:
     """One entry per prunable group: its kind, size, first source, and the distortion at each
     ratio (lowest-scoring components masked first; re-fitted by the strategy's compensation
     unless ``compensated`` is False)."""
     scores = score(strategy.criterion, ScoringContext(a.analysis, a.roots, a.groups,
-                                                      strategy.reduction, strategy.seed, stats))
+                                                      strategy.reduction, seed, stats))
     dense = batch_outputs(a.model, batches)
     groups = [g for g in a.groups if g.prunable and g.size > 1]
     out = []
-    for k, group in enumerate(groups):
-        order = group.components[np.argsort(scores[group.components], kind="stable")]
-        row = {"group": group.id, "kind": group.kind, "channels": group.size * group.width,
-               "source": group.sources[0] if group.sources else "", "distortion": {}}
-        for ratio in ratios:
-            count = min(int(round(group.size * ratio)), group.size - 1)
-            removed = np.isin(a.roots, order[:count])
-            base = a.model
-            if compensated and strategy.compensation != "none":   # what prune leaves behind
-                base = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
-                                  strategy.damping)[0]
-            masked = apply_plan(base, a.analysis, removed, "mask")
-            row["distortion"][ratio] = output_distortion(
-                batch_outputs(masked, batches), dense, getattr(stats, "batch_weights", None))
-        out.append(row)
-        if progress:
-            progress(k + 1, len(groups))
+    with task(progress, "measuring each group's distortion", len(groups)) as step:
+        for group in groups:
+            out.append(_group_row(a, group, scores, stats, batches, ratios, strategy,
+                                  compensated, dense))
+            step()
     return out
+
+
+def _group_row(a, group, scores, stats, batches, ratios, strategy, compensated, dense) -> dict:
+    order = group.components[np.argsort(scores[group.components], kind="stable")]
+    row = {"group": group.id, "kind": group.kind, "channels": group.size * group.width,
+           "source": group.sources[0] if group.sources else "", "distortion": {}}
+    for ratio in ratios:
+        count = min(int(round(group.size * ratio)), group.size - 1)
+        removed = np.isin(a.roots, order[:count])
+        base = a.model
+        if compensated and strategy.compensation != "none":   # what prune leaves behind
+            base = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
+                              strategy.damping)[0]
+        masked = apply_plan(base, a.analysis, removed, "mask")
+        row["distortion"][ratio] = output_distortion(
+            batch_outputs(masked, batches), dense, getattr(stats, "batch_weights", None))
+    return row
 
 
 def dead_channels(a, stats) -> list[dict]:
     """Share of exact zeros per channel where linear layers read them, per tensor."""
-    from .activation import consumed_inputs
-
     rows = []
     for name in consumed_inputs(a.analysis):
         moments = stats.get(name)
@@ -65,31 +70,12 @@ def dead_channels(a, stats) -> list[dict]:
     return rows
 
 
-def batch_outputs(model, batches) -> list[dict]:
-    sess = session(model)
-    names = [o.name for o in sess.get_outputs()]
-    return [dict(zip(names, sess.run(names, feeds))) for feeds in batches]
-
-
-def output_distortion(got, want, weights=None) -> float:
-    """Σ‖y_masked − y‖² / Σ‖y‖² over batches (each weighted by its calibration set's share
-    when several sets were fused)."""
-    num = den = 0.0
-    for k, (g, w) in enumerate(zip(got, want)):
-        share = weights[k] if weights else 1.0
-        for name in w:
-            if not np.issubdtype(w[name].dtype, np.floating):
-                continue
-            num += share * float(np.sum(np.square(g[name].astype(np.float64) - w[name])))
-            den += share * float(np.sum(np.square(w[name].astype(np.float64))))
-    return num / den if den > 0 else num
-
-
 ADAPTIVE_PROBE = 0.5      # share of each group masked to measure its sensitivity
 ADAPTIVE_POWER = 0.5      # how strongly ratios follow sensitivity (0: uniform)
 
 
-def adaptive_weights(a, stats, batches, strategy) -> dict[int, float]:
+def adaptive_weights(a, stats, batches, strategy, progress=None,
+                     seed: int = 0) -> dict[int, float]:
     """Per-group ratio multipliers, Adapt-Pruner style: prune less where masking hurts the
     outputs more. w_g = (geometric mean of the distortions / d_g)^ADAPTIVE_POWER, measured at
     ADAPTIVE_PROBE; a group with no measurable effect gets the largest multiplier seen.
@@ -98,7 +84,8 @@ def adaptive_weights(a, stats, batches, strategy) -> dict[int, float]:
     well alone looks free and is over-pruned, and the errors compound when every group is
     pruned at once (digits CNN with obs at 25% of the MACs: 0.450 against 0.881 accuracy;
     benchmarks/RESULTS.md)."""
-    rows = group_sensitivity(a, stats, batches, [ADAPTIVE_PROBE], strategy, compensated=False)
+    rows = group_sensitivity(a, stats, batches, [ADAPTIVE_PROBE], strategy, progress,
+                             compensated=False, seed=seed)
     d = {r["group"]: max(r["distortion"][ADAPTIVE_PROBE], 1e-9) for r in rows}
     if not d:
         return {}

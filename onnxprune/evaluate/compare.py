@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..calibration.data import _fixed_batch, load_calibration
+from ..calibration import fixed_batch, load_calibration
 from ..errors import UserError, one_line
 from ..io import load_model
-from .checks import session, user_inputs
-from .cost import count_cost
+from ..runtime import count_cost, session, user_inputs
 
 LABELS_KEY = "labels"   # an array of this name inside the --data .npz holds the labels
 
@@ -82,6 +81,8 @@ def _reference(a: onnx.ModelProto, name: str, data, labels, input_shapes, prepro
     label_values, label_source = _labels(labels, data, a)
     if label_values is not None and data in ("random", "synthetic") and samples is None:
         samples = len(label_values)
+    elif label_values is not None and samples is not None:
+        label_values = label_values[:samples]      # the first samples of the data, in order
     batches = load_calibration(data, a, input_shapes, samples=samples, preprocess=preprocess)
     sizes = [len(next(iter(feeds.values()))) for feeds in batches]
     return Reference(a, name, str(data), input_shapes, batches, sizes,
@@ -252,7 +253,7 @@ def _as_ids(value: np.ndarray, where: str) -> np.ndarray:
 def _fit_labels(labels: np.ndarray, count: int, model) -> np.ndarray:
     """One label per sample that was run. A model with a fixed batch runs only whole batches,
     so the labels of the samples left over are dropped too."""
-    fixed = _fixed_batch(model, user_inputs(model))
+    fixed = fixed_batch(model, user_inputs(model))
     if len(labels) == count or (fixed and len(labels) - len(labels) % fixed == count):
         return labels[:count]
     raise UserError(f"there are {len(labels)} labels for {count} samples")

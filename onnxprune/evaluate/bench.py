@@ -32,9 +32,9 @@ from ..errors import UserError, one_line
 from ..io import load_model
 from ..io.external import external_bytes
 from ..io.weights import WeightStore, configure_session, inline_weights
-from .checks import input_shapes, make_inputs
-from .cost import count_cost
-from .latency import MAX_RUNS, MIN_RUNS, Timing, latency_session, timed_calls
+from ..progress import task
+from ..runtime import count_cost, input_shapes, make_inputs
+from ..runtime.timing import MAX_RUNS, MIN_RUNS, Timing, latency_session, timed_calls
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -91,17 +91,6 @@ class BenchOptions:
                 "cudnn_conv_algo_search": self.algo_search.upper(),
                 "use_tf32": "1" if self.tf32 else "0",
                 "prefer_nhwc": "1" if self.nhwc else "0"}
-
-
-def parse_batches(text: str) -> tuple[int, ...]:
-    """``1,8,32`` → (1, 8, 32); a one-line error for anything else or a size below 1."""
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UserError(f"--batch expects sizes like 1,8,32, got {text!r}") from None
-    if min(sizes) < 1:
-        raise UserError(f"--batch sizes must be at least 1, got {text!r}")
-    return tuple(dict.fromkeys(sizes))
 
 
 # --- the CUDA provider: is it really there? -------------------------------------------------
@@ -348,21 +337,20 @@ def interleaved(calls: Sequence[Callable[[], None]], runs: Sequence[int],
 # --- the benchmark --------------------------------------------------------------------------
 
 def benchmark(models: Sequence, batches: Sequence[int] = (1,), options: BenchOptions | None = None,
-              input_shapes=None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+              input_shapes=None, progress=None) -> dict:
     """Time every model at every batch size and compare each with the first model.
 
     ``models``: paths or ModelProtos. ``input_shapes``: NAME → dims for dynamic dims (axis 0 is
-    replaced by each batch size). ``progress(done, total, label)`` says what runs next
-    (``done`` of ``total`` model-and-batch measurements finished; ``done == total`` at the end).
-    Returns a JSON-ready dict: ``machine``, ``settings``, ``models`` and ``rows`` (one per batch
+    replaced by each batch size). ``progress``: see :mod:`onnxprune.progress` (one part per
+    model warmed up and per batch timed). Returns a JSON-ready dict: ``machine``, ``settings``, ``models`` and ``rows`` (one per batch
     and model, with the raw times in ``samples_s``)."""
     options = options or BenchOptions()
     options.check()
     if not models:
         raise UserError("give at least one model to time")
-    batches = tuple(batches)
+    batches = tuple(dict.fromkeys(batches))
     if not batches or min(batches) < 1:
-        raise UserError("batch sizes must be at least 1")
+        raise UserError(f"batch sizes must be at least 1, got {','.join(map(str, batches))}")
     if options.provider == "cuda":
         reason = cuda_unavailable_reason()
         if reason:
@@ -370,12 +358,10 @@ def benchmark(models: Sequence, batches: Sequence[int] = (1,), options: BenchOpt
     loaded = [_load(m, i, options.fp16) for i, m in enumerate(models)]
     _check_overrides(loaded, input_shapes)
     sessions = [_session(m, options) for m in loaded]
-    rows, total = [], len(loaded) * len(batches)
-    for batch in batches:
-        rows += _measure_batch(loaded, sessions, batch, options, input_shapes,
-                               lambda label: progress and progress(len(rows), total, label))
-    if progress:
-        progress(total, total, "")
+    rows = []
+    with task(progress, "warming up and timing", len(batches) * (len(loaded) + 1)) as step:
+        for batch in batches:
+            rows += _measure_batch(loaded, sessions, batch, options, input_shapes, step)
     compare_with_first(rows)
     return {"machine": machine_info(options, sessions[0]),
             "settings": _settings(options, batches),
@@ -391,17 +377,17 @@ def _check_overrides(loaded: list[_Model], overrides) -> None:
 
 
 def _measure_batch(loaded: list[_Model], sessions, batch: int, options: BenchOptions, overrides,
-                   say: Callable[[str], None]) -> list[dict]:
+                   step: Callable[..., None]) -> list[dict]:
     """Warm up every model at ``batch``, then time them in interleaved rounds."""
     prepared = []
     for m, sess in zip(loaded, sessions):
-        say(f"warming up {m.label} at batch {batch}")
         shapes = batch_shapes(m.proto, batch, model_overrides(m.proto, overrides), m.label)
         call = _runner(sess, make_inputs(m.proto, shapes, seed=0), options)
         runs = _runs_for(_warm_up(call, m, batch, shapes, options), options)
         prepared.append((m, shapes, call, runs))
-    say(f"timing {len(loaded)} model(s) at batch {batch}")
+        step()
     samples = interleaved([p[2] for p in prepared], [p[3] for p in prepared])
+    step()
     return [_row(m, batch, shapes, times, options)
             for (m, shapes, _, _), times in zip(prepared, samples)]
 

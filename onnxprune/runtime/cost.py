@@ -7,8 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..graph import ModelGraph
+from ..graph.model_graph import NodeRef, skeleton
 from ..io.normalize import all_graphs, subgraphs
-from .checks import input_shapes
+from ..rules import counts_macs, rule_for
+from .feeds import input_shapes, make_inputs
+from .run import run_model
 
 
 @dataclass
@@ -36,8 +40,6 @@ def count_params(model: onnx.ModelProto) -> int:
                 if t.data_type in _FLOATS or t.name in quantized)
     filled = [n for n in model.graph.node if n.op_type == "ConstantOfShape"]
     if filled:
-        from ..graph import ModelGraph
-
         graph = ModelGraph(model, infer_shapes=False)
         for n in filled:
             value = graph.const(n.output[0])
@@ -47,7 +49,7 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> int | None:
-    """MACs of Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU and RNN at the given (or default)
+    """MACs of every op whose rule counts them (see ``Rule.macs``) at the given (or default)
     input shapes."""
     per_node = node_macs(model, shapes)
     if per_node is None or any(m is None for m in per_node):
@@ -56,12 +58,18 @@ def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None
 
 
 def node_macs(model: onnx.ModelProto, shapes=None) -> list[int | None] | None:
-    """MACs of every node (0 for ops that are not Conv/Gemm/MatMul/recurrent), in graph
-    order. An If, Loop or Scan whose bodies hold such ops is unknown (None): how often a body
-    runs is decided at run time, and a count without it would flatter the pruning."""
+    """MACs of every node (0 for ops whose rule counts none), in graph order. An If, Loop or
+    Scan whose bodies hold counted ops is unknown (None): how often a body runs is decided at
+    run time, and a count without it would flatter the pruning."""
+    return macs_and_shapes(model, shapes)[0]
+
+
+def macs_and_shapes(model: onnx.ModelProto, shapes=None):
+    """(``node_macs``, the value shapes they were counted at), or (None, None) when shape
+    inference fails."""
     shape = value_shapes(model, shapes)
     if shape is None:
-        return None
+        return None, None
     nodes = model.graph.node
     inside = [_computes_inside(node) for node in nodes]
     macs = [None if inner else _node_macs(node, shape) for node, inner in zip(nodes, inside)]
@@ -71,13 +79,12 @@ def node_macs(model: onnx.ModelProto, shapes=None) -> list[int | None] | None:
         measure_node_shapes(model, shape, missing, shapes)
         macs = [m if m is not None or inner else _node_macs(node, shape)
                 for node, m, inner in zip(nodes, macs, inside)]
-    return macs
+    return macs, shape
 
 
 def _computes_inside(node: onnx.NodeProto) -> bool:
     """Does a branch or body of ``node`` hold an op whose MACs are counted?"""
-    counted = {"Conv", "ConvTranspose", "Gemm", "MatMul", *RECURRENT}
-    return any(n.op_type in counted for sub in subgraphs(node) for g in all_graphs(sub)
+    return any(counts_macs(n) for sub in subgraphs(node) for g in all_graphs(sub)
                for n in g.node)
 
 
@@ -85,8 +92,6 @@ def value_shapes(model: onnx.ModelProto, shapes=None) -> dict[str, list[int | No
     """Shapes of the graph's values (inputs, intermediates, outputs, initializers) at concrete
     input sizes, from shape inference on a weightless skeleton; None marks an unknown dim. None
     when inference fails. Shared by the MAC count and the per-layer latency table."""
-    from ..graph.model_graph import skeleton
-
     fixed = skeleton(model)
     concrete = input_shapes(model, shapes)
     initializers = {t.name for t in model.graph.initializer}
@@ -111,19 +116,16 @@ def value_shapes(model: onnx.ModelProto, shapes=None) -> dict[str, list[int | No
 
 
 def measure_node_shapes(model: onnx.ModelProto, shape: dict, node_indices, shapes=None) -> None:
-    """Fill ``shape`` in place with the shapes of the given nodes' first two inputs (both
-    operands of an attention MatMul are activations) and first output, measured by one ONNX
-    Runtime run (for what inference could not resolve)."""
+    """Fill ``shape`` in place with the shapes of the given nodes' inputs and first output,
+    measured by one ONNX Runtime run (for what inference could not resolve)."""
     nodes = model.graph.node
     names = [name for i in node_indices
-             for name in list(nodes[i].input[:2]) + list(nodes[i].output[:1]) if name]
+             for name in list(nodes[i].input) + list(nodes[i].output[:1]) if name]
     shape.update(_shapes_by_running(model, input_shapes(model, shapes), names))
 
 
 def _shapes_by_running(model: onnx.ModelProto, concrete, names) -> dict[str, list[int]]:
     """Run the model once on ONNX Runtime with ``names`` exposed as extra outputs."""
-    from .checks import make_inputs, run_model
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     declared = {o.name for o in probe.graph.output}
@@ -137,48 +139,14 @@ def _shapes_by_running(model: onnx.ModelProto, concrete, names) -> dict[str, lis
     return {k: list(v.shape) for k, v in outputs.items()}
 
 
-def _node_macs(node, shape) -> int | None:
-    try:
-        return _node_macs_or_raise(node, shape)
-    except (IndexError, TypeError):  # shapes of an unexpected rank: unknown, not a crash
-        return None
-
-
-def _node_macs_or_raise(node, shape) -> int | None:
-    op = node.op_type
-    if op in RECURRENT:
-        return _recurrent_macs(node, shape)
-    if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+def _node_macs(node: onnx.NodeProto, shape: dict) -> int | None:
+    rule = rule_for(node)
+    if rule is None:
         return 0
-    ins = [shape.get(n) for n in node.input[:2]]
-    out = shape.get(node.output[0])
-    if out is None or any(s is None for s in ins) or None in out or any(None in s for s in ins):
+    try:
+        return rule.macs(NodeRef(-1, node), shape.get)
+    except (IndexError, TypeError, ValueError):  # shapes of an unexpected rank: unknown
         return None
-    if op == "Conv":
-        w = ins[1]
-        return int(np.prod(out, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
-    if op == "ConvTranspose":
-        w = ins[1]
-        return int(np.prod(ins[0], dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
-    if op == "Gemm":
-        trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-        k = ins[0][0] if trans_a else ins[0][1]
-        return int(np.prod(out, dtype=np.int64) * k)
-    k = ins[0][-1] if len(ins[0]) > 1 else ins[0][0]
-    return int(np.prod(out, dtype=np.int64) * k)
-
-
-RECURRENT = ("LSTM", "GRU", "RNN")
-
-
-def _recurrent_macs(node, shape) -> int | None:
-    """Every step, for every sequence in the batch, each direction multiplies its input by W
-    and its previous hidden state by R: steps × batch × (|W| + |R|) in either layout."""
-    x, w, r = (shape.get(n) for n in node.input[:3])
-    if any(s is None or None in s for s in (x, w, r)):
-        return None
-    return int(np.prod(x[:2], dtype=np.int64) * (np.prod(w, dtype=np.int64) +
-                                                  np.prod(r, dtype=np.int64)))
 
 
 def count_cost(model: onnx.ModelProto, shapes=None) -> Cost:

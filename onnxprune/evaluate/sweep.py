@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -23,6 +23,8 @@ import onnx
 from ..errors import UserError, VerificationError
 from ..io import check_writable, load_model, save_model, write_atomically
 from ..io.weights import discard_written
+from ..pipeline import PruneOptions, analyze_model, prune, score_model
+from ..progress import task
 from .bench import BenchOptions, batch_shapes, benchmark, model_overrides
 from .compare import compare_with_reference, reference_run
 
@@ -31,8 +33,6 @@ CSV_COLUMNS = ("ratio", "params", "macs", "params_kept", "macs_kept", "latency_m
                "latency_p90_ms", "latency_min_ms", "speedup", "mac_ratio", "cosine_mean",
                "cosine_min", "max_abs_error", "top1_agreement", "accuracy", "error")
 NOT_SWEPT = ("ratio", "target_macs", "target_params", "target_latency", "steps", "verify")
-
-Progress = Callable[[int, int, str], None]
 
 
 # --- ratios ---------------------------------------------------------------------------------
@@ -102,63 +102,67 @@ def _check_out_dir(out_dir) -> None:
 
 # --- the sweep ------------------------------------------------------------------------------
 
-def sweep(model, ratios: Sequence[float], batch: int = 1, bench: BenchOptions | None = None,
-          data: str = "random", labels=None, preprocess: str | None = None, input_shapes=None,
-          out_dir=None, progress: Progress | None = None, **prune_options) -> dict:
-    """Prune ``model`` at every ratio, time all of them against the dense model at ``batch``
-    and compare each with it on ``data`` (as ``compare`` reads it, with ``labels``).
+def sweep(model, ratios: Sequence[float], options: PruneOptions | None = None, batch: int = 1,
+          bench: BenchOptions | None = None, data: str = "random", labels=None,
+          preprocess: str | None = None, out_dir=None, progress=None) -> dict:
+    """Prune ``model`` at every ratio with ``options`` (everything but the ratio: strategy,
+    calibration, round_to, heads, mlp, exclude, input shapes, seed, ...), time all of them
+    against the dense model at ``batch`` and compare each with it on ``data`` (as ``compare``
+    reads it, with ``labels``).
 
-    The dense model is always the first row (ratio 0). ``prune_options`` go to
-    :func:`onnxprune.prune` (``strategy``, ``calib``, ``round_to``, ``heads``, ``mlp``,
-    ``exclude``, ...). With ``out_dir`` each pruned model is saved there as
-    ``STEM.rRATIO.onnx``. ``progress(done, total, label)`` says what runs next. Returns a
-    JSON-ready dict: ``rows`` (one per ratio, ``CSV_COLUMNS`` and more), ``machine``,
+    The dense model is always the first row (ratio 0). With ``out_dir`` each pruned model is
+    saved there as ``STEM.rRATIO.onnx``. ``progress``: see :mod:`onnxprune.progress`. Returns
+    a JSON-ready dict: ``rows`` (one per ratio, ``CSV_COLUMNS`` and more), ``machine``,
     ``settings``, ``fidelity``."""
-    from .. import api  # api imports this package: import it at call time
-
     ratios, bench = _ratios_with_dense(ratios), bench or BenchOptions()
-    exclude = tuple(prune_options.pop("exclude", ()))
-    _check_inputs(prune_options, bench, batch, out_dir, api)
+    options = options or PruneOptions()
+    _check_inputs(options, bench, batch, out_dir)
+    shapes = options.input_shapes
     dense = load_model(model)
-    batch_shapes(dense, batch, model_overrides(dense, input_shapes), _label(model))
-    say = _counter(progress, len(ratios))
-    say("reading the comparison data and running the dense model")
-    reference = reference_run(model if _is_path(model) else dense, data, labels, input_shapes,
-                              preprocess)     # a path: errors name the file
+    batch_shapes(dense, batch, model_overrides(dense, shapes), _label(model))
+    with task(progress, "reading the comparison data and running the dense model"):
+        reference = reference_run(model if _is_path(model) else dense, data, labels, shapes,
+                                  preprocess)     # a path: errors name the file
     fidelity = {0.0: compare_with_reference(reference, dense)}
-    analyzed = api.analyze_model(dense, exclude)
-    say("capturing calibration statistics and scoring the groups (once for every ratio)")
-    scoring = api.score_model(analyzed, prune_options.get("strategy"),
-                              prune_options.get("calib"), input_shapes)
+    analyzed = analyze_model(dense, options.exclude)
+    scoring = score_model(analyzed, options.strategy, options.calib, shapes, options.seed,
+                          progress)   # once for every ratio
     rows = [_empty_row(0.0, str(model) if _is_path(model) else None)]
     timed = [model if _is_path(model) else dense]   # a path: its file size, external data too
-    for ratio in ratios[1:]:
-        say(f"ratio {ratio:g}: pruning and comparing", step=True)
-        row = _empty_row(ratio)
-        rows.append(row)
-        try:
-            pruned, report = api.prune(analyzed, ratio=ratio, input_shapes=input_shapes,
-                                       scoring=scoring, **prune_options)
-            fidelity[ratio] = compare_with_reference(reference, pruned)
-            row["max_rel_error"] = report["check"]["max_rel_error"]
-            if out_dir is not None:
-                row["path"] = str(_save(pruned, out_dir, model, ratio))
-                discard_written(pruned, keep=[analyzed.model])  # timed from its file now
-        except (UserError, VerificationError) as exc:
-            row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            continue
-        timed.append(row["path"] or pruned)
-    say(f"timing {len(timed)} models at batch {batch}", step=True)
-    times = benchmark(timed, (batch,), bench, input_shapes,
-                      progress=progress and (lambda d, t, label: say(
-                          f"timing: {label or 'done'} ({d}/{t} measured)")))
+    with task(progress, "pruning and comparing each ratio", len(ratios) - 1) as step:
+        for ratio in ratios[1:]:
+            row = _empty_row(ratio)
+            rows.append(row)
+            pruned = _pruned_row(analyzed, options.replace(ratio=ratio), scoring, reference,
+                                 fidelity, row, out_dir, model)
+            if pruned is not None:
+                timed.append(row["path"] or pruned)
+            step()
+    times = benchmark(timed, (batch,), bench, shapes, progress=progress)
     _merge(rows, times["rows"], fidelity)
     settings = {**times["settings"], "batch": batch, "ratios": list(ratios),
-                "prune": _describe(prune_options, exclude, api.DEFAULT_ROUND_TO)}
+                "prune": _describe(options)}
     return {"model": _label(model), "settings": settings, "machine": times["machine"],
             "fidelity": {"data": reference.data, "samples": reference.samples,
                          "labels": reference.label_source},
             "rows": rows}
+
+
+def _pruned_row(analyzed, options: PruneOptions, scoring, reference, fidelity: dict, row: dict,
+                out_dir, model):
+    """Prune at one ratio and fill its row; the pruned model (None when the ratio failed: the
+    row then holds the error)."""
+    try:
+        pruned, report = prune(analyzed, options, scoring=scoring)
+        fidelity[options.ratio] = compare_with_reference(reference, pruned)
+        row["max_rel_error"] = report["check"]["max_rel_error"]
+        if out_dir is not None:
+            row["path"] = str(_save(pruned, out_dir, model, options.ratio))
+            discard_written(pruned, keep=[analyzed.model])  # timed from its file now
+    except (UserError, VerificationError) as exc:
+        row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None
+    return pruned
 
 
 def _ratios_with_dense(ratios: Sequence[float]) -> list[float]:
@@ -172,35 +176,17 @@ def _ratios_with_dense(ratios: Sequence[float]) -> list[float]:
     return values
 
 
-def _check_inputs(prune_options: dict, bench: BenchOptions, batch: int, out_dir, api) -> None:
+def _check_inputs(options: PruneOptions, bench: BenchOptions, batch: int, out_dir) -> None:
     """Everything that would fail at every ratio fails once, before any pruning."""
-    fixed = sorted(set(prune_options) & set(NOT_SWEPT))
+    fixed = sorted(name for name in options.given() if name in NOT_SWEPT)
     if fixed:
-        raise UserError(f"a sweep sets {', '.join(fixed)} itself; do not pass it")
+        raise UserError(f"a sweep sets the ratio itself and prunes in one verified step: it "
+                        f"takes no {', '.join(fixed)}")
     bench.check()
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
-    strategy = prune_options.get("strategy") or api.Strategy()
-    strategy.check(prune_options.get("calib") is not None)
-    for name in ("heads", "mlp", "hidden"):
-        value = prune_options.get(name)
-        if value is not None and not 0.0 <= value < 1.0:
-            raise UserError(f"--{name} must be in [0, 1), got {value}")
-    if prune_options.get("round_to", 1) < 1:
-        raise UserError(f"--round-to must be a positive integer, got {prune_options['round_to']}")
+    options.check()
     _check_out_dir(out_dir)
-
-
-def _counter(progress: Progress | None, ratios: int) -> Callable[..., None]:
-    """``say(label, step=...)``: progress as (steps done, steps in all, label); the steps are
-    the pruned ratios and the timing."""
-    state = {"done": -1}
-
-    def say(label: str, step: bool = False) -> None:
-        state["done"] += step
-        if progress:
-            progress(max(state["done"], 0), ratios, label)
-    return say
 
 
 def _empty_row(ratio: float, path: str | None = None) -> dict:
@@ -252,16 +238,15 @@ def fidelity_summary(report: dict) -> dict:
                         for o in outs]}
 
 
-def _describe(prune_options: dict, exclude, round_to: int) -> dict:
-    strategy = prune_options.get("strategy")
-    calib = prune_options.get("calib")
-    return {"criterion": strategy.criterion if strategy else "l2",
-            "allocation": strategy.allocation if strategy else "uniform",
-            "compensate": strategy.compensation if strategy else "none",
-            "round_to": prune_options.get("round_to", round_to),
-            "heads": prune_options.get("heads"), "mlp": prune_options.get("mlp"),
+def _describe(options: PruneOptions) -> dict:
+    strategy, calib = options.strategy, options.calib
+    return {"criterion": strategy.criterion, "allocation": strategy.allocation,
+            "compensate": strategy.compensation, "round_to": options.round_to,
+            "heads": options.heads, "mlp": options.mlp, "hidden": options.hidden,
             "calib": None if calib is None else [_source(c) for c in _as_list(calib)],
-            "exclude": list(exclude)}
+            "exclude": list(options.exclude), "reduction": strategy.reduction,
+            "normalization": strategy.normalization, "max_ratio": strategy.max_ratio,
+            "rank_by": strategy.rank_by, "damping": strategy.damping, "seed": options.seed}
 
 
 def _as_list(value) -> list:

@@ -1,0 +1,57 @@
+"""The Hessians of OBS: H = E[x xᵀ] over the inputs of each linear layer that reads tracked
+channels, block by block for grouped convs (output group g reads only its own input channels).
+
+Which Gram matrices calibration must capture (``gram_inputs``, ``patch_inputs``), how one is
+read back for a layer (``input_gram``), and how it is damped (``damped``) live here, so that
+the OBS criterion and OBS compensation read them the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..groups import Analysis, Consumer, find_consumers
+
+DAMPING = 0.01              # λ·mean(diag H) added to the diagonal
+MAX_OBS_FEATURES = 8192     # a bigger Gram matrix (flatten → Gemm) costs too much memory
+MAX_PATCH_FEATURES = 2304   # C·kh·kw per group of a k×k conv whose patch Gram is kept (256 × 3×3)
+
+
+def gram_inputs(analysis: Analysis) -> set[str]:
+    """Tensors whose channel Gram matrix OBS needs (inputs of pointwise readers)."""
+    return {c.input_name for c in find_consumers(analysis)
+            if c.view.exact and c.pointwise and c.labels.size <= MAX_OBS_FEATURES}
+
+
+def patch_inputs(analysis: Analysis) -> dict[str, list]:
+    """{tensor: [(conv node, window, groups)]} for the k×k convs whose patch Gram matrices
+    (one per group) OBS needs."""
+    out: dict[str, list] = {}
+    for c in find_consumers(analysis):
+        if (c.view.exact and c.window is not None
+                and c.weight.shape[1] * c.weight.shape[2] <= MAX_PATCH_FEATURES):
+            out.setdefault(c.input_name, []).append((c.node, c.window, c.groups))
+    return out
+
+
+def input_gram(c: Consumer, moments) -> tuple[np.ndarray, int] | None:
+    """(Σ x xᵀ over the layer's input features for each group [groups, f, f], sample count),
+    or None when it was not captured."""
+    if not c.view.exact:
+        return None
+    if c.pointwise and moments.gram is not None:
+        per_group = c.weight.shape[1]
+        blocks = [moments.gram[s, s] for _, s in c.blocks()] if c.groups > 1 else [moments.gram]
+        if any(b.shape != (per_group, per_group) for b in blocks):
+            return None
+        return np.stack(blocks), moments.count
+    if c.window is not None and c.node in moments.patches:
+        return moments.patches[c.node]
+    return None
+
+
+def damped(h: np.ndarray, damping: float = DAMPING, floor: float = 0.0) -> np.ndarray:
+    """H with λ·mean(diag H) (+ ``floor``, which keeps an all-zero H invertible) added to its
+    diagonal, in place (and returned)."""
+    h[np.diag_indices_from(h)] += damping * float(np.mean(np.diag(h))) + floor
+    return h

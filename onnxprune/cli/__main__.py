@@ -1,0 +1,7 @@
+"""``python -m onnxprune.cli``: the ``onnxprune`` command."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

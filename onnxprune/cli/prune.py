@@ -1,0 +1,151 @@
+"""``onnxprune prune`` and ``onnxprune demo``: write a smaller, verified model."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+
+import click
+
+from .. import pipeline
+from ..errors import UserError
+from ..io import check_writable, save_model, write_atomically
+from .console import echo, fmt, kept, progress_for, show, table
+from .params import calib_sources, prune_options_from, pruning_options
+
+SHOWN_GROUPS = 12
+
+
+def default_output_path(path) -> str:
+    root, ext = os.path.splitext(str(path))
+    return f"{root}.pruned{ext or '.onnx'}"
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Where to write the pruned model (default: MODEL.pruned.onnx).")
+@click.option("--in-place", is_flag=True,
+              help="Replace MODEL itself with the pruned model (atomically; never without "
+                   "this flag).")
+@click.option("--report", "report_path", type=click.Path(), default=None,
+              help="Write the plan and results as JSON.")
+@pruning_options()
+def prune(model, output, in_place, report_path, calib, preprocess, **params):
+    """Prune MODEL and write a smaller, verified model."""
+    options, given = prune_options_from(params, calib_sources(calib, preprocess))
+    options.check(given)
+    if in_place and output is not None:
+        raise UserError("give -o or --in-place, not both")
+    run_prune(model, model if in_place else output or default_output_path(model), options,
+              report_path, in_place)
+
+
+@click.command()
+@click.option("-o", "--output", type=click.Path(), default="demo_digits.pruned.onnx",
+              show_default=True)
+@click.option("--ratio", type=float, default=0.5, show_default=True)
+def demo(output, ratio):
+    """Prune the bundled digits CNN (a small trained model) and show what happened."""
+    model = resources.files("onnxprune").joinpath("data/demo_digits.onnx")
+    with resources.as_file(model) as path:
+        echo(f"pruning the bundled demo model {path.name} at ratio {ratio}")
+        run_prune(str(path), output, pipeline.PruneOptions(ratio=ratio))
+
+
+def run_prune(model, output, options: pipeline.PruneOptions, report_path=None,
+              in_place: bool = False) -> None:
+    """Prune, write the report (first: one that cannot be written leaves no model behind),
+    then the model, then say what happened."""
+    same = os.path.exists(output) and os.path.exists(str(model)) and \
+        os.path.samefile(output, str(model))
+    if same and not in_place:
+        raise UserError("the output path is the input file; choose another -o, or give "
+                        "--in-place to replace the input")
+    check_writable(output)
+    if report_path:
+        check_writable(report_path)
+    pruned, report = pipeline.prune(model, options, progress=progress_for())
+    report["output"] = str(output)
+    if report_path:
+        write_atomically(report_path, lambda tmp: _dump_json(report, tmp))
+    save_model(pruned, output)
+    print_summary(report)
+    echo(f"wrote {output}")
+
+
+def _dump_json(data, path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+
+
+def print_summary(report: dict) -> None:
+    groups = report["groups"]
+    pruned = [g for g in groups if g["removed"]]
+    removed = sum(len(g["removed"]) * g["width"] for g in groups)
+    total = sum(g["channels"] for g in groups)
+    echo(f"groups: {len(groups)} found, {sum(g['prunable'] for g in groups)} prunable, "
+         f"{len(pruned)} pruned; channels removed: {removed} of {total}")
+    if pruned:
+        rows = table("group|right", "kind", "channels|right", "kept|right", "created by")
+        for g in pruned[:SHOWN_GROUPS]:
+            rows.add_row(str(g["id"]), g["kind"], str(g["channels"]),
+                         str(len(g["kept"]) * g["width"]),
+                         ", ".join(g["sources"][:2]) + (" ..." if len(g["sources"]) > 2 else ""))
+        show(rows)
+        if len(pruned) > SHOWN_GROUPS:
+            echo(f"  ... {len(pruned) - SHOWN_GROUPS} more (see --report)")
+    for key in ("params", "macs"):
+        c = report[key]
+        echo(f"{key:>6}: {fmt(c['before'])} -> {fmt(c['after'])} ({kept(c['after'], c['before'])} "
+             f"kept; plan said {fmt(c['planned_after'])})")
+    _print_extras(report)
+    check = report.get("check")
+    if check:
+        echo(f" check: onnx.checker(full)={'pass' if check['checker'] else 'FAIL'}, "
+             f"onnxruntime={'runs' if check['runs'] else 'FAIL'}, "
+             f"same IO={'yes' if check['same_io'] else 'NO'}, mask-equivalence max rel "
+             f"error={check['max_rel_error']:.2e} (tolerance {check['tolerance']:.0e}) "
+             f"-> {'OK' if check['ok'] else 'FAIL'}")
+
+
+def _walk_bodies(entries):
+    for entry in entries:
+        yield entry
+        yield from _walk_bodies(entry.get("bodies", []))
+
+
+def _print_extras(report: dict) -> None:
+    """Bodies, barriers, the target, the steps and the hidden-size note, where there are any."""
+    if report.get("bodies"):
+        bodies = list(_walk_bodies(report["bodies"]))
+        inside = sum(b.get("channels_removed", 0) for b in bodies)
+        echo(f"inside control flow: {sum(b['pruned'] for b in bodies)} of {len(bodies)} "
+             f"branches/bodies pruned on their own, {inside} channels removed")
+    if report["barriers"]:
+        first = report["barriers"][0]
+        echo(f"barriers: {len(report['barriers'])} ops left alone (first: {first['node']}: "
+             f"{first['reason']})")
+    target = report.get("target")
+    if target:
+        how = (f"ratio {target['ratio']:.3f}" if target["ratio"] is not None
+               else f"{len(report['steps'])} steps")
+        echo(f"target: keep {target['fraction']:.1%} of the {target['kind']} -> {how} "
+             f"(keeps {target['planned']:.1%})")
+        if target["kind"] == "latency":
+            fixes = (f", after {target['corrections']} correction(s)"
+                     if target["corrections"] else "")
+            echo(f"  latency on ORT CPU ({target['threads']} thread(s), fastest run): "
+                 f"{target['dense_seconds'] * 1e3:.2f} ms -> "
+                 f"{target['pruned_seconds'] * 1e3:.2f} ms ({target['measured']:.1%}, table "
+                 f"predicted {target['planned']:.1%}; "
+                 f"{'met' if target['met'] else 'MISSED'}{fixes})")
+    for step in report.get("steps") or []:
+        check = {True: "OK", False: "FAIL", None: "not run"}[step["check_ok"]]
+        echo(f"  step {step['step']}: ratio {step['ratio']:.3f}, params {fmt(step['params'])}, "
+             f"macs {fmt(step['macs'])}, check {check}")
+    if report.get("changes_function"):
+        echo("  note: the hidden size was pruned, so LayerNorm/RMSNorm now average over fewer "
+             "channels: the model computes a different function (check its accuracy)")
+

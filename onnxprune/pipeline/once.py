@@ -1,0 +1,113 @@
+"""One prune: analyse, score (once: a target search re-allocates many times), plan at a
+ratio or search the ratio for a target, compensate, rewrite, and prove the result against the
+masked original."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+
+from ..allocation.latency import LatencyPredictor
+from ..errors import VerificationError
+from ..io.weights import discard_written
+from ..progress import task
+from ..runtime import count_cost, count_params, make_inputs
+from ..verify import compare_outputs
+from .analyze import Analyzed, analyze_model
+from .build import Built, build, masked_of
+from .options import PruneOptions
+from .plan import MacCounter, planned_params
+from .report import (CheckSection, CostSection, PruneReport, TargetSection, barriers,
+                     group_entry)
+from .scoring import Scoring, check_scoring, describe, score_model
+from .targets import TargetSearch, meet_latency, ratio_for_target
+
+
+def prune_once(model, options: PruneOptions, scoring: Scoring | None = None,
+               progress=None) -> tuple[onnx.ModelProto, dict]:
+    """One step of :func:`prune` (options already checked)."""
+    pruned, report = prune_step(model, options, scoring, progress)
+    return pruned, report.to_dict()
+
+
+def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
+               progress=None) -> tuple[onnx.ModelProto, PruneReport]:
+    """:func:`prune_once` with the report as a record."""
+    a = model if isinstance(model, Analyzed) else analyze_model(model, options.exclude)
+    strategy, shapes = options.strategy, options.input_shapes
+    if scoring is None:
+        scoring = score_model(a, strategy, options.calib, shapes, options.seed, progress)
+    else:
+        check_scoring(scoring, a, strategy, options.calib, shapes, options.seed)
+    search = TargetSearch(a, options.round_to, options.by_kind, strategy, scoring.scored,
+                          MacCounter(a, shapes), seed=options.seed)
+    ratio, target = options.ratio, None
+    if options.target is not None:
+        kind, fraction = options.target
+        if kind == "latency":
+            search.predictor = LatencyPredictor(a.model, shapes, options.latency_threads,
+                                                progress)
+        with task(progress, f"searching the ratio for --target-{kind}"):
+            ratio, planned = ratio_for_target(search, kind, fraction)
+        target = TargetSection(kind, fraction, ratio, planned)
+    built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
+                  scoring.scored, options.seed)
+    if search.predictor is not None:
+        with task(progress, "timing the pruned model against the target"):
+            built = _timed_to_target(search, target, scoring.stats, built)
+    report = _report(a, built, options, search.macs, scoring, target)
+    if options.verify:
+        report.check = _verify(a, built, options, progress)
+    return built.pruned, report
+
+
+def _timed_to_target(search: TargetSearch, target: TargetSection, stats, built: Built) -> Built:
+    best, timed = meet_latency(search, target.fraction, stats, built, target.planned)
+    predictor = search.predictor
+    target.ratio, target.planned, target.measured = best.ratio, best.planned, best.measured
+    target.met = best.measured <= target.fraction
+    target.corrections = len(timed) - 1
+    target.dense_seconds, target.threads = predictor.dense, predictor.threads
+    target.pruned_seconds = best.measured * predictor.dense
+    return best.built
+
+
+def _report(a: Analyzed, built: Built, options: PruneOptions, macs: MacCounter,
+            scoring: Scoring, target: TargetSection | None) -> PruneReport:
+    after = count_cost(built.pruned, options.input_shapes)
+    dense_params = count_params(a.model)
+    planned = planned_params(a, built.removed, dense_params)
+    groups = [group_entry(g, built.plan) for g in a.groups if g.members]
+    strategy = options.strategy
+    return PruneReport(
+        ratio=built.ratio, round_to=options.round_to,
+        params=CostSection(dense_params, after.params,
+                           planned - built.body_params_removed),  # bodies prune on their own
+        macs=CostSection(macs.total(), after.macs, macs.planned(built.removed)),
+        groups=groups, barriers=barriers(a), bodies=built.bodies,
+        strategy={**dataclasses.asdict(strategy), "seed": options.seed,
+                  "compensate": strategy.compensation,
+                  "calibration": describe(scoring.calib, scoring.stats),
+                  "notes": built.notes},
+        ratios_by_kind=options.by_kind, target=target,
+        changes_function=any(g["removed"] for g in groups if g["kind"] == "hidden"))
+
+
+def _verify(a: Analyzed, built: Built, options: PruneOptions, progress) -> CheckSection:
+    """Check the pruned model against the masked original; VerificationError when it fails."""
+    with task(progress, "checking the pruned model against the masked original", 3) as step:
+        masked = masked_of(built, a, options.round_to, options.by_kind, options.strategy,
+                           options.seed)
+        feeds = make_inputs(a.model, options.input_shapes, options.seed)
+        result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step)
+        discard_written(masked, keep=[built.pruned, a.model])   # its weight files, if any
+    check = CheckSection(result.checker, result.runs, result.same_io, result.max_rel_error,
+                         options.tolerance, result.ok,
+                         {k: list(v.shape) for k, v in feeds.items()})
+    if not result.ok:
+        raise VerificationError(
+            "the pruned model failed verification (checker={}, runs={}, same_io={}, "
+            "max_rel_error={}); nothing was written".format(
+                result.checker, result.runs, result.same_io, result.max_rel_error))
+    return check

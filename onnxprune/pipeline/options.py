@@ -1,0 +1,209 @@
+"""Every option of a prune, in one record that the CLI, the Python API, ``sweep`` and pruning
+in steps all build and read, so that an option cannot be accepted in one place and dropped in
+another; and the check that every option given does something.
+
+``Strategy`` is how channels are chosen (criterion, reduction, allocation, compensation);
+``PruneOptions`` is everything else a prune needs (how much, where not, the check) with the
+strategy inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import KW_ONLY, dataclass, field
+
+from ..allocation import ALLOCATIONS
+from ..calibration import DAMPING
+from ..compensation import METHODS
+from ..errors import UserError
+from ..importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
+
+DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
+DEFAULT_TOLERANCE = 1e-4
+RANKINGS = ("score", "score-per-mac")
+TARGETS = ("macs", "params", "latency")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How channels are chosen: the criterion, how member scores combine into a group score
+    (``reduction``), how groups are made comparable (``normalization``, for global
+    allocation), how the ratio is spread over groups (``allocation``), and the most a single
+    group may lose under global or adaptive allocation (``max_ratio``); ``rank_by=
+    "score-per-mac"`` makes the global ranking weigh each component's normalized score against
+    the MACs it costs. All but the criterion are given by keyword."""
+
+    criterion: str = "l2"
+    _: KW_ONLY
+    reduction: str = "sum"
+    normalization: str = "mean"    # measured at equal MACs: benchmarks/RESULTS.md (issue 4)
+    allocation: str = "uniform"
+    max_ratio: float = 0.9
+    compensate: str | None = None   # none, bias, obs; default: obs for obspa, else none
+    damping: float = DAMPING        # λ of the OBS update, relative to mean(diag H)
+    rank_by: str = "score"          # global ranking: "score", or "score-per-mac" (cost-aware)
+
+    @property
+    def compensation(self) -> str:
+        if self.compensate is not None:
+            return self.compensate
+        return "obs" if self.criterion in ("obs", "obspa") else "none"
+
+    @property
+    def needs_gram(self) -> bool:
+        """Does it read Gram matrices (OBS scoring or OBS compensation)?"""
+        return self.compensation == "obs" or self.criterion in ("obs", "obspa")
+
+    @property
+    def needs(self) -> str | None:
+        """What data the strategy reads: "calibration", "synthetic" or None."""
+        need = CRITERIA[self.criterion].needs if self.criterion in CRITERIA else "weights"
+        if need == "weights" and self.compensation != "none":
+            return "synthetic" if self.criterion == "obspa" else "calibration"
+        if need == "weights" and self.allocation == "adaptive":
+            return "synthetic"     # sensitivity is measured; with no data, on synthetic inputs
+        return None if need == "weights" else need
+
+    def given(self) -> set[str]:
+        """The fields that differ from their defaults."""
+        return _changed(self, Strategy())
+
+    def check(self, has_calibration: bool = False, given: set[str] | None = None) -> None:
+        """Values in range, and no field given that the others make pointless (``given``: the
+        fields the user set; default: those that differ from their defaults)."""
+        for name, value, allowed in (("criterion", self.criterion, tuple(CRITERIA)),
+                                     ("group reduction", self.reduction, REDUCTIONS),
+                                     ("normalization", self.normalization, NORMALIZATIONS),
+                                     ("allocation", self.allocation, ALLOCATIONS),
+                                     ("compensation", self.compensation, METHODS),
+                                     ("ranking", self.rank_by, RANKINGS)):
+            if value not in allowed:
+                raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.needs == "calibration" and not has_calibration:
+            what = (f"criterion {self.criterion!r}" if CRITERIA[self.criterion].needs ==
+                    "calibration" else f"--compensate {self.compensation}")
+            raise UserError(f"{what} needs calibration data (--calib data.npz, or --calib "
+                            f"random)")
+        if not self.damping > 0.0:
+            raise UserError(f"--obs-damping must be positive, got {self.damping}")
+        if not 0.0 < self.max_ratio < 1.0:
+            raise UserError(f"max-ratio must be in (0, 1), got {self.max_ratio}")
+        self._check_effects(self.given() if given is None else given)
+
+    def _check_effects(self, given: set[str]) -> None:
+        global_only = {"normalization": "--normalize", "rank_by": "--rank-by"}
+        for name, flag in global_only.items():
+            if name in given and self.allocation != "global":
+                raise UserError(f"{flag} ranks groups against each other: it needs "
+                                f"--allocation global")
+        if "max_ratio" in given and self.allocation == "uniform":
+            raise UserError("--max-ratio caps what one group loses under --allocation global "
+                            "or adaptive; with uniform every group loses the same ratio")
+        if "damping" in given and self.compensation != "obs":
+            raise UserError("--obs-damping regularizes the OBS update: it needs --compensate "
+                            "obs (the default for --criterion obs and obspa)")
+        if "reduction" in given and not CRITERIA[self.criterion].reduces:
+            raise UserError(f"--group-reduction combines member scores, which criterion "
+                            f"{self.criterion!r} does not read")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneOptions:
+    """Everything one prune needs besides the model.
+
+    ``ratio``: the share of channels every prunable group loses; ``heads``, ``mlp``,
+    ``hidden``: a ratio of their own for attention heads, MLP neurons and (opt-in) the hidden
+    size. ``round_to``: kept channel counts are multiples of it. ``exclude``: node names or
+    globs whose channels stay. ``input_shapes``: sizes for dynamic dims. ``strategy``: how
+    channels are chosen; ``calib``: calibration data for the strategies that read some.
+    ``target_macs`` / ``target_params`` / ``target_latency``: a fraction of the dense model to
+    keep, which replaces ``ratio`` by a search (``latency_threads``: ONNX Runtime threads
+    when timing). ``steps``: prune in that many smaller steps. ``seed``: every random draw
+    (check inputs, random calibration inputs, the random criterion). ``verify`` with
+    ``tolerance``: the checks every pruned model must pass.
+    """
+
+    ratio: float = 0.5
+    heads: float | None = None
+    mlp: float | None = None
+    hidden: float | None = None
+    round_to: int = DEFAULT_ROUND_TO
+    exclude: tuple[str, ...] = ()
+    input_shapes: dict | None = field(default=None, hash=False)
+    strategy: Strategy = field(default_factory=Strategy)
+    calib: object = field(default=None, hash=False)
+    target_macs: float | None = None
+    target_params: float | None = None
+    target_latency: float | None = None
+    latency_threads: int = 1
+    steps: int = 1
+    seed: int = 0
+    tolerance: float = DEFAULT_TOLERANCE
+    verify: bool = True
+
+    def replace(self, **changes) -> PruneOptions:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def by_kind(self) -> dict[str, float]:
+        """The ratios given per group kind ("heads", "mlp", "hidden")."""
+        return {k: v for k, v in (("heads", self.heads), ("mlp", self.mlp),
+                                  ("hidden", self.hidden)) if v is not None}
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """(kind, fraction) of the one target given, or None."""
+        given = [(k, getattr(self, f"target_{k}")) for k in TARGETS
+                 if getattr(self, f"target_{k}") is not None]
+        return given[0] if given else None
+
+    def given(self) -> set[str]:
+        """The fields that differ from their defaults, the strategy's among them."""
+        return _changed(self, PruneOptions()) - {"strategy"} | self.strategy.given()
+
+    def check(self, given: set[str] | None = None) -> None:
+        """Every value in range, and no option given that the others make pointless: a
+        one-line UserError otherwise. ``given``: the options the user set (the CLI knows);
+        default: those that differ from their defaults."""
+        given = self.given() if given is None else given
+        for name, value in [("ratio", self.ratio)] + list(self.by_kind.items()):
+            if not 0.0 <= value < 1.0:
+                raise UserError(f"{name} must be in [0, 1), got {value}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise UserError(f"round-to must be a positive integer, got {self.round_to}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise UserError(f"--steps must be a positive integer, got {self.steps}")
+        if self.latency_threads < 1:
+            raise UserError(f"--latency-threads must be at least 1, got {self.latency_threads}")
+        if not self.tolerance > 0:
+            raise UserError(f"--tolerance must be positive, got {self.tolerance}")
+        targets = [k for k in TARGETS if getattr(self, f"target_{k}") is not None]
+        if len(targets) > 1:
+            raise UserError("give one of --target-macs, --target-params, --target-latency")
+        if targets:
+            kind, fraction = self.target
+            if not 0.0 < fraction <= 1.0:
+                raise UserError(f"--target-{kind} must be in (0, 1], got {fraction}")
+            if "ratio" in given:
+                raise UserError(f"--target-{kind} searches the ratio: drop --ratio")
+        if self.steps != 1 and self.target_latency is not None:
+            raise UserError("--target-latency prunes in one step (it times the result); drop "
+                            "--steps")
+        if "latency_threads" in given and self.target_latency is None:
+            raise UserError("--latency-threads sets the threads --target-latency times with: "
+                            "it needs --target-latency")
+        if "tolerance" in given and not self.verify:
+            raise UserError("a tolerance is for the check, which verify=False skips")
+        self.strategy.check(self.calib is not None, given & _STRATEGY_FIELDS)
+        if self.calib is not None and self.strategy.needs is None:
+            raise UserError(f"--calib is read by data-driven criteria, compensation and "
+                            f"adaptive allocation; criterion {self.strategy.criterion!r} with "
+                            f"--compensate none reads weights only")
+
+
+_STRATEGY_FIELDS = {f.name for f in dataclasses.fields(Strategy)}
+
+
+def _changed(record, default) -> set[str]:
+    return {f.name for f in dataclasses.fields(record)
+            if f.name != "_" and getattr(record, f.name) != getattr(default, f.name)}

@@ -1,0 +1,73 @@
+"""``prune``: a verified smaller model from a path or a ModelProto, never modifying it, in one
+step (``once``) or several (``steps``)."""
+
+from __future__ import annotations
+
+import functools
+
+import onnx
+
+from ..errors import UserError
+from ..io import load_model
+from ..verify import input_problem
+from .analyze import Analyzed
+from .once import prune_once
+from .options import PruneOptions
+from .scoring import Scoring
+from .steps import prune_in_steps
+
+
+def blame_a_broken_input(function):
+    """When pruning fails for a reason other than the user's options, look at the input
+    model: if it is itself broken (fails the checker, cannot load on ONNX Runtime), that is the
+    error to report, as the user's, rather than a failed rewrite or an internal error."""
+    @functools.wraps(function)
+    def wrapper(model, *args, **kwargs):
+        try:
+            return function(model, *args, **kwargs)
+        except UserError:
+            raise
+        except Exception:
+            problem = _input_problem(model)
+            if problem:
+                raise UserError(problem) from None
+            raise
+    return wrapper
+
+
+def _input_problem(model) -> str | None:
+    try:
+        return input_problem(model.model if isinstance(model, Analyzed) else load_model(model))
+    except UserError as exc:
+        return str(exc)
+
+
+def options_of(options: PruneOptions | None, fields: dict) -> PruneOptions:
+    """``options`` with ``fields`` (PruneOptions field names) replaced."""
+    options = options or PruneOptions()
+    try:
+        return options.replace(**fields) if fields else options
+    except TypeError as exc:
+        raise TypeError(f"prune() got an unknown option: {exc}") from None
+
+
+@blame_a_broken_input
+def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None = None,
+          progress=None, **fields) -> tuple[onnx.ModelProto, dict]:
+    """Prune ``model`` (a path, a ModelProto, or an :class:`Analyzed` model whose analysis is
+    reused) as ``options`` say, or as the :class:`PruneOptions` fields given by keyword say
+    (``prune(path, ratio=0.3, strategy=Strategy("obspa"))``); return (model, report).
+
+    With ``verify`` (the default) the result must pass the full checker, run on ONNX Runtime
+    and match the masked original within ``tolerance``; otherwise VerificationError is raised
+    and nothing is returned. ``scoring`` (from :func:`score_model` on the same analysed model
+    and options) skips the capture and scoring: pruning one model at many ratios then pays for
+    them once. ``progress``: see :mod:`onnxprune.progress`.
+    """
+    options = options_of(options, fields)
+    options.check()
+    if options.steps != 1:
+        if scoring is not None:
+            raise UserError("steps re-score the model after each step; drop scoring")
+        return prune_in_steps(model, options, progress)
+    return prune_once(model, options, scoring, progress)

@@ -1,0 +1,124 @@
+"""The report of a prune, section by section. ``PruneReport.to_dict()`` is what ``--report``
+writes and ``onnxprune.prune`` returns: plain JSON-ready data."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..allocation import Plan
+from ..groups import Group
+from .analyze import Analyzed
+
+
+@dataclass
+class CostSection:
+    """Params or MACs of the dense model, of the pruned model, and what the plan predicted."""
+
+    before: int | None
+    after: int | None
+    planned_after: int | None
+
+
+@dataclass
+class CheckSection:
+    """The proof: full checker, an ONNX Runtime run, the same IO, and the largest relative
+    error against the masked original on the check inputs (their shapes in ``inputs``)."""
+
+    checker: bool
+    runs: bool
+    same_io: bool
+    max_rel_error: float | None
+    tolerance: float
+    ok: bool
+    inputs: dict[str, list[int]]
+
+
+@dataclass
+class TargetSection:
+    """A target and how it was reached: the ratio found (None when pruned in steps) and the
+    fraction the plan keeps; for latency, the timing too."""
+
+    kind: str
+    fraction: float
+    ratio: float | None
+    planned: float
+    measured: float | None = None
+    met: bool | None = None
+    corrections: int | None = None
+    dense_seconds: float | None = None
+    pruned_seconds: float | None = None
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        if self.kind != "latency":
+            for key in ("measured", "met", "corrections", "dense_seconds", "pruned_seconds",
+                        "threads"):
+                del out[key]
+        return out
+
+
+@dataclass
+class StepSummary:
+    step: int
+    ratio: float
+    params: int
+    macs: int | None
+    check_ok: bool | None
+
+
+@dataclass
+class PruneReport:
+    """Everything a prune did: ratios, costs, every group with what it kept and removed, the
+    barriers, what happened inside control-flow bodies, the strategy with its notes, the
+    target, whether the function changed (hidden size), the check, and the steps."""
+
+    ratio: float
+    round_to: int
+    params: CostSection
+    macs: CostSection
+    groups: list[dict]
+    barriers: list[dict]
+    bodies: list[dict] = field(default_factory=list)
+    strategy: dict = field(default_factory=dict)
+    ratios_by_kind: dict = field(default_factory=dict)
+    target: TargetSection | None = None
+    changes_function: bool = False
+    check: CheckSection | None = None
+    steps: list[StepSummary] | None = None
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["params"] = dataclasses.asdict(self.params)
+        out["macs"] = dataclasses.asdict(self.macs)
+        out["target"] = self.target.to_dict() if self.target else None
+        for key in ("check", "steps"):
+            if getattr(self, key) is None:
+                del out[key]
+        if self.check is not None:
+            out["check"] = dataclasses.asdict(self.check)
+        if self.steps is not None:
+            out["steps"] = [dataclasses.asdict(s) for s in self.steps]
+        return out
+
+
+def group_entry(g: Group, plan: Plan | None = None) -> dict:
+    """One group as the report and ``inspect`` list it."""
+    entry = {"id": g.id, "kind": g.kind, "channels": g.size * g.width, "units": g.size,
+             "width": g.width,
+             "prunable": g.prunable and g.size > 1, "sources": g.sources, "members": g.members}
+    if not g.prunable:
+        entry["reason"] = g.reason
+    elif g.size <= 1:
+        entry["reason"] = "a single channel (at least one is kept)"
+    if plan is not None:
+        entry["kept"] = plan.groups[g.id].kept
+        entry["removed"] = plan.groups[g.id].removed
+    return entry
+
+
+def barriers(a: Analyzed) -> list[dict]:
+    """The ops that stopped channels, and why."""
+    return [{"node": a.graph.nodes[i].label, "op": a.graph.nodes[i].op, "reason": r}
+            for i, r in sorted(a.analysis.barriers.items())]

@@ -1,0 +1,143 @@
+"""Targets: the ratio that keeps at most a fraction of the dense model's MACs, params or
+latency, found by bisection on the plan's own cost model; for latency, the pruned model is then
+timed and the search corrected while the measurement misses the target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..allocation.latency import LatencyPredictor
+from ..errors import UserError
+from ..runtime import count_params
+from .analyze import Analyzed
+from .build import Built, build
+from .plan import MacCounter, make_plan, planned_params, sliced_dims
+from .scoring import GroupScores
+
+MAX_TARGET_RATIO = 0.95
+BISECTIONS = 14
+LATENCY_CORRECTIONS = 3     # re-searches when the timed model misses a latency target
+LATENCY_SLACK = 0.05        # ... or beats it by more than this share of the target
+
+
+@dataclass
+class TargetSearch:
+    """What a target search needs besides the ratio: the model, how the plan is made, and
+    how a plan's cost is read (MACs counter, or latency predictor)."""
+
+    a: Analyzed
+    round_to: int
+    by_kind: dict
+    strategy: object
+    scored: GroupScores
+    macs: MacCounter | None = None
+    predictor: LatencyPredictor | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        self.dense_params = count_params(self.a.model)
+
+    def kept(self, kind: str, ratio: float) -> float:
+        """The fraction of the dense model's ``kind`` the plan at ``ratio`` keeps."""
+        removed = make_plan(self.a, ratio, self.round_to, self.by_kind, self.strategy,
+                            self.scored).removed
+        if kind == "latency":
+            return self.predictor.fraction(sliced_dims(self.a, removed))
+        if kind == "macs":
+            return self.macs.planned(removed) / self.macs.total()
+        return planned_params(self.a, removed, self.dense_params) / self.dense_params
+
+
+def ratio_for_target(search: TargetSearch, kind: str, fraction: float) -> tuple[float, float]:
+    """The smallest ratio (for every group without a ratio of its own) whose plan keeps at
+    most ``fraction`` of the dense model's MACs, params or latency; returns (ratio, planned
+    fraction). Found by bisection on the plan's own cost model, which the report checks
+    against the pruned model."""
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"--target-{kind} must be in (0, 1], got {fraction}")
+    if kind == "macs" and not search.macs.known:
+        raise UserError("the MACs of this model are unknown (give --input-shape, or use "
+                        "--target-params)")
+    lo, hi = 0.0, MAX_TARGET_RATIO
+    if search.scored.weights:     # adaptive: the ratio scales per-group multipliers, some < 1
+        hi = MAX_TARGET_RATIO / min(min(search.scored.weights.values()), 1.0)
+    best = search.kept(kind, hi)
+    if best > fraction:
+        raise UserError(f"cannot reach --target-{kind} {fraction:g}: even at ratio {hi:.2f} the "
+                        f"plan keeps {best:.1%} (frozen and excluded groups stay whole)")
+    for _ in range(BISECTIONS):
+        mid = (lo + hi) / 2
+        value = search.kept(kind, mid)
+        if value <= fraction:
+            hi, best = mid, value
+        else:
+            lo = mid
+    return hi, best
+
+
+@dataclass
+class Timed:
+    """A candidate built for a latency target, with its measured and predicted fractions."""
+
+    built: Built
+    measured: float
+    planned: float
+
+    @property
+    def ratio(self) -> float:
+        return self.built.ratio
+
+
+def meet_latency(search: TargetSearch, fraction: float, stats, first: Built,
+                 planned: float) -> tuple[Timed, list[Timed]]:
+    """Time the pruned model; while it misses the target (or beats it by more than
+    ``LATENCY_SLACK``), pick the next ratio from the timings themselves and build again.
+
+    The dense model is a timed point too (ratio 0, all of the latency), so there is always a
+    side that missed: between the largest ratio that missed and the smallest that met the
+    target the timings are interpolated; with no ratio that met it yet, the line through the
+    two largest timed ratios is followed on (a secant step). Each aims at the middle of the
+    accepted window. Only when the timings disagree (noise: a larger ratio timed slower) does
+    the table search get aimed at the measured error instead. Returns the slowest candidate
+    that meets the target (else the last one) and every candidate timed."""
+    predictor, built = search.predictor, first
+    timed: list[Timed] = []
+    for attempt in range(LATENCY_CORRECTIONS + 1):
+        timed.append(Timed(built, predictor.measure(built.pruned) / predictor.dense, planned))
+        measured = timed[-1].measured
+        if fraction * (1 - LATENCY_SLACK) <= measured <= fraction or \
+                attempt == LATENCY_CORRECTIONS:
+            break
+        ratio = _next_ratio(timed, fraction)
+        if ratio is None:
+            try:
+                ratio = ratio_for_target(
+                    search, "latency", min(1.0, fraction * timed[-1].planned / measured))[0]
+            except UserError:
+                break   # nothing smaller to aim at: the report says the target was missed
+        if any(abs(ratio - t.ratio) < 1e-6 for t in timed):
+            break       # the search came back to a ratio already timed
+        built = build(search.a, ratio, search.round_to, search.by_kind, search.strategy, stats,
+                      search.scored, search.seed)
+        planned = predictor.fraction(sliced_dims(search.a, built.removed))
+    met = [t for t in timed if t.measured <= fraction]
+    return (max(met, key=lambda t: t.measured) if met else timed[-1]), timed
+
+
+def _next_ratio(timed: list[Timed], fraction: float) -> float | None:
+    """The ratio whose latency the timings so far put in the middle of the accepted window;
+    None when they are out of order (a larger ratio timed slower)."""
+    aim = fraction * (1 - LATENCY_SLACK / 2)
+    points = sorted([(0.0, 1.0)] + [(t.ratio, t.measured) for t in timed])
+    if any(b[1] >= a[1] for a, b in zip(points, points[1:])):
+        return None
+    met = [p for p in points if p[1] <= fraction]
+    if met:
+        (r1, m1) = met[0]
+        (r0, m0) = max(p for p in points if p[0] < r1)
+    else:
+        (r0, m0), (r1, m1) = points[-2:]
+    ratio = r0 + (m0 - aim) * (r1 - r0) / (m0 - m1)
+    if met:
+        return min(max(ratio, r0 + 0.1 * (r1 - r0)), r1 - 0.1 * (r1 - r0))
+    return min(ratio, MAX_TARGET_RATIO)

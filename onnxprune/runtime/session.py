@@ -1,0 +1,32 @@
+"""ONNX Runtime CPU sessions for every stage that runs a model (checks, calibration, scoring)."""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+import onnxruntime as ort
+
+from ..io.weights import configure_session
+
+
+def threads_from_environment() -> int:
+    """``ONNXPRUNE_THREADS`` when set to a number (a pipeline running several jobs side by
+    side gives each a few threads), else 0: ONNX Runtime's default, every core."""
+    value = os.environ.get("ONNXPRUNE_THREADS", "")
+    return int(value) if value.isdigit() else 0
+
+
+def session(model, threads: int = 0, level=None) -> ort.InferenceSession:
+    """A CPU session for a ModelProto or a path (``level``: graph optimizations, default
+    ONNX Runtime's own, all of them). ``threads`` 0: see :func:`threads_from_environment`."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    threads = threads or threads_from_environment()
+    if threads:
+        opts.intra_op_num_threads = threads
+    if level is not None:
+        opts.graph_optimization_level = level
+    configure_session(opts, model)
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
