@@ -57,8 +57,12 @@ def cases() -> list[tuple[str, str]]:
 
 
 def model_path(name: str, exporter: str) -> Path:
-    """Cache path of one exported model (whether or not it exists yet)."""
-    return cache_dir() / f"{name}.{exporter}.onnx"
+    """Cache path of one exported model (whether or not it exists yet). An entry whose export
+    recipe changed names its version (``"recipes": {exporter: N}``), so that a cache of the
+    old export is not reused."""
+    version = entry(name).get("recipes", {}).get(exporter)
+    return cache_dir() / (f"{name}.{exporter}.onnx" if version is None
+                          else f"{name}.{exporter}.r{version}.onnx")
 
 
 def ensure(name: str, exporter: str) -> Path:
@@ -264,8 +268,11 @@ def _export_transformer(e: dict, exporter: str, out: Path) -> None:
 
     ids_spec, mask_spec = e["inputs"]
     torch.manual_seed(0)
-    ids = torch.randint(0, 1000, tuple(ids_spec["test_shape"]))
-    mask = torch.ones(tuple(mask_spec["test_shape"]), dtype=torch.long)
+    shape = tuple(ids_spec["test_shape"])
+    if exporter == "dynamo":    # as users export: a dynamic batch (traced at 2) and sequence
+        shape = (EXPORT_BATCH,) + shape[1:]
+    ids = torch.randint(0, 1000, shape)
+    mask = torch.ones(shape, dtype=torch.long)
     names = dict(input_names=[ids_spec["name"], mask_spec["name"]],
                  output_names=[e.get("output_name", "hidden")])
     with torch.no_grad(), warnings.catch_warnings():
@@ -277,8 +284,9 @@ def _export_transformer(e: dict, exporter: str, out: Path) -> None:
                                                               names["input_names"] + names["output_names"]},
                               **names)
         elif exporter == "dynamo":
+            dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
             torch.onnx.export(LastHidden().eval(), (ids, mask), str(out), dynamo=True,
-                              verbose=False, **names)
+                              verbose=False, dynamic_shapes=(dims, dims), **names)
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
 

@@ -118,7 +118,7 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
             rule_for(node).rewrite(node, ctx)
         ctx.graph.merge_identical_copies()
         _drop_orphaned_constants(out, model)
-        _refresh_value_info(out, had_value_info=len(model.graph.value_info) > 0)
+        _refresh_value_info(out, analysis, removed_atom)
     else:
         for index in analysis.notes:
             node = ctx.graph.nodes[index]
@@ -166,13 +166,43 @@ def _drop_orphaned_constants(model: onnx.ModelProto, original: onnx.ModelProto) 
     drop_unread_initializers(model.graph, before)
 
 
-def _refresh_value_info(model: onnx.ModelProto, had_value_info: bool) -> None:
-    """Stale intermediate shapes break shape inference: drop them, re-infer if there were any."""
-    del model.graph.value_info[:]
-    if not had_value_info:
+def _refresh_value_info(model: onnx.ModelProto, analysis: Analysis,
+                        removed_atom: np.ndarray) -> None:
+    """Stale intermediate shapes break shape inference, so the entries are inferred again;
+    but an entry the new shapes agree with stays as the exporter wrote it (symbolic dims and
+    all): ONNX Runtime optimizes by them, and a model that loses nothing must come out as it
+    went in. No entry is added that the model did not have."""
+    original = list(model.graph.value_info)
+    if not original:
         return
+    del model.graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - the model is still valid without value_info
-        return
-    model.graph.value_info.extend(inferred.graph.value_info)
+        fresh = {info.name: info for info in inferred.graph.value_info}
+    except Exception:  # noqa: BLE001 - keep what the plan cannot have changed
+        fresh = {}
+    changed = {name for name, cmap in analysis.maps.items()
+               if removed_atom[cmap.labels].any()}
+    for info in original:
+        new = fresh.get(info.name)
+        if info.name in changed:        # its channels went: only what inference says now
+            if new is not None:
+                model.graph.value_info.append(new)
+        elif new is None:
+            if fresh:
+                model.graph.value_info.append(info)
+        else:
+            model.graph.value_info.append(info if _agree(info, new) else new)
+
+
+def _agree(old: onnx.ValueInfoProto, new: onnx.ValueInfoProto) -> bool:
+    """Same element type and rank, and no dim that both know differs."""
+    a, b = old.type.tensor_type, new.type.tensor_type
+    if a.elem_type != b.elem_type or a.HasField("shape") != b.HasField("shape"):
+        return False
+    if not a.HasField("shape"):
+        return True
+    if len(a.shape.dim) != len(b.shape.dim):
+        return False
+    return all(not (x.HasField("dim_value") and y.HasField("dim_value"))
+               or x.dim_value == y.dim_value for x, y in zip(a.shape.dim, b.shape.dim))
