@@ -9,7 +9,8 @@ Sources:
   (opset 17) and by the ``dynamo`` exporter (default opset) -- the two produce
   quite different graphs, and the pruner must handle both.  Batch is dynamic,
   spatial dims are static and small to keep tests fast.  Exports are
-  byte-for-byte reproducible.
+  byte-for-byte reproducible on one machine (torch runs on one thread while
+  exporting; float kernels may still differ between processors).
 * ``nudenet``: the real YOLOv8n ``320n.onnx`` shipped inside the nudenet
   package, copied as is (the package is never imported: it needs cv2).
 * ``onnx-light``: the "light" models from the onnx package's backend test data.
@@ -22,6 +23,7 @@ module is cheap.  Command line: ``python -m models.zoo [--only NAME ...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -92,13 +94,28 @@ def export(name: str, exporter: str) -> Path:
         staged = Path(tmp) / "final.onnx"
         if e["source"] in ("torchvision", "minilm", "transformers"):
             raw = Path(tmp) / "model.onnx"
-            (_export_torchvision if e["source"] == "torchvision" else _export_transformer)(
-                e, exporter, raw)
+            with _one_thread():
+                (_export_torchvision if e["source"] == "torchvision" else _export_transformer)(
+                    e, exporter, raw)
             onnx.save_model(onnx.load(raw), staged)  # onnx.load pulls in external data, if any
         else:
             shutil.copyfile(_source_file(e), staged)
         os.replace(staged, path)
     return path
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """torch on one thread while a model is built and exported: BatchNorm calibration sums
+    in parallel, and the sums (so the weights) would depend on the number of cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _source_file(e: dict) -> Path:
