@@ -20,7 +20,8 @@ from onnxprune.runtime import count_cost
 from onnxprune.evaluate.bench import (CUDA, BenchOptions, batch_shapes, bound_runner,
                                       cuda_unavailable_reason, interleaved, machine_info)
 from onnxprune.runtime import latency_session
-from onnxprune.evaluate.compare import class_recall, cosine_rows, recall_distortion
+from onnxprune.evaluate.compare import class_recall, recall_distortion
+from onnxprune.runtime.fidelity import cosine_rows
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 CUDA_REASON = cuda_unavailable_reason()

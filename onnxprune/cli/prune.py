@@ -15,6 +15,7 @@ from .console import echo, fmt, kept, progress_for, show, table
 from .params import calib_sources, prune_options_from, pruning_options
 
 SHOWN_GROUPS = 12
+SHOWN_OUTPUTS = 3
 
 
 def default_output_path(path) -> str:
@@ -101,6 +102,9 @@ def print_summary(report: dict) -> None:
         echo(f"{key:>6}: {fmt(c['before'])} -> {fmt(c['after'])} ({kept(c['after'], c['before'])} "
              f"kept; plan said {fmt(c['planned_after'])})")
     _print_extras(report)
+    _print_fidelity(report.get("fidelity"))
+    for warning in report.get("warnings", []):
+        echo(f"warning: {warning}")
     check = report.get("check")
     if check:
         echo(f" check: onnx.checker(full)={'pass' if check['checker'] else 'FAIL'}, "
@@ -108,6 +112,18 @@ def print_summary(report: dict) -> None:
              f"same IO={'yes' if check['same_io'] else 'NO'}, mask-equivalence max rel "
              f"error={check['max_rel_error']:.2e} (tolerance {check['tolerance']:.0e}) "
              f"-> {'OK' if check['ok'] else 'FAIL'}")
+
+
+def _print_fidelity(fidelity: dict | None) -> None:
+    """The cost of the prune: the pruned model against the dense one, per output."""
+    if not fidelity:
+        return
+    for o in fidelity["outputs"][:SHOWN_OUTPUTS]:
+        agree = ("" if o["top1_agreement"] is None
+                 else f", top-1 agreement {o['top1_agreement']:.1%}")
+        echo(f"fidelity to the dense model, output {o['name']}: cosine {o['cosine_mean']:.4f} "
+             f"(min {o['cosine_min']:.4f}){agree} on {fidelity['samples']} samples of "
+             f"{fidelity['inputs']}")
 
 
 def _walk_bodies(entries):

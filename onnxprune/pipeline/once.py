@@ -9,6 +9,7 @@ import dataclasses
 import onnx
 
 from ..allocation.latency import LatencyPredictor
+from ..calibration import load_calibration
 from ..errors import VerificationError
 from ..io.weights import discard_written
 from ..progress import task
@@ -16,6 +17,7 @@ from ..runtime import count_cost, count_params, make_inputs
 from ..verify import compare_outputs
 from .analyze import Analyzed, analyze_model
 from .build import Built, build, masked_of
+from .fidelity import fidelity_to_dense
 from .options import PruneOptions
 from .plan import MacCounter, planned_params
 from .report import (CheckSection, CostSection, PruneReport, TargetSection, barriers,
@@ -57,9 +59,37 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         with task(progress, "timing the pruned model against the target"):
             built = _timed_to_target(search, target, scoring.stats, built)
     report = _report(a, built, options, search.macs, scoring, target)
+    report.warnings.extend(scoring.warnings)
     if options.verify:
         report.check = _verify(a, built, options, progress)
+        with task(progress, "comparing the pruned model with the dense one"):
+            report.fidelity = measure_fidelity(a.model, built.pruned, options, scoring)
+        if report.fidelity is not None and report.fidelity.warning:
+            report.warnings.append(report.fidelity.warning)
     return built.pruned, report
+
+
+def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | None = None):
+    """The pruned model against the dense one on the first inputs both take: the calibration
+    inputs, else 32 seeded random samples, else the check inputs (which the check ran on).
+    Random samples stack along axis 0, which a model with a fixed first dim (a sequence-first
+    recurrent net, say) does not take."""
+    for make in _fidelity_inputs(dense, options, scoring):
+        try:
+            batches, what = make()
+            return fidelity_to_dense(dense, pruned, batches, what)
+        except Exception:  # noqa: BLE001 - inputs this model cannot take: try the next ones
+            continue
+    return None
+
+
+def _fidelity_inputs(dense, options: PruneOptions, scoring: Scoring | None):
+    stats = scoring.stats if scoring is not None else None
+    if stats is not None and getattr(stats, "batches", None):
+        yield lambda: (stats.batches, describe(scoring.calib, stats)["source"])
+    yield lambda: (load_calibration("random", dense, options.input_shapes, seed=options.seed),
+                   "random inputs (no calibration data given)")
+    yield lambda: ([make_inputs(dense, options.input_shapes, options.seed)], "the check inputs")
 
 
 def _timed_to_target(search: TargetSearch, target: TargetSection, stats, built: Built) -> Built:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ..allocation import Plan
 from ..groups import Group
 from .analyze import Analyzed
+from .fidelity import FidelitySection
 
 
 @dataclass
@@ -72,7 +73,8 @@ class StepSummary:
 class PruneReport:
     """Everything a prune did: ratios, costs, every group with what it kept and removed, the
     barriers, what happened inside control-flow bodies, the strategy with its notes, the
-    target, whether the function changed (hidden size), the check, and the steps."""
+    target, whether the function changed (hidden size), the check, the steps, and how far the
+    pruned model's outputs are from the dense model's."""
 
     ratio: float
     round_to: int
@@ -87,19 +89,23 @@ class PruneReport:
     changes_function: bool = False
     check: CheckSection | None = None
     steps: list[StepSummary] | None = None
+    fidelity: FidelitySection | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["params"] = dataclasses.asdict(self.params)
         out["macs"] = dataclasses.asdict(self.macs)
         out["target"] = self.target.to_dict() if self.target else None
-        for key in ("check", "steps"):
+        for key in ("check", "steps", "fidelity"):
             if getattr(self, key) is None:
                 del out[key]
         if self.check is not None:
             out["check"] = dataclasses.asdict(self.check)
         if self.steps is not None:
             out["steps"] = [dataclasses.asdict(s) for s in self.steps]
+        if self.fidelity is not None:
+            out["fidelity"] = dataclasses.asdict(self.fidelity)
         return out
 
 

@@ -42,6 +42,7 @@ class Scoring:
     seed: int
     stats: object
     scored: GroupScores
+    warnings: tuple[str, ...] = ()
 
     def fits(self, analyzed: Analyzed, strategy: Strategy, calib, input_shapes,
              seed: int) -> bool:
@@ -62,7 +63,22 @@ def score_model(a: Analyzed, strategy: Strategy | None = None, calib=None, input
     stats = (calibration_stats(a, calib, input_shapes, strategy.needs_gram, seed, progress)
              if strategy.needs else None)
     return Scoring(a, strategy, calib, input_shapes, seed, stats,
-                   group_scores(a, strategy, stats, input_shapes, seed, progress))
+                   group_scores(a, strategy, stats, input_shapes, seed, progress),
+                   data_free_warnings(a, calib, stats))
+
+
+def data_free_warnings(a: Analyzed, calib, stats) -> tuple[str, ...]:
+    """Synthetic statistics without a BatchNormalization to match are those of N(0, 1)
+    noise, and nothing else would say so: most exports fold BN into the convs."""
+    synthetic = any(s.data == "synthetic" for s in as_sources(calib)) if calib else False
+    if not synthetic or stats is None or stats.matched_norms:
+        return ()
+    biased = sum(1 for n in a.graph.nodes if n.op in ("Conv", "Gemm") and n.input(2))
+    folded = (f"none in the model, and {biased} conv/linear layers carry biases, so it was "
+              f"probably folded into them" if biased else "none in the model")
+    return (f"synthetic calibration found no BatchNormalization to match ({folded}): its "
+            f"statistics are those of N(0, 1) noise, which can score and re-fit worse than "
+            f"l2; give real samples with --calib (a few dozen unlabeled ones are enough)",)
 
 
 def group_scores(a: Analyzed, strategy: Strategy, stats=None, input_shapes=None,
@@ -127,9 +143,11 @@ def describe(calib, stats) -> dict | None:
     sources = as_sources(calib)
     names = []
     for source in sources:
-        if source.data == "synthetic":
+        if source.data == "synthetic" and stats.matched_norms:
             name = (f"synthetic: random inputs, activations matched to the running statistics "
                     f"of {stats.matched_norms} BatchNormalization layers")
+        elif source.data == "synthetic":
+            name = "synthetic: N(0, 1) random inputs (no BatchNormalization to match)"
         elif source.data == "random":
             name = "random inputs"
         else:

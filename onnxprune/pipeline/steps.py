@@ -12,7 +12,7 @@ from ..progress import task
 from ..runtime import count_cost
 from .analyze import Analyzed
 from .options import PruneOptions
-from .once import prune_step
+from .once import measure_fidelity, prune_step
 from .report import StepSummary, TargetSection
 
 
@@ -26,7 +26,7 @@ def prune_in_steps(model, options: PruneOptions, progress=None
         raise UserError("pruning in steps needs a path or a ModelProto (with exclude=...), "
                         "not an analysed model")
     steps, target = options.steps, options.target
-    current = load_model(model)
+    current = dense_model = load_model(model)
     dense = count_cost(current, options.input_shapes)
     if target is not None and target[0] == "macs" and dense.macs is None:
         raise UserError("the MACs of this model are unknown (give --input-shape, or use "
@@ -44,6 +44,12 @@ def prune_in_steps(model, options: PruneOptions, progress=None
                                        report.check.ok if report.check else None))
             step()
     report.steps, report.ratio = summary, options.ratio
+    if options.verify:      # the chain's cost, against the model the first step started from
+        last = report.fidelity.warning if report.fidelity else None
+        report.fidelity = measure_fidelity(dense_model, current, options)
+        report.warnings = [w for w in report.warnings if w != last]
+        if report.fidelity is not None and report.fidelity.warning:
+            report.warnings.append(report.fidelity.warning)
     report.params.before, report.macs.before = dense.params, dense.macs
     if target is not None:
         kind, fraction = target

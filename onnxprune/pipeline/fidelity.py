@@ -1,0 +1,62 @@
+"""What a prune cost, shown on every run: the pruned model against the dense one on the
+calibration inputs when there are some, else on the check inputs. A model that passes the
+oracle (it computes what the masked original computes) may still have lost its task; this says
+so before the user finds out by running it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..runtime import batch_outputs
+from ..runtime.fidelity import output_fidelity
+
+COLLAPSED_COSINE = 0.8     # mean cosine of an output to the dense one below this: collapsed
+COLLAPSED_TOP1 = 0.5       # top-1 agreement of class scores below this: collapsed
+MAX_SAMPLES = 64           # calibration samples the comparison runs on, at most
+
+
+@dataclass
+class FidelitySection:
+    """Per output: the mean and the lowest cosine of each sample's output to the dense
+    model's, and the top-1 agreement where the output holds class scores."""
+
+    inputs: str
+    samples: int
+    outputs: list[dict]
+    collapsed: bool
+    warning: str | None = None
+
+
+def fidelity_to_dense(dense, pruned, batches, inputs: str) -> FidelitySection:
+    """Run both models on ``batches`` (at most ``MAX_SAMPLES`` samples) and compare."""
+    batches = _first_samples(batches)
+    sizes = [len(next(iter(feeds.values()))) for feeds in batches]
+    before, after = batch_outputs(dense, batches), batch_outputs(pruned, batches)
+    outputs = []
+    for name, value in before[0].items():
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        row = output_fidelity(name, [b[name] for b in before], [a[name] for a in after], sizes)
+        outputs.append({k: row[k] for k in ("name", "cosine_mean", "cosine_min",
+                                            "top1_agreement")})
+    collapsed = any(o["cosine_mean"] < COLLAPSED_COSINE or (
+        o["top1_agreement"] is not None and o["top1_agreement"] < COLLAPSED_TOP1)
+        for o in outputs)
+    section = FidelitySection(inputs, sum(sizes), outputs, collapsed)
+    if collapsed:
+        section.warning = ("the pruned model's outputs are far from the dense model's (see "
+                           "fidelity): give calibration data (--calib, a few dozen unlabeled "
+                           "samples) or prune less")
+    return section
+
+
+def _first_samples(batches) -> list[dict]:
+    kept, count = [], 0
+    for feeds in batches:
+        if count >= MAX_SAMPLES:
+            break
+        kept.append(feeds)
+        count += len(next(iter(feeds.values())))
+    return kept
