@@ -24,7 +24,8 @@ from onnxprune.runtime import session
 
 CONFIGS = [("random", "none", None), ("l2", "none", None), ("wanda", "none", "calibration"),
            ("l2", "obs", "calibration"), ("obs", "obs", "calibration"),
-           ("obspa", "obs", "synthetic")]
+           ("obspa", "obs", "synthetic"), ("obspa", "obs", "natural"),
+           ("l2", "obs", "natural")]
 
 
 def images():

@@ -65,3 +65,21 @@ def test_grouped_conv_whose_groups_lose_different_outputs_is_caught(monkeypatch)
     """A grouped conv that forgets that every group must lose the same output positions."""
     _check(grouped, monkeypatch, conv.ConvRule, "propagate",
            "ctx.space.unify_along(grid_out, 0)", "pass")
+
+
+def test_a_failed_check_names_the_output_and_where_it_starts(monkeypatch):
+    """A prune that fails its check says which output failed by how much, and the first
+    tensor where the pruned model leaves the masked original (here, the planted Concat)."""
+    import onnxprune
+    from onnxprune.errors import VerificationError
+
+    monkeypatch.setattr(concat_split.ConcatRule, "propagate", mutant(
+        concat_split.ConcatRule.propagate, "np.concatenate(pieces, j)",
+        "np.roll(np.concatenate(pieces, j), 1, axis=j)"))
+    model = concat()
+    with pytest.raises(VerificationError) as failed:
+        onnxprune.prune(model, ratio=0.5, round_to=1)
+    message = str(failed.value)
+    concat_node = next(n.name for n in model.graph.node if n.op_type == "Concat")
+    assert f"worst output {model.graph.output[0].name!r}" in message
+    assert f"it starts at {concat_node}," in message and "\n" not in message

@@ -12,7 +12,8 @@ import onnx
 
 from ..errors import UserError
 from ..runtime import input_shapes, make_inputs, user_inputs
-from .images import load_images
+from .images import load_images, parse_preprocess
+from .procedural import dead_leaves
 
 DEFAULT_RANDOM_SAMPLES = 32
 
@@ -30,11 +31,14 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
     names = user_inputs(model)
     fixed = fixed_batch(model, names)
     batch_size = fixed or batch_size
-    if preprocess is not None and not os.path.isdir(source):
+    if preprocess is not None and not (os.path.isdir(source) or source == "natural"):
         raise UserError(f"a preprocessing spec goes with an image folder; {source} is not one")
-    if source in ("random", "synthetic"):
+    if source in ("random", "synthetic", "natural"):
         samples = DEFAULT_RANDOM_SAMPLES if samples is None else samples
-        return _batches(_random_samples(model, names, shapes, fixed, samples, seed), batch_size)
+        made = _random_samples(model, names, shapes, fixed, samples, seed)
+        if source == "natural":
+            made = _with_natural_images(made, preprocess, seed)
+        return _batches(made, batch_size)
     if os.path.isdir(source):
         arrays = load_images(source, model, preprocess, shapes, limit=samples)
     else:
@@ -68,6 +72,21 @@ def _random_samples(model, names, shapes, fixed, samples: int, seed: int
                             if n in vocab else np.ones_like(value))
         made.append(feeds)
     return made
+
+
+def _with_natural_images(samples: list[dict], preprocess, seed: int) -> list[dict]:
+    """Every image-like float input (NCHW with 1, 3 or 4 channels) of the random samples
+    replaced by a dead-leaves image in [0, 1], normalized by ``preprocess``'s mean and std."""
+    spec = parse_preprocess(preprocess)
+    rng = np.random.default_rng(seed)
+    for feeds in samples:
+        for name, value in feeds.items():
+            if (np.issubdtype(value.dtype, np.floating) and value.ndim == 4
+                    and value.shape[1] in (1, 3, 4)):
+                image = dead_leaves(1, *value.shape[1:], rng)
+                feeds[name] = ((image - np.asarray(spec.mean).reshape(1, -1, 1, 1))
+                               / np.asarray(spec.std).reshape(1, -1, 1, 1)).astype(value.dtype)
+    return samples
 
 
 def _read_npz(source: str, names: list[str]) -> dict[str, np.ndarray]:

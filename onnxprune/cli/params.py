@@ -176,8 +176,9 @@ def pruning_options(sweep: bool = False):
                 "--calib", multiple=True, metavar="DATA[@WEIGHT]",
                 help="Calibration inputs for data-driven criteria and compensation: an .npz "
                      "with one array per model input (samples on axis 0); a folder of images "
-                     "(see --preprocess); 'random' inputs; or 'synthetic' (random inputs "
-                     "matched to the BatchNorm statistics, obspa's default). Repeat it to fuse "
+                     "(see --preprocess); 'random' inputs; 'synthetic' (random inputs "
+                     "matched to the BatchNorm statistics, obspa's default); or 'natural' "
+                     "(procedural dead-leaves images). Repeat it to fuse "
                      "several sets, each with a weight: --calib general.npz@0.3 --calib "
                      "task.npz@0.7."),
         ]

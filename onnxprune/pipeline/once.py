@@ -17,6 +17,7 @@ from ..runtime import count_cost, count_params, make_inputs
 from ..verify import compare_outputs
 from .analyze import Analyzed, analyze_model
 from .build import Built, build, masked_of
+from .diagnose import first_divergence
 from .fidelity import fidelity_to_dense
 from .options import PruneOptions
 from .plan import MacCounter, planned_params
@@ -131,13 +132,27 @@ def _verify(a: Analyzed, built: Built, options: PruneOptions, progress) -> Check
                            options.seed)
         feeds = make_inputs(a.model, options.input_shapes, options.seed)
         result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step)
+        where = None
+        if result.runs and not result.ok and result.max_rel_error is not None:
+            where = first_divergence(a, built.pruned, masked, feeds, built.removed,
+                                     options.tolerance)
         discard_written(masked, keep=[built.pruned, a.model])   # its weight files, if any
     check = CheckSection(result.checker, result.runs, result.same_io, result.max_rel_error,
                          options.tolerance, result.ok,
                          {k: list(v.shape) for k, v in feeds.items()})
     if not result.ok:
-        raise VerificationError(
-            "the pruned model failed verification (checker={}, runs={}, same_io={}, "
-            "max_rel_error={}); nothing was written".format(
-                result.checker, result.runs, result.same_io, result.max_rel_error))
+        raise VerificationError(_failure(result, where))
     return check
+
+
+def _failure(result, where) -> str:
+    """One line: what failed, the output with the largest error, and where it starts."""
+    text = (f"the pruned model failed verification (checker={result.checker}, "
+            f"runs={result.runs}, same_io={result.same_io}, "
+            f"max_rel_error={result.max_rel_error}")
+    if result.output_errors:
+        name, error = max(result.output_errors.items(), key=lambda kv: kv[1])
+        text += f"; worst output {name!r}: {error:.2e} against tolerance {result.tolerance:.0e}"
+    if where is not None:
+        text += f"; it starts at {where[0]}, which writes {where[1]!r} ({where[2]:.2e})"
+    return text + "); nothing was written"

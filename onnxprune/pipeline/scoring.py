@@ -150,6 +150,8 @@ def describe(calib, stats) -> dict | None:
             name = "synthetic: N(0, 1) random inputs (no BatchNormalization to match)"
         elif source.data == "random":
             name = "random inputs"
+        elif source.data == "natural":
+            name = "natural: procedural dead-leaves images (no data)"
         else:
             name = source.describe()
         if source.preprocess:

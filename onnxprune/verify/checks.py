@@ -3,7 +3,7 @@ Runtime with the original's inputs and outputs, and matches the masked original.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -28,6 +28,7 @@ class CheckResult:
     same_io: bool
     max_rel_error: float | None
     tolerance: float
+    output_errors: dict[str, float] = field(default_factory=dict)   # per output
 
     @property
     def ok(self) -> bool:
@@ -118,6 +119,7 @@ def compare_outputs(pruned: onnx.ModelProto, reference: onnx.ModelProto,
         got = run_model(pruned, feeds, exact=True)
     step()
     want = run_model(reference, feeds, exact=True)
-    error = max((relative_error(got[k], want[k]) for k in want), default=0.0)
+    errors = {k: relative_error(got[k], want[k]) for k in want}
     step()
-    return CheckResult(checker, runs, same_io, error, tolerance)
+    return CheckResult(checker, runs, same_io, max(errors.values(), default=0.0), tolerance,
+                       errors)
