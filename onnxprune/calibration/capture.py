@@ -17,6 +17,7 @@ import onnx
 from ..graph import ChannelMap
 from ..progress import task
 from ..runtime import session
+from ..runtime.run import exposing
 
 
 @dataclass
@@ -107,14 +108,7 @@ def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
     the model to run instead (it must keep the watched tensors' names). ``progress`` (see
     :mod:`onnxprune.progress`) advances once per batch."""
     patches_for = patches_for or {}
-    source = probe if probe is not None else model
-    probe = onnx.ModelProto()
-    probe.CopyFrom(source)
-    declared = {o.name for o in probe.graph.output}
-    for name in maps:
-        if name not in declared:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    sess = session(probe)
+    sess = session(exposing(probe if probe is not None else model, maps))
     names = list(maps)
     stats = ChannelStats({n: Moments() for n in names})
     batches = list(batches)

@@ -9,6 +9,7 @@ import onnx
 
 from ..groups import project
 from ..runtime import run_model
+from ..runtime.run import exposing
 from ..verify import relative_error
 from .analyze import Analyzed
 
@@ -23,8 +24,8 @@ def first_divergence(a: Analyzed, pruned: onnx.ModelProto, masked: onnx.ModelPro
              if name in written]
     names = [name for _, name in order]
     try:
-        got = run_model(_exposing(pruned, names), feeds, exact=True)
-        want = run_model(_exposing(masked, names), feeds, exact=True)
+        got = run_model(exposing(pruned, names), feeds, exact=True)
+        want = run_model(exposing(masked, names), feeds, exact=True)
     except Exception:  # noqa: BLE001 - a diagnosis must never hide the failure it explains
         return None
     for node, name in order:
@@ -37,16 +38,6 @@ def first_divergence(a: Analyzed, pruned: onnx.ModelProto, masked: onnx.ModelPro
         if error > tolerance:
             return node.label, name, error
     return None
-
-
-def _exposing(model: onnx.ModelProto, names) -> onnx.ModelProto:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    declared = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in declared:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    return probe
 
 
 def _kept_part(a: Analyzed, name: str, value: np.ndarray, removed: np.ndarray):

@@ -12,7 +12,7 @@ from ..graph.model_graph import NodeRef, skeleton
 from ..io.normalize import all_graphs, subgraphs
 from ..rules import counts_macs, rule_for
 from .feeds import input_shapes, make_inputs
-from .run import run_model
+from .run import exposing, run_model
 
 
 @dataclass
@@ -126,14 +126,8 @@ def measure_node_shapes(model: onnx.ModelProto, shape: dict, node_indices, shape
 
 def _shapes_by_running(model: onnx.ModelProto, concrete, names) -> dict[str, list[int]]:
     """Run the model once on ONNX Runtime with ``names`` exposed as extra outputs."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    declared = {o.name for o in probe.graph.output}
-    for name in dict.fromkeys(names):
-        if name not in declared:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        outputs = run_model(probe, make_inputs(model, concrete))
+        outputs = run_model(exposing(model, names), make_inputs(model, concrete))
     except Exception:  # noqa: BLE001 - MACs stay unknown
         return {}
     return {k: list(v.shape) for k, v in outputs.items()}

@@ -37,6 +37,17 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
     return dict(zip(names, sess.run(names, feeds)))
 
 
+def exposing(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names`` (to watch them run)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = {o.name for o in probe.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in declared:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    return probe
+
+
 def batch_outputs(model, batches) -> list[dict]:
     """The model's outputs on each feed dict of ``batches`` (one session for all)."""
     sess = session(model)
