@@ -242,3 +242,28 @@ def test_grouped_conv_is_refit_one_group_at_a_time():
                               for f in batches])
         errors[method] = float(np.mean(np.square(got - dense)))
     assert errors["obs"] < errors["bias"] < errors["none"]
+
+
+def test_a_huge_obs_update_is_damped_until_it_is_not():
+    """Nearly collinear inputs make H nearly singular: a removed channel that equals the
+    difference of two kept ones over a small ε is re-fitted with weights of order 1/ε. Such
+    an update (float32 rounding then shows in the check) is damped ten times more until it is
+    at most MAX_UPDATE times the kept weights, and the notes say so."""
+    from onnxprune.compensation.refit import MAX_UPDATE, _bounded_obs, _relative_size
+
+    a = analyze_model(two_layers())
+    stats = calibration_stats(a, calibration())
+    consumer = next(c for c in find_consumers(a.analysis) if c.weight.shape == (N_OUT, N_HID, 1))
+    moments = stats.get(consumer.input_name)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, N_HID))
+    x[:, 0] = x[:, 1] + 1e-5 * x[:, 2]          # channel 2 = (channel 0 − channel 1) / ε
+    moments.gram, moments.count, moments.sum = x.T @ x, len(x), x.sum(0)
+    removed = np.zeros(N_HID, bool)
+    removed[2] = True
+    raw = _obs(consumer, removed, moments, *input_gram(consumer, moments), damping=1e-12)[0]
+    assert _relative_size(consumer, removed, raw) > 100 * MAX_UPDATE
+    delta_w, _, note = _bounded_obs(consumer, removed, moments, input_gram(consumer, moments),
+                                    1e-12)
+    assert _relative_size(consumer, removed, delta_w) <= MAX_UPDATE
+    assert note and note.startswith("OBS update damped to")

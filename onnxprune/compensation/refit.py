@@ -24,6 +24,8 @@ from ..graph import ModelGraph
 from ..groups import Analysis, Consumer, find_consumers
 
 METHODS = ("none", "bias", "obs")
+MAX_UPDATE = 2.0    # an OBS update larger than this share of the kept weights is damped more
+MAX_DAMPING = 100.0  # ... up to this λ, where the update is close to plain removal
 
 
 def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray, stats,
@@ -52,7 +54,9 @@ def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
         moments = stats.get(c.input_name)
         gram = input_gram(c, moments)
         if method == "obs" and gram is not None:
-            delta_w, delta_b = _obs(c, removed, moments, *gram, damping=damping)
+            delta_w, delta_b, note = _bounded_obs(c, removed, moments, gram, damping)
+            if note:
+                notes.append(f"{label}: {note}")
         else:
             if method == "obs":
                 notes.append(f"{label}: not pointwise (or too wide), bias compensation instead")
@@ -92,6 +96,35 @@ def _bias(c: Consumer, removed: np.ndarray, moments) -> np.ndarray:
         gone = removed[channels]
         delta[rows] = c.weight[rows][:, gone, :].sum(axis=2) @ mean[channels][gone]
     return delta
+
+
+def _bounded_obs(c: Consumer, removed: np.ndarray, moments, gram, damping: float):
+    """The OBS update, damped further (λ × 10 at a time, up to ``MAX_DAMPING``) while it is
+    more than ``MAX_UPDATE`` times the weights it changes: statistics from few samples, or from noise,
+    make H nearly singular, and an update that large turns float32 rounding into errors the
+    check can see. Returns (ΔW, Δb, a note when it had to be damped)."""
+    level = damping
+    while True:
+        delta_w, delta_b = _obs(c, removed, moments, *gram, damping=level)
+        size = _relative_size(c, removed, delta_w)
+        if size <= MAX_UPDATE or level >= MAX_DAMPING:
+            break
+        first = size if level == damping else first
+        level *= 10
+    if level == damping:
+        return delta_w, delta_b, None
+    return delta_w, delta_b, (f"OBS update damped to λ={level:g} (at λ={damping:g} it was "
+                              f"{first:.1f}× the kept weights; now {size:.2f}×)")
+
+
+def _relative_size(c: Consumer, removed: np.ndarray, delta_w: np.ndarray) -> float:
+    """‖ΔW‖ / ‖W‖ over the kept input channels."""
+    change = total = 0.0
+    for rows, channels in c.blocks():
+        kept = ~removed[channels]
+        change += float(np.sum(np.square(delta_w[rows][:, kept])))
+        total += float(np.sum(np.square(c.weight[rows][:, kept])))
+    return float(np.sqrt(change / total)) if total > 0 else 0.0
 
 
 def _obs(c: Consumer, removed: np.ndarray, moments, gram: np.ndarray, count: int,
