@@ -10,10 +10,12 @@ import onnx
 
 from onnxprune.pipeline import Analyzed, Strategy, analyze_model, masked_original
 from onnxprune.pipeline.plan import MacCounter, planned_params, plan_for
+from onnxprune.compensation import compensate
+from onnxprune.graph import ModelGraph
 from onnxprune.rewrite.bodies import has_bodies
 from onnxprune.io import save_model
 from onnxprune.io.weights import WeightStore
-from onnxprune.runtime import count_cost, make_inputs, run_model
+from onnxprune.runtime import count_cost, count_params, make_inputs, run_model
 from onnxprune.runtime import needs_exact_run, user_inputs
 from onnxprune.verify import relative_error
 
@@ -88,9 +90,13 @@ def _assert_cost_as_planned(analyzed, ratio, round_to, by_kind, strategy, stats,
                             before, after) -> None:
     """What the plan predicts (the numbers --target-macs/--target-params search on) is what
     the pruned model has. Bodies of control-flow nodes prune on their own, outside the plan."""
-    planned = plan_for(analyzed, ratio, round_to, by_kind, strategy or Strategy(), stats)
+    strategy = strategy or Strategy()
+    planned = plan_for(analyzed, ratio, round_to, by_kind, strategy, stats)
+    base = compensate(analyzed.model, analyzed.analysis, planned.removed, stats,
+                      strategy.compensation, strategy.damping)[0]
     if not has_bodies(analyzed.model):
-        assert planned_params(analyzed, planned.removed, before.params) == after.params, \
+        assert planned_params(analyzed, planned.removed, count_params(base),
+                              ModelGraph(base, infer_shapes=False)) == after.params, \
             "params differ from what the plan predicted"
     macs = MacCounter(analyzed, shapes)
     if macs.known and after.macs is not None:

@@ -11,6 +11,7 @@ import onnx
 from ..allocation.latency import LatencyPredictor
 from ..calibration import load_calibration
 from ..errors import VerificationError
+from ..graph import ModelGraph
 from ..io.weights import discard_written
 from ..progress import task
 from ..runtime import count_cost, count_params, make_inputs
@@ -108,7 +109,11 @@ def _report(a: Analyzed, built: Built, options: PruneOptions, macs: MacCounter,
             scoring: Scoring, target: TargetSection | None) -> PruneReport:
     after = count_cost(built.pruned, options.input_shapes)
     dense_params = count_params(a.model)
-    planned = planned_params(a, built.removed, dense_params)
+    if built.base is a.model:
+        planned = planned_params(a, built.removed, dense_params)
+    else:       # compensated: the rewrite starts from the re-fitted copy
+        planned = planned_params(a, built.removed, count_params(built.base),
+                                 ModelGraph(built.base, infer_shapes=False))
     groups = [group_entry(g, built.plan) for g in a.groups if g.members]
     strategy = options.strategy
     return PruneReport(

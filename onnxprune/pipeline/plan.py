@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..allocation import Plan, allocate
+from ..graph import ModelGraph
 from ..groups import project
 from ..rules import rule_for
 from ..runtime.cost import macs_and_shapes
@@ -69,7 +70,7 @@ def sliced_dims(a: Analyzed, removed) -> dict[tuple[int, int], list[int]]:
     return {key: new for key, (_, new) in sliced_shapes(a, removed).items()}
 
 
-def planned_params(a: Analyzed, removed, before: int) -> int:
+def planned_params(a: Analyzed, removed, before: int, graph: ModelGraph | None = None) -> int:
     """``before`` less what the sliced constants lose; a weight stored quantized also loses
     per-axis scales and zero points along the cut axis.
 
@@ -77,31 +78,32 @@ def planned_params(a: Analyzed, removed, before: int) -> int:
     the copies through Identity aliases) becomes what the rewrite makes of it: one tensor per
     distinct slice among the readers of each name, and the whole constant where a reader
     keeps it whole."""
+    graph = graph or a.graph
     keep = kept_axes(a, removed)
     roots: dict[str, None] = {}
     for node, index in keep:
-        roots[_root(a, a.graph.nodes[node].input(index))] = None
+        roots[_root(graph, graph.nodes[node].input(index))] = None
     total = before
     for root in roots:
-        value = a.graph.const(root)
-        total += _tensors_of(a, root, value, keep) - value.size
+        value = graph.const(root)
+        total += _tensors_of(graph, root, value, keep) - value.size
     return total
 
 
-def _root(a: Analyzed, name: str) -> str:
+def _root(graph: ModelGraph, name: str) -> str:
     """The constant an Identity alias (or a chain of them) reads."""
-    producer = a.graph.producer.get(name)
+    producer = graph.producer.get(name)
     while (producer is not None and producer.op == "Identity"
-           and a.graph.const(producer.input(0)) is not None):
+           and graph.const(producer.input(0)) is not None):
         name = producer.input(0)
-        producer = a.graph.producer.get(name)
+        producer = graph.producer.get(name)
     return name
 
 
-def _readers(a: Analyzed, name: str):
+def _readers(graph: ModelGraph, name: str):
     """(alias names read through Identity nodes, other (node, input) slots) of ``name``."""
     aliases, slots = [], []
-    for reader in a.graph.consumers.get(name, []):
+    for reader in graph.consumers.get(name, []):
         for k, read in enumerate(reader.proto.input):
             if read != name:
                 continue
@@ -112,20 +114,21 @@ def _readers(a: Analyzed, name: str):
     return aliases, slots
 
 
-def _tensors_of(a: Analyzed, root: str, value: np.ndarray, keep) -> int:
+def _tensors_of(graph: ModelGraph, root: str, value: np.ndarray, keep) -> int:
     """Elements of the tensors the constant ``root`` becomes after the rewrite: each name
     that reads it (the root, its aliases) holds its readers' distinct slices (copies of one
     name that come out equal are merged); the root stays whole while any reader, directly or
     through an alias, keeps it whole."""
     names, whole, sliced = [root], False, {}
     for name in names:
-        aliases, slots = _readers(a, name)
+        aliases, slots = _readers(graph, name)
         names.extend(aliases)
+        whole |= name != root and not aliases and not slots   # a dangling alias stays
         cut = [keep[s] for s in slots if s in keep and not all(v.all() for v in keep[s].values())]
         whole |= len(cut) < len(slots)       # a reader that loses nothing reads it as it is
         sliced[name] = cut
     if len(names) == 1 and len(sliced[root]) == 1 and not whole:
-        return _sliced_size(a, root, value, sliced[root][0])
+        return _sliced_size(graph, root, value, sliced[root][0])
     total = 0
     for name, cuts in sliced.items():
         arrays = [_cut(value, axes) for axes in cuts]
@@ -141,14 +144,14 @@ def _cut(value: np.ndarray, axes: dict[int, np.ndarray]) -> np.ndarray:
     return value
 
 
-def _sliced_size(a: Analyzed, name: str, value: np.ndarray, axes) -> int:
+def _sliced_size(graph: ModelGraph, name: str, value: np.ndarray, axes) -> int:
     """Elements left of a constant one reader slices, with the per-axis scales and zero points
     of a weight stored quantized (they shrink along the cut axis)."""
     new = [int(axes[p].sum()) if p in axes else d for p, d in enumerate(value.shape)]
     size = int(np.prod(new, dtype=np.int64))
-    source = a.graph.quantized_source(name)
+    source = graph.quantized_source(name)
     for k in (1, 2) if source is not None else ():
-        per_axis = a.graph.const(source.input(k)) if source.input(k) else None
+        per_axis = graph.const(source.input(k)) if source.input(k) else None
         if per_axis is not None and per_axis.size > 1:
             axis = int(source.attr("axis", 1)) % value.ndim
             size -= per_axis.size - per_axis.size * new[axis] // value.shape[axis]
