@@ -10,7 +10,7 @@ ORT CPU EP (``onnxprune.runtime.measure_latency``: optimizations ALL, ``--thread
 intra-op threads, 5 warm-up runs, ``BUDGET_S`` s of timed runs, at least 10) in ``--turns``
 passes through all of them, as ``benchmarks.peers`` does, so load from other processes falls on
 all of them alike. The median reported is the least disturbed turn's; speedup, MAC ratio and
-efficiency are ``onnxprune.verify.bench.compare_with_first`` against the dense model (speedup =
+efficiency are ``onnxprune.evaluate.bench.compare_with_first`` against the dense model (speedup =
 dense median / pruned median, MAC ratio = dense MACs / pruned MACs, efficiency = speedup / MAC
 ratio). Run from the repository root::
 
