@@ -11,6 +11,8 @@ from ..allocation.costs import component_costs
 from ..calibration import (CalibSource, as_sources, capture_stats, gram_inputs, load_calibration,
                            match_batchnorm_statistics, mix, patch_inputs)
 from ..errors import UserError
+from ..groups import reads_linearly
+from ..rules import rule_for
 from ..importance import ScoringContext, consumed_inputs, normalize, score
 from ..runtime import node_macs
 from .analyze import Analyzed
@@ -73,9 +75,10 @@ def data_free_warnings(a: Analyzed, calib, stats) -> tuple[str, ...]:
     synthetic = any(s.data == "synthetic" for s in as_sources(calib)) if calib else False
     if not synthetic or stats is None or stats.matched_norms:
         return ()
-    biased = sum(1 for n in a.graph.nodes if n.op in ("Conv", "Gemm") and n.input(2))
-    folded = (f"none in the model, and {biased} conv/linear layers carry biases, so it was "
-              f"probably folded into them" if biased else "none in the model")
+    biased = sum(1 for n in a.graph.nodes if reads_linearly(n)
+                 and _own_bias(rule_for(n).linear_view(n, a.graph), n))
+    folded = (f"none in the model, and {biased} linear layers carry biases of their own, so it "
+              f"was probably folded into them" if biased else "none in the model")
     return (f"synthetic calibration found no BatchNormalization to match ({folded}): its "
             f"statistics are those of N(0, 1) noise, which can score and re-fit worse than "
             f"l2; give real samples with --calib (a few dozen unlabeled ones are enough)",)
@@ -98,6 +101,11 @@ def group_scores(a: Analyzed, strategy: Strategy, stats=None, input_shapes=None,
         ctx.notes.append("adaptive ratio multipliers per group: " + ", ".join(
             f"{g}: {w:.2f}" for g, w in sorted(weights.items())))
     return GroupScores(scores, ranking, ctx.notes, weights)
+
+
+def _own_bias(view, node) -> bool:
+    """Does the linear layer carry a bias of its own (as its rule describes it)?"""
+    return view is not None and view.bias is not None and view.bias[0] == node.index
 
 
 def calibration_stats(a: Analyzed, calib, input_shapes=None, gram: bool = True, seed: int = 0,
