@@ -1,8 +1,9 @@
 """Data-free statistics on models with and without BatchNorm nodes (issue 15): the digits CNN
 trained once and exported twice, BN folded into the convs (as most exports are) and BN kept,
 pruned to equal MAC budgets with no data (l2; obspa on N(0, 1) noise, BN-matched where BN
-exists; obspa and l2+OBS on dead-leaves images) and, for reference, with 32 real unlabeled
-training images (obs). Metric: test accuracy, no fine-tuning, ``round_to=1``. Run from the
+exists; obspa and l2+OBS on dead-leaves images; sequential reconstruction on them) and, for
+reference, with 32 real unlabeled training images (obs, and sequential reconstruction).
+Metric: test accuracy, no fine-tuning, ``round_to=1``. Run from the
 repository root::
 
     python -m benchmarks.data_free
@@ -23,7 +24,13 @@ CONFIGS = [("l2", {}, "none"),
            ("obspa", {"strategy": S("obspa")}, "synthetic"),
            ("obspa", {"strategy": S("obspa"), "calib": "natural"}, "natural"),
            ("l2 + obs", {"strategy": S("l2", compensate="obs"), "calib": "natural"}, "natural"),
-           ("obs", {"strategy": S("obs")}, "32 real")]
+           ("l2 + sequential", {"strategy": S("l2", compensate="sequential"),
+                                "calib": "natural"}, "natural"),
+           ("obspa + sequential", {"strategy": S("obspa", compensate="sequential"),
+                                   "calib": "natural"}, "natural"),
+           ("obs", {"strategy": S("obs")}, "32 real"),
+           ("obs + sequential", {"strategy": S("obs", compensate="sequential")}, "32 real"),
+           ("l2 + sequential", {"strategy": S("l2", compensate="sequential")}, "32 real")]
 
 
 def main(argv=None) -> None:

@@ -8,7 +8,7 @@ detections to the dense model's (same class, IoU ≥ 0.5), pooled over all image
 relative L2 error of the raw output tensor. Every pruned model is verified against its masked
 original. Run from the repository root::
 
-    python -m benchmarks.yolo_agreement [--macs 0.7 0.5]
+    python -m benchmarks.yolo_agreement [--macs 0.7 0.5] [--compensation obs sequential]
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from onnxprune.runtime import session
 CONFIGS = [("random", "none", None), ("l2", "none", None), ("wanda", "none", "calibration"),
            ("l2", "obs", "calibration"), ("obs", "obs", "calibration"),
            ("obspa", "obs", "synthetic"), ("obspa", "obs", "natural"),
-           ("l2", "obs", "natural")]
+           ("l2", "obs", "natural"), ("l2", "sequential", "calibration"),
+           ("obs", "sequential", "calibration"), ("obspa", "sequential", "natural")]
 
 
 def images():
@@ -88,6 +89,8 @@ def outputs(model, x) -> np.ndarray:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--macs", type=float, nargs="+", default=[0.7, 0.5])
+    parser.add_argument("--compensation", nargs="+", default=None,
+                        help="only the rows with these compensations")
     args = parser.parse_args(argv)
     path = str(zoo.ensure("nudenet_yolov8n", "file"))
     x_eval, x_calib = images()
@@ -102,6 +105,8 @@ def main(argv=None) -> None:
     print("|---|---|---|" + "---|" * len(args.macs))
     shapes = {"images": (1, 3, 320, 320)}
     for name, compensation, data in CONFIGS:
+        if args.compensation and compensation not in args.compensation:
+            continue
         cells = []
         for target in args.macs:
             pruned, report = onnxprune.prune(

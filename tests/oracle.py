@@ -10,7 +10,7 @@ import onnx
 
 from onnxprune.pipeline import Analyzed, Strategy, analyze_model, masked_original
 from onnxprune.pipeline.plan import MacCounter, planned_params, plan_for
-from onnxprune.compensation import compensate
+from onnxprune.pipeline.refit import compensated
 from onnxprune.graph import ModelGraph
 from onnxprune.rewrite.bodies import has_bodies
 from onnxprune.io import save_model
@@ -92,8 +92,7 @@ def _assert_cost_as_planned(analyzed, ratio, round_to, by_kind, strategy, stats,
     the pruned model has. Bodies of control-flow nodes prune on their own, outside the plan."""
     strategy = strategy or Strategy()
     planned = plan_for(analyzed, ratio, round_to, by_kind, strategy, stats)
-    base = compensate(analyzed.model, analyzed.analysis, planned.removed, stats,
-                      strategy.compensation, strategy.damping)[0]
+    base = compensated(analyzed, planned.removed, stats, strategy)[0]
     if not has_bodies(analyzed.model):
         assert planned_params(analyzed, planned.removed, count_params(base),
                               ModelGraph(base, infer_shapes=False)) == after.params, \

@@ -102,3 +102,18 @@ def test_synthetic_statistics_without_batchnorm_say_so():
     (warning,) = [w for w in gone["warnings"] if "BatchNormalization to match" in w]
     assert "folded" in warning and "--calib" in warning
     assert gone["strategy"]["calibration"]["source"].startswith("synthetic: N(0, 1)")
+
+
+def test_generated_calibration_is_measured_on_fresh_samples():
+    """A re-fit is fitted to the calibration inputs, so measuring on them flatters it: a
+    generated source is measured on new samples of the same kind, and given data is labelled
+    as the calibration inputs themselves."""
+    model = residual()
+    strategy = Strategy("l2", compensate="sequential")
+    _, generated = onnxprune.prune(model, ratio=0.5, round_to=1, calib="random",
+                                   strategy=strategy)
+    assert generated["fidelity"]["inputs"] == "fresh random inputs (not those calibration used)"
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    _, given = onnxprune.prune(model, ratio=0.5, round_to=1, calib=calib, strategy=strategy)
+    assert given["fidelity"]["inputs"].endswith("(the calibration inputs themselves)")

@@ -30,7 +30,7 @@ def _one_line_error(capsys) -> str:
     (["--normalize", "lamp"], "--normalize ranks groups against each other"),
     (["--rank-by", "score-per-mac"], "--rank-by ranks groups against each other"),
     (["--max-ratio", "0.5"], "--max-ratio caps what one group loses"),
-    (["--obs-damping", "1.0"], "--obs-damping regularizes the OBS update"),
+    (["--obs-damping", "1.0"], "--obs-damping regularizes the re-fit"),
     (["--criterion", "random", "--group-reduction", "mean"], "does not read"),
     (["--latency-threads", "2"], "it needs --target-latency"),
     (["--calib", "random"], "reads weights only"),

@@ -17,6 +17,8 @@ from .procedural import dead_leaves
 
 DEFAULT_RANDOM_SAMPLES = 32
 
+GENERATED = ("random", "synthetic", "natural")     # sources made on the fly, any number of them
+
 
 def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_size: int = 16,
                      samples: int | None = None, seed: int = 0, preprocess: str | None = None
@@ -33,7 +35,7 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
     batch_size = fixed or batch_size
     if preprocess is not None and not (os.path.isdir(source) or source == "natural"):
         raise UserError(f"a preprocessing spec goes with an image folder; {source} is not one")
-    if source in ("random", "synthetic", "natural"):
+    if source in GENERATED:
         samples = DEFAULT_RANDOM_SAMPLES if samples is None else samples
         made = _random_samples(model, names, shapes, fixed, samples, seed)
         if source == "natural":

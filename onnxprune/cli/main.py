@@ -15,6 +15,7 @@ from .bench import bench, compare
 from .console import error
 from .inspect import inspect, sensitivity
 from .prune import demo, prune
+from .recover import recover
 from .sweep import sweep
 
 REPORT_BUG = "please report it with the model and command at the onnxprune issue tracker"
@@ -26,7 +27,7 @@ def cli():
     """Structural pruning of ONNX models: find coupled channels, remove them, prove it."""
 
 
-for command in (inspect, prune, sensitivity, demo, bench, compare, sweep):
+for command in (inspect, prune, recover, sensitivity, demo, bench, compare, sweep):
     cli.add_command(command)
 
 

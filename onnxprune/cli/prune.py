@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..io import check_writable, save_model, write_atomically
 from .console import echo, fmt, kept, progress_for, show, table
 from .params import calib_sources, prune_options_from, pruning_options
+from .recover import RECOVERY_FLAGS, print_recovery, recover_options_from, recovery_options
 
 SHOWN_GROUPS = 12
 SHOWN_OUTPUTS = 3
@@ -33,9 +34,19 @@ def default_output_path(path) -> str:
 @click.option("--report", "report_path", type=click.Path(), default=None,
               help="Write the plan and results as JSON.")
 @pruning_options()
-def prune(model, output, in_place, report_path, calib, preprocess, **params):
+@click.option("--recover", "recover", is_flag=True,
+              help="Then train the pruned model to reproduce MODEL on the --calib inputs "
+                   "(distillation; needs the grad extra). See `onnxprune recover`.")
+@recovery_options
+def prune(model, output, in_place, report_path, calib, preprocess, recover, **params):
     """Prune MODEL and write a smaller, verified model."""
+    recovery = recover_options_from(params, params.get("seed", 0))
     options, given = prune_options_from(params, calib_sources(calib, preprocess))
+    if recover:
+        options = options.replace(recover=recovery)
+    elif any(click.get_current_context().get_parameter_source(name) ==
+             click.core.ParameterSource.COMMANDLINE for name in RECOVERY_FLAGS):
+        raise UserError("the --recover-* options set how --recover trains: add --recover")
     options.check(given)
     if in_place and output is not None:
         raise UserError("give -o or --in-place, not both")
@@ -73,6 +84,8 @@ def run_prune(model, output, options: pipeline.PruneOptions, report_path=None,
         write_atomically(report_path, lambda tmp: _dump_json(report, tmp))
     save_model(pruned, output)
     print_summary(report)
+    if report.get("recovery"):
+        print_recovery(report["recovery"])
     echo(f"wrote {output}")
 
 

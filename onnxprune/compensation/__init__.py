@@ -1,5 +1,5 @@
 """Compensation: re-fit the layers that read removed channels, with no training loop."""
 
-from .refit import METHODS, compensate
+from .methods import METHODS, compensate
 
 __all__ = ["METHODS", "compensate"]

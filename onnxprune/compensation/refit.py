@@ -23,21 +23,19 @@ from ..calibration.hessian import DAMPING, damped, input_gram
 from ..graph import ModelGraph
 from ..groups import Analysis, Consumer, find_consumers
 
-METHODS = ("none", "bias", "obs")
+METHODS = ("bias", "obs")     # what this module does; the package adds "none" and "sequential"
 MAX_UPDATE = 2.0    # an OBS update larger than this share of the kept weights is damped more
 MAX_DAMPING = 100.0  # ... up to this λ, where the update is close to plain removal
 
 
-def compensate(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray, stats,
-               method: str, damping: float = DAMPING) -> tuple[onnx.ModelProto, list[str]]:
+def refit(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray, stats,
+          method: str, damping: float = DAMPING) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` with every consumer of removed channels re-fitted; notes say which
     layers were left as they are, and why. ``damping``: λ of the OBS update (a larger one
     keeps it closer to plain removal, which is safer when there are few calibration samples
     per input feature)."""
     if method not in METHODS:
         raise ValueError(method)
-    if method == "none":
-        return model, []
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = ModelGraph(out, infer_shapes=False)
@@ -103,13 +101,13 @@ def _bounded_obs(c: Consumer, removed: np.ndarray, moments, gram, damping: float
     more than ``MAX_UPDATE`` times the weights it changes: statistics from few samples, or from noise,
     make H nearly singular, and an update that large turns float32 rounding into errors the
     check can see. Returns (ΔW, Δb, a note when it had to be damped)."""
-    level = damping
+    level, first = damping, None
     while True:
         delta_w, delta_b = _obs(c, removed, moments, *gram, damping=level)
         size = _relative_size(c, removed, delta_w)
         if size <= MAX_UPDATE or level >= MAX_DAMPING:
             break
-        first = size if level == damping else first
+        first = size if first is None else first
         level *= 10
     if level == damping:
         return delta_w, delta_b, None

@@ -39,12 +39,22 @@ AGREEMENT = 1e-3          # relative error allowed between the torch module and 
 _SAME_AS = {("GreaterOrEqual", 16): 12, ("LessOrEqual", 16): 12}
 
 
-def _torch():
+class Purpose:
+    """Who converts the model, as errors name it, and what to do instead."""
+
+    def __init__(self, name: str, instead: str):
+        self.name, self.instead = name, instead
+
+
+GRADIENTS = Purpose("gradient criteria", "use a criterion without gradients (wanda, obs, l2)")
+
+
+def require_torch(purpose: Purpose = GRADIENTS):
     try:
         import onnx2torch  # noqa: F401
         import torch
     except ImportError:
-        raise UserError("gradient criteria need PyTorch and onnx2torch: pip install "
+        raise UserError(f"{purpose.name}: needs PyTorch and onnx2torch: pip install "
                         "'onnxprune[grad]'") from None
     return torch
 
@@ -59,7 +69,8 @@ def _register_aliases() -> None:
             registry._CONVERTER_REGISTRY[key] = registry._CONVERTER_REGISTRY[source]
 
 
-def convertible_copy(model: onnx.ModelProto, graph, names: set[str]) -> onnx.ModelProto:
+def convertible_copy(model: onnx.ModelProto, graph, names: set[str],
+                     purpose: Purpose = GRADIENTS) -> onnx.ModelProto:
     """A copy onnx2torch can convert, computing the same function: every constant in ``names``
     (the weights the analysis slices) becomes an initializer; IR 3 is raised to IR 4; a Flatten
     at axis = rank becomes the equivalent Reshape; Reshape's ``allowzero`` is dropped where the
@@ -102,7 +113,7 @@ def convertible_copy(model: onnx.ModelProto, graph, names: set[str]) -> onnx.Mod
         try:
             copy = onnx.version_converter.convert_version(copy, CONVERT_OPSET)
         except Exception as exc:  # noqa: BLE001 - the converter's own message says which op
-            raise UserError(f"gradient criteria: cannot lower opset {opset} to "
+            raise UserError(f"{purpose.name}: cannot lower opset {opset} to "
                             f"{CONVERT_OPSET} for onnx2torch ({_first_line(exc)})") from None
         for node in copy.graph.node:   # the converter leaves an opset-18 attribute behind
             if node.op_type.startswith("Reduce"):
@@ -128,19 +139,20 @@ class TorchModel:
     weight is alpha·Bᵀ, for example). One initializer read by several nodes has several pairs.
     """
 
-    def __init__(self, model: onnx.ModelProto, graph, names: set[str]):
+    def __init__(self, model: onnx.ModelProto, graph, names: set[str],
+                 purpose: Purpose = GRADIENTS):
         self.names = names       # only these initializers collect gradients
-        _torch()     # a clear error when the extra is missing
+        self.purpose = purpose
+        require_torch(purpose)     # a clear error when the extra is missing
         import onnx2torch
 
         _register_aliases()
-        self.onnx = convertible_copy(model, graph, names)
+        self.onnx = convertible_copy(model, graph, names, purpose)
         try:
             self.module = onnx2torch.convert(self.onnx, attach_onnx_mapping=True)
         except Exception as exc:  # noqa: BLE001 - onnx2torch raises many types
-            raise UserError(f"gradient criteria: onnx2torch cannot convert this model "
-                            f"({_first_line(exc)}); use a criterion without gradients "
-                            f"(wanda, obs, l2)") from None
+            raise UserError(f"{purpose.name}: onnx2torch cannot convert this model "
+                            f"({_first_line(exc)}); {purpose.instead}") from None
         self.module.eval()
         self.inputs = user_inputs(self.onnx)
         self.remap()
@@ -148,8 +160,9 @@ class TorchModel:
     def remap(self) -> None:
         """Map every float parameter and constant buffer to its ONNX initializer (again after
         a dtype change, which replaces buffers)."""
-        torch = _torch()
+        torch = require_torch()
         self.tensors: dict[str, list] = {}
+        self.values: dict[str, list] = {}    # name → (torch tensor, its value in ONNX layout)
         protos = {n.name: n for n in self.onnx.graph.node}
         for fx_node in self.module.graph.nodes:
             if fx_node.op == "call_module" and fx_node.target in protos:
@@ -163,23 +176,33 @@ class TorchModel:
             if getattr(arg, "op", None) == "get_attr" and j < len(sub.onnx_mapping.inputs):
                 tensor = self.module.get_buffer(arg.target)
                 if tensor.is_floating_point():
-                    self._add(sub.onnx_mapping.inputs[j], tensor, lambda g: g)
+                    self._add(sub.onnx_mapping.inputs[j], tensor, lambda g: g, lambda v: v)
         attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
         for path, owner in sub.named_modules():
             for leaf, param in owner.named_parameters(recurse=False):
                 index = {"weight": 1, "bias": 2}.get(leaf)
                 if index is None or index >= len(proto.input):
                     continue
-                to_onnx = _param_to_onnx(owner, leaf, proto.op_type, attrs, torch)
-                if to_onnx is not None:
-                    self._add(proto.input[index], param, to_onnx)
+                mapped = _to_onnx(owner, leaf, proto.op_type, attrs, torch)
+                if mapped is not None:
+                    self._add(proto.input[index], param, *mapped)
 
-    def _add(self, name, tensor, to_onnx) -> None:
+    def _add(self, name, tensor, to_onnx, value_to_onnx) -> None:
         if name in self.names:
             self.tensors.setdefault(name, []).append((tensor, to_onnx))
+            self.values.setdefault(name, []).append((tensor, value_to_onnx))
+
+    def onnx_value(self, name: str) -> np.ndarray | None:
+        """The current value of initializer ``name`` in ONNX layout, from the one torch tensor
+        built from it (None when several were: they could disagree)."""
+        pairs = self.values.get(name, [])
+        if len(pairs) != 1:
+            return None
+        tensor, to_onnx = pairs[0]
+        return to_onnx(tensor.detach()).numpy()
 
     def forward(self, feeds: dict[str, np.ndarray], dtype=None) -> list:
-        torch = _torch()
+        torch = require_torch()
         args = []
         for name in self.inputs:
             value = torch.from_numpy(np.ascontiguousarray(feeds[name]))
@@ -193,8 +216,8 @@ class TorchModel:
 
     def check_against_ort(self, feeds: dict[str, np.ndarray]) -> None:
         """Refuse gradients from a module that does not compute what the model computes."""
-        torch = _torch()
-        with _reported("run"), torch.no_grad():
+        torch = require_torch()
+        with reported("run", self.purpose), torch.no_grad():
             want = list(run_model(self.onnx, feeds).values())
             got = [t.numpy() for t in self.forward(feeds)]
         for g, w in zip(got, want):
@@ -203,9 +226,9 @@ class TorchModel:
             err = float(np.abs(g.astype(np.float64) - w).max()) / max(
                 float(np.abs(w).max()), 1e-12)
             if g.shape != w.shape or not err <= AGREEMENT:
-                raise UserError("gradient criteria: the onnx2torch conversion of this model does"
-                                f" not match ONNX Runtime (relative error {err:.2g}); use a "
-                                "criterion without gradients (wanda, obs, l2)")
+                raise UserError(f"{self.purpose.name}: the onnx2torch conversion of this model "
+                                f"does not match ONNX Runtime (relative error {err:.2g}); "
+                                f"{self.purpose.instead}")
 
     def gradients(self) -> dict[str, np.ndarray]:
         """∂/∂initializer of what was back-propagated, summed over the initializer's uses."""
@@ -226,17 +249,21 @@ class TorchModel:
                 tensor.grad = None
 
 
-def _param_to_onnx(owner, leaf: str, op: str, attrs: dict, torch):
-    """How a module parameter's gradient maps to the ONNX input it was built from."""
+def _to_onnx(owner, leaf: str, op: str, attrs: dict, torch):
+    """How a module parameter maps back to the ONNX input onnx2torch built it from: (its
+    gradient → the input's gradient, its value → the input's value), or None."""
     if isinstance(owner, (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm,
                           torch.nn.LayerNorm)):
-        return lambda g: g
+        return (lambda g: g), (lambda v: v)
     if isinstance(owner, torch.nn.Linear) and op == "Gemm":
-        if leaf == "bias":
+        if leaf == "bias":          # bias = beta · C
             beta = float(attrs.get("beta", 1.0))
-            return lambda g: g * beta
+            return (lambda g: g * beta), (lambda v: v / beta)
+        # weight = alpha · B (transB) or alpha · Bᵀ
         alpha, trans_b = float(attrs.get("alpha", 1.0)), bool(attrs.get("transB", 0))
-        return (lambda g: g * alpha) if trans_b else (lambda g: g.T * alpha)
+        if trans_b:
+            return (lambda g: g * alpha), (lambda v: v / alpha)
+        return (lambda g: g.T * alpha), (lambda v: (v / alpha).T)
     return None
 
 
@@ -254,11 +281,11 @@ def loss_gradients(model: onnx.ModelProto, graph, names: set[str], batches,
     """∂L/∂initializer (ONNX layout) of the pseudo-label loss summed over ``batches`` (each
     scaled by ``weights``, when several calibration sets were fused), for the initializers in
     ``names`` (others that the module holds are included too)."""
-    torch = _torch()
+    torch = require_torch()
     tm = TorchModel(model, graph, names)
     tm.check_against_ort(batches[0])
     tm.track()
-    with _reported("back-propagate through"), \
+    with reported("back-propagate through"), \
             task(progress, "back-propagating the calibration batches", len(batches)) as step:
         for k, feeds in enumerate(batches):
             loss = pseudo_label_loss(tm.forward(feeds), torch)
@@ -270,7 +297,7 @@ def loss_gradients(model: onnx.ModelProto, graph, names: set[str], batches,
 def synflow_gradients(model: onnx.ModelProto, graph, names: set[str], feeds) -> dict:
     """∂R/∂|θ| per initializer, R = Σ outputs of the model with every float constant replaced
     by its absolute value, in float64, on an all-ones input (integer inputs keep ``feeds``)."""
-    torch = _torch()
+    torch = require_torch()
     tm = TorchModel(model, graph, names)
     tm.check_against_ort(feeds)
     tm.module.double()
@@ -282,23 +309,23 @@ def synflow_gradients(model: onnx.ModelProto, graph, names: set[str], feeds) -> 
     tm.track()
     ones = {n: (np.ones_like(v) if np.issubdtype(v.dtype, np.floating) else v)
             for n, v in feeds.items()}
-    with _reported("back-propagate through"):
+    with reported("back-propagate through"):
         outputs = [t for t in tm.forward(ones, torch.float64) if t.is_floating_point()]
         sum(t.sum() for t in outputs).backward()
     return tm.gradients()
 
 
 @contextlib.contextmanager
-def _reported(what: str):
+def reported(what: str, purpose: Purpose = GRADIENTS):
     """Turn a failure inside the converted module into a one-line user error."""
     try:
         yield
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types
-        raise UserError(f"gradient criteria: cannot {what} the onnx2torch conversion of this "
-                        f"model ({type(exc).__name__}: {_first_line(exc)}); use a criterion "
-                        f"without gradients (wanda, obs, l2)") from None
+        raise UserError(f"{purpose.name}: cannot {what} the onnx2torch conversion of this "
+                        f"model ({type(exc).__name__}: {_first_line(exc)}); "
+                        f"{purpose.instead}") from None
 
 
 def _names(ctx: ScoringContext) -> set[str]:

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 
 from ..allocation import Plan
-from ..compensation import compensate
 from ..importance import CRITERIA
 from ..rewrite import apply_plan
 from ..rewrite.bodies import has_bodies, rewrite_bodies
@@ -17,6 +16,7 @@ from ..runtime import count_params
 from .analyze import Analyzed, analyze_model
 from .options import Strategy
 from .plan import make_plan
+from .refit import compensated
 from .scoring import GroupScores, group_scores
 
 
@@ -37,11 +37,10 @@ class Built:
 
 
 def build(a: Analyzed, ratio: float, round_to: int, by_kind, strategy: Strategy, stats,
-          scored: GroupScores, seed: int = 0) -> Built:
+          scored: GroupScores, seed: int = 0, progress=None) -> Built:
     """Plan, compensate and prune at one ratio."""
     planned = make_plan(a, ratio, round_to, by_kind, strategy, scored)
-    base, more = compensate(a.model, a.analysis, planned.removed, stats, strategy.compensation,
-                            strategy.damping)
+    base, more = compensated(a, planned.removed, stats, strategy, progress)
     pruned, bodies, params_inside = rewrite(
         base, a, planned.removed, "prune",
         body_rewriter(ratio, round_to, by_kind, strategy, seed))

@@ -48,7 +48,8 @@ def fidelity_to_dense(dense, pruned, batches, inputs: str) -> FidelitySection:
     if collapsed:
         section.warning = ("the pruned model's outputs are far from the dense model's (see "
                            "fidelity): give calibration data (--calib, a few dozen unlabeled "
-                           "samples) or prune less")
+                           "samples), recover by distillation (--recover, or onnxprune "
+                           "recover), or prune less")
     return section
 
 

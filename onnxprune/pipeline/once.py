@@ -9,7 +9,7 @@ import dataclasses
 import onnx
 
 from ..allocation.latency import LatencyPredictor
-from ..calibration import load_calibration
+from ..calibration import GENERATED, as_sources, load_calibration
 from ..errors import VerificationError
 from ..graph import ModelGraph
 from ..io.weights import discard_written
@@ -56,7 +56,7 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
             ratio, planned = ratio_for_target(search, kind, fraction)
         target = TargetSection(kind, fraction, ratio, planned)
     built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
-                  scoring.scored, options.seed)
+                  scoring.scored, options.seed, progress)
     if search.predictor is not None:
         with task(progress, "timing the pruned model against the target"):
             built = _timed_to_target(search, target, scoring.stats, built)
@@ -72,10 +72,11 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
 
 
 def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | None = None):
-    """The pruned model against the dense one on the first inputs both take: the calibration
-    inputs, else 32 seeded random samples, else the check inputs (which the check ran on).
-    Random samples stack along axis 0, which a model with a fixed first dim (a sequence-first
-    recurrent net, say) does not take."""
+    """The pruned model against the dense one on the first inputs both take: fresh samples of
+    a generated calibration source (the ones calibration saw were fitted to, so they would
+    flatter a re-fit), the calibration inputs given, else 32 seeded random samples, else the
+    check inputs (which the check ran on). Random samples stack along axis 0, which a model
+    with a fixed first dim (a sequence-first recurrent net, say) does not take."""
     for make in _fidelity_inputs(dense, options, scoring):
         try:
             batches, what = make()
@@ -85,13 +86,43 @@ def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | No
     return None
 
 
+FRESH_SEED = 1_000_003      # added to the seed: fidelity inputs calibration did not see
+
+
 def _fidelity_inputs(dense, options: PruneOptions, scoring: Scoring | None):
     stats = scoring.stats if scoring is not None else None
-    if stats is not None and getattr(stats, "batches", None):
-        yield lambda: (stats.batches, describe(scoring.calib, stats)["source"])
+    calib = options.calib if options.calib is not None else (
+        scoring.calib if scoring is not None else None)
+    if calib is not None:
+        sources = as_sources(calib)
+        if all(isinstance(s.data, str) and s.data in GENERATED for s in sources):
+            kind, preprocess = sources[0].data, sources[0].preprocess
+            yield lambda: (load_calibration("random" if kind == "synthetic" else kind, dense,
+                                            options.input_shapes,
+                                            seed=options.seed + FRESH_SEED,
+                                            preprocess=preprocess),
+                           f"fresh {kind} inputs (not those calibration used)")
+        elif stats is not None and getattr(stats, "batches", None):
+            yield lambda: (stats.batches, describe(calib, stats)["source"] +
+                           " (the calibration inputs themselves)")
+        else:
+            yield lambda: (_given_inputs(dense, sources, options), "the --calib inputs")
     yield lambda: (load_calibration("random", dense, options.input_shapes, seed=options.seed),
                    "random inputs (no calibration data given)")
     yield lambda: ([make_inputs(dense, options.input_shapes, options.seed)], "the check inputs")
+
+
+def _given_inputs(dense, sources, options: PruneOptions) -> list[dict]:
+    """The data sources' feeds, when no statistics were captured from them."""
+    batches = []
+    for source in sources:
+        if isinstance(source.data, str):
+            if source.data not in GENERATED:
+                batches += load_calibration(source.data, dense, options.input_shapes,
+                                            preprocess=source.preprocess)
+        else:
+            batches += list(source.data)
+    return batches
 
 
 def _timed_to_target(search: TargetSearch, target: TargetSection, stats, built: Built) -> Built:

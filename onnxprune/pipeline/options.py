@@ -17,6 +17,7 @@ from ..calibration import DAMPING
 from ..compensation import METHODS
 from ..errors import UserError
 from ..importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
+from ..recovery import RecoverOptions
 
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
 DEFAULT_TOLERANCE = 1e-4
@@ -39,7 +40,7 @@ class Strategy:
     normalization: str = "mean"    # measured at equal MACs: benchmarks/RESULTS.md (issue 4)
     allocation: str = "uniform"
     max_ratio: float = 0.9
-    compensate: str | None = None   # none, bias, obs; default: obs for obspa, else none
+    compensate: str | None = None   # none, bias, obs, sequential; default: obs for obspa, else none
     damping: float = DAMPING        # λ of the OBS update, relative to mean(diag H)
     rank_by: str = "score"          # global ranking: "score", or "score-per-mac" (cost-aware)
 
@@ -99,9 +100,9 @@ class Strategy:
         if "max_ratio" in given and self.allocation == "uniform":
             raise UserError("--max-ratio caps what one group loses under --allocation global "
                             "or adaptive; with uniform every group loses the same ratio")
-        if "damping" in given and self.compensation != "obs":
-            raise UserError("--obs-damping regularizes the OBS update: it needs --compensate "
-                            "obs (the default for --criterion obs and obspa)")
+        if "damping" in given and self.compensation not in ("obs", "sequential"):
+            raise UserError("--obs-damping regularizes the re-fit: it needs --compensate obs "
+                            "(the default for --criterion obs and obspa) or sequential")
         if "reduction" in given and not CRITERIA[self.criterion].reduces:
             raise UserError(f"--group-reduction combines member scores, which criterion "
                             f"{self.criterion!r} does not read")
@@ -120,7 +121,8 @@ class PruneOptions:
     keep, which replaces ``ratio`` by a search (``latency_threads``: ONNX Runtime threads
     when timing). ``steps``: prune in that many smaller steps. ``seed``: every random draw
     (check inputs, random calibration inputs, the random criterion). ``verify`` with
-    ``tolerance``: the checks every pruned model must pass.
+    ``tolerance``: the checks every pruned model must pass. ``recover``: train the pruned
+    model to reproduce the dense one on the ``calib`` inputs afterwards (see ``recovery``).
     """
 
     ratio: float = 0.5
@@ -140,6 +142,7 @@ class PruneOptions:
     seed: int = 0
     tolerance: float = DEFAULT_TOLERANCE
     verify: bool = True
+    recover: RecoverOptions | None = None
 
     def replace(self, **changes) -> PruneOptions:
         return dataclasses.replace(self, **changes)
@@ -195,9 +198,16 @@ class PruneOptions:
         if "tolerance" in given and not self.verify:
             raise UserError("a tolerance is for the check, which verify=False skips")
         self.strategy.check(self.calib is not None, given & _STRATEGY_FIELDS)
-        if self.calib is not None and self.strategy.needs is None:
-            raise UserError(f"--calib is read by data-driven criteria, compensation and "
-                            f"adaptive allocation; criterion {self.strategy.criterion!r} with "
+        if self.recover is not None:
+            self.recover.check()
+            if self.calib is None:
+                raise UserError("--recover distils on unlabeled inputs: give --calib (an .npz, "
+                                "an image folder, or a generated source such as natural)")
+            if not self.verify:
+                raise UserError("--recover trains a verified pruned model; drop verify=False")
+        if self.calib is not None and self.strategy.needs is None and self.recover is None:
+            raise UserError(f"--calib is read by data-driven criteria, compensation, "
+                            f"adaptive allocation and --recover; criterion {self.strategy.criterion!r} with "
                             f"--compensate none reads weights only")
 
 

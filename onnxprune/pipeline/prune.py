@@ -13,6 +13,7 @@ from ..verify import input_problem
 from .analyze import Analyzed
 from .once import prune_once
 from .options import PruneOptions
+from .recover import recover_pruned
 from .scoring import Scoring
 from .steps import prune_in_steps
 
@@ -62,12 +63,20 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
     and match the masked original within ``tolerance``; otherwise VerificationError is raised
     and nothing is returned. ``scoring`` (from :func:`score_model` on the same analysed model
     and options) skips the capture and scoring: pruning one model at many ratios then pays for
-    them once. ``progress``: see :mod:`onnxprune.progress`.
+    them once. ``progress``: see :mod:`onnxprune.progress`. With ``recover``, the verified
+    pruned model is then trained to reproduce the dense one (the report's ``recovery``).
     """
     options = options_of(options, fields)
     options.check()
     if options.steps != 1:
         if scoring is not None:
             raise UserError("steps re-score the model after each step; drop scoring")
-        return prune_in_steps(model, options, progress)
-    return prune_once(model, options, scoring, progress)
+        pruned, report = prune_in_steps(model, options, progress)
+    else:
+        pruned, report = prune_once(model, options, scoring, progress)
+    if options.recover is not None:
+        dense = model.model if isinstance(model, Analyzed) else model
+        pruned, report["recovery"] = recover_pruned(dense, pruned, options.calib,
+                                                    options.recover, options.input_shapes,
+                                                    progress)
+    return pruned, report

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compensation import compensate
 from ..importance import ScoringContext, consumed_inputs, score
 from ..progress import task
 from ..rewrite import apply_plan
 from ..runtime import batch_outputs, output_distortion
+from .refit import compensated as refitted
 
 
 def group_sensitivity(a, stats, batches, ratios, strategy, progress=None,
@@ -48,8 +48,7 @@ def _group_row(a, group, scores, stats, batches, ratios, strategy, compensated, 
         removed = np.isin(a.roots, order[:count])
         base = a.model
         if compensated and strategy.compensation != "none":   # what prune leaves behind
-            base = compensate(a.model, a.analysis, removed, stats, strategy.compensation,
-                              strategy.damping)[0]
+            base = refitted(a, removed, stats, strategy)[0]
         masked = apply_plan(base, a.analysis, removed, "mask")
         row["distortion"][ratio] = output_distortion(
             batch_outputs(masked, batches), dense, getattr(stats, "batch_weights", None))

@@ -1,0 +1,53 @@
+"""Recovery after pruning (``onnxprune recover``, ``prune --recover``): the calibration
+sources become the unlabeled inputs the dense model teaches the pruned one on."""
+
+from __future__ import annotations
+
+import onnx
+
+from ..calibration import GENERATED, as_sources, load_calibration
+from ..errors import UserError
+from ..io import load_model
+from ..recovery import RecoverOptions, recover
+
+
+def recovery_batches(model: onnx.ModelProto, calib, input_shapes=None, seed: int = 0,
+                     samples: int = RecoverOptions.samples) -> list[dict]:
+    """The feeds of every source, one after another (weights of fused sources do not apply:
+    each sample is one training example); a generated source gives ``samples`` of them."""
+    if calib is None:
+        raise UserError("recovery needs inputs to distil on: give --calib (an .npz, an image "
+                        "folder, or a generated source such as natural or random)")
+    batches = []
+    for source in as_sources(calib):
+        if isinstance(source.data, str):
+            generated = source.data in GENERATED
+            batches += load_calibration("random" if source.data == "synthetic" else source.data,
+                                        model, input_shapes, seed=seed,
+                                        samples=samples if generated else None,
+                                        preprocess=source.preprocess)
+        else:
+            batches += list(source.data)
+    return batches
+
+
+def recover_pruned(dense, pruned, calib, options: RecoverOptions | None = None,
+                   input_shapes=None, progress=None) -> tuple[onnx.ModelProto, dict]:
+    """``pruned`` trained to reproduce ``dense`` on the ``calib`` inputs, and the recovery
+    section of the report. ``dense`` and ``pruned``: paths or ModelProtos; the pruned graph is
+    kept as it is (only initializer values change)."""
+    options = options or RecoverOptions()
+    options.check()
+    teacher = load_model(dense)
+    student = _exact(pruned)
+    batches = recovery_batches(teacher, calib, input_shapes, options.seed, options.samples)
+    model, report = recover(teacher, student, batches, options, progress)
+    return model, report.to_dict()
+
+
+def _exact(model) -> onnx.ModelProto:
+    """The model as stored (no normalization: the graph written back must be this one)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    load_model(model)       # a missing or broken file: its one-line error
+    return onnx.load(str(model))
