@@ -58,7 +58,7 @@ class RecoverOptions:
     held_out: float = 0.25
     lr: float | None = None
     batch: int = 8
-    patience: int = 5
+    patience: int = 20
     seed: int = 0
     samples: int = 128      # drawn from a generated --calib source (random, natural)
 
