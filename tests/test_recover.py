@@ -159,3 +159,17 @@ def test_prune_recover_options_need_each_other(tmp_path, capsys, args, message):
     out = tmp_path / "o.onnx"
     assert main(["prune", DIGITS, "-o", str(out)] + args) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_the_error_of_a_wide_output_is_scaled_per_channel():
+    """A detection head [N, 4 + classes, anchors]: boxes in pixels, scores in [0, 1]. Each
+    channel's squared error is divided by that channel's mean square, so both count."""
+    from onnxprune.recovery.distill import _mean_square
+
+    rng = np.random.default_rng(0)
+    head = np.concatenate([300 * rng.random((2, 4, 50)), rng.random((2, 3, 50))], axis=1)
+    scale = _mean_square([head[:1], head[1:]]).numpy()
+    assert scale.shape == (1, 7, 1)
+    np.testing.assert_allclose(scale.ravel(), np.mean(np.square(head), axis=(0, 2)))
+    logits = rng.standard_normal((4, 10))
+    assert _mean_square([logits]).numpy() == pytest.approx(np.mean(np.square(logits)))

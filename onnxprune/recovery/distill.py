@@ -4,7 +4,8 @@ The pruned model is converted to PyTorch by onnx2torch (the ``grad`` extra, as t
 criteria are) and must first reproduce ONNX Runtime's outputs. The dense model's outputs on
 the calibration inputs are the targets: per output, KL divergence where the dense output is a
 probability vector (non-negative, rows summing to 1), else the squared error scaled by the
-output's mean square, so outputs of any scale weigh the same. Only initializer values change:
+output's mean square (per channel, on axis 1, for outputs of rank 3 or more), so outputs and
+channels of any scale weigh the same. Only initializer values change:
 ``train="biases"`` trains the vector constants (biases, normalization scales and shifts,
 per-channel constants: few parameters, little over-fitting on few samples, as PERP finds),
 ``"all"`` every float constant the conversion maps back. A share of the samples is held out:
@@ -134,6 +135,8 @@ class Distillation:
         self.held_targets = [_float_outputs(o) for o in batch_outputs(dense, held)]
         self.kinds = {name: _loss_kind(options.loss, [t[name] for t in self.targets])
                       for name in self.targets[0]}
+        self.scales = {name: _mean_square([t[name] for t in self.targets])
+                       for name in self.targets[0]}
         graph = ModelGraph(pruned, infer_shapes=True)
         floats = {t.name for t in pruned.graph.initializer
                   if t.data_type == onnx.TensorProto.FLOAT}
@@ -180,8 +183,7 @@ class Distillation:
                 total = total + torch.sum(want * (torch.log(want.clamp_min(1e-12))
                                                   - torch.log(got.clamp_min(1e-12)))) / len(want)
             else:
-                scale = float(np.mean(np.square(targets[name]))) or 1.0
-                total = total + torch.mean((got - want) ** 2) / scale
+                total = total + torch.mean((got - want) ** 2 / self.scales[name])
         return total
 
     def _evaluate(self, batches, targets) -> float:
@@ -348,6 +350,23 @@ def _count(batches) -> int:
 
 def _float_outputs(outputs: dict) -> dict:
     return {n: v for n, v in outputs.items() if np.issubdtype(v.dtype, np.floating)}
+
+
+def _mean_square(values: list[np.ndarray]):
+    """What the squared error of an output is divided by: its mean square over the training
+    targets, per channel (axis 1) for outputs of rank 3 or more, so that a detection head's
+    class scores (0–1) weigh as much as its box coordinates (hundreds of pixels)."""
+    torch = require_torch(RECOVERY)
+    first = values[0]
+    if first.ndim >= 3:
+        axes = tuple(a for a in range(first.ndim) if a != 1)
+        per = np.mean([np.mean(np.square(v.astype(np.float64)), axis=axes) for v in values], 0)
+        shape = (1, -1) + (1,) * (first.ndim - 2)
+        scale = np.where(per > 0, per, 1.0).reshape(shape)
+    else:
+        scale = np.array(np.mean([np.mean(np.square(v.astype(np.float64))) for v in values])
+                         or 1.0)
+    return torch.from_numpy(scale)
 
 
 def _loss_kind(choice: str, values: list[np.ndarray]) -> str:
