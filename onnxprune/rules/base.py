@@ -49,8 +49,12 @@ class LinearView:
     ``write`` turns a [out, in/groups, k] weight back into the op's own layout. ``bias`` is
     (node index, input index, sign) of the constant that absorbs a correction of the outputs.
     ``window`` (a 2-D conv's kernel, strides, pads, dilations) says how inputs unfold into
-    patches. ``exact`` is False where the view is a per-channel summary that cannot be re-fitted
-    (a transposed conv spreads each input over overlapping outputs)."""
+    patches. ``exact`` is False where the view is a per-channel summary that OBS cannot re-fit
+    (a transposed conv spreads each input over overlapping outputs). ``transposed``, for such
+    a 2-D transposed conv: (kernel, strides, pads, dilations) of the plain conv that computes
+    it on the input with ``strides − 1`` zeros inserted between pixels, padded by ``pads``
+    (begin and end per axis), with stride 1 and the kernel flipped (``weight[:, :, ::-1]``);
+    a regression on those patches re-fits it (sequential reconstruction)."""
 
     weight: np.ndarray
     write: Callable[[np.ndarray], np.ndarray] | None
@@ -58,6 +62,7 @@ class LinearView:
     bias: tuple[int, int, float] | None = None
     window: tuple | None = None
     exact: bool = True
+    transposed: tuple | None = None
 
 
 @dataclass

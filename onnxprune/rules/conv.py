@@ -30,6 +30,13 @@ def to_conv_layout(weight: np.ndarray, group: int, transposed: bool) -> np.ndarr
     return w.reshape(group * mpg, k, *weight.shape[2:])
 
 
+def from_conv_layout(weight: np.ndarray, group: int, shape) -> np.ndarray:
+    """The inverse of ``to_conv_layout`` for a transposed conv of weight ``shape``."""
+    mpg = shape[1]
+    w = weight.reshape(group, mpg, shape[0] // group, *shape[2:]).swapaxes(1, 2)
+    return w.reshape(shape)
+
+
 @register("Conv", "ConvTranspose")
 class ConvRule(Rule):
     def propagate(self, node, ctx):
@@ -107,11 +114,15 @@ class ConvRule(Rule):
         out = weight.shape[1] * group if node.op == "ConvTranspose" else weight.shape[0]
         bias = _bias_of(node, graph, out)
         if node.op == "ConvTranspose":
-            # Each input position reaches overlapping outputs through every kernel position: a
-            # per-channel summary of the weights it meets, not a layer to re-fit.
+            # Each input position reaches overlapping outputs through every kernel position:
+            # for OBS a per-channel summary of the weights it meets; sequential reconstruction
+            # regresses on the zero-upsampled input instead (``transposed``).
             std = to_conv_layout(weight, group, True)
-            return LinearView(std.reshape(out, std.shape[1], -1).astype(np.float64), None,
-                              group, bias, None, exact=False)
+            shape = weight.shape
+            return LinearView(std.reshape(out, std.shape[1], -1).astype(np.float64),
+                              lambda w: from_conv_layout(w.reshape(std.shape), group, shape),
+                              group, bias, None, exact=False,
+                              transposed=_transposed_window(node, weight))
         if group > 1 and weight.shape[1] == 1:
             return None     # depthwise: channels pass through, nothing reads them linearly
         std = weight.reshape(out, weight.shape[1], -1).astype(np.float64)
@@ -168,6 +179,27 @@ def _window(node, weight):
     dilations = tuple(node.attr("dilations", [1, 1]))
     pads = tuple(node.attr("pads", [0, 0, 0, 0]))
     return kernel, strides, pads, dilations
+
+
+def _transposed_window(node, weight):
+    """The plain conv a 2-D transposed conv equals on its zero-upsampled input (see
+    ``LinearView.transposed``), or None (auto_pad, not 2-D, or padding larger than the kernel
+    reach, which would crop)."""
+    if weight.ndim != 4 or node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    kernel = tuple(weight.shape[2:])
+    strides = tuple(node.attr("strides", [1, 1]))
+    dilations = tuple(node.attr("dilations", [1, 1]))
+    pads = tuple(node.attr("pads", [0, 0, 0, 0]))
+    extra = tuple(node.attr("output_padding", [0, 0]))
+    if node.has_attr("output_shape"):
+        return None
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations)]
+    begin = [r - p for r, p in zip(reach, pads[:2])]
+    end = [r - p + e for r, p, e in zip(reach, pads[2:], extra)]
+    if min(begin + end) < 0:
+        return None
+    return kernel, strides, (begin[0], begin[1], end[0], end[1]), dilations
 
 
 def _bias_of(node, graph, out: int):
