@@ -25,7 +25,7 @@ against its masked original; recovered ones pass the checker and the runtime che
 the repository root::
 
     python -m benchmarks.quality [--models digits_folded orientation] [--ratios 0.3 0.5]
-        [--recover-budget 120]
+        [--recover-budget 120] [--recover-on real|natural|random] [--recover-train biases|all]
 """
 
 from __future__ import annotations
@@ -260,6 +260,10 @@ def main(argv=None) -> None:
     parser.add_argument("--recover-budget", type=float, default=120.0,
                         help="seconds of distillation per pruned model (0: none)")
     parser.add_argument("--configs", nargs="+", default=None, help="only these rows")
+    parser.add_argument("--recover-on", choices=("real", "natural", "random"), default="real",
+                        help="what recovery distils on: the real unlabeled samples, or a "
+                             "generated source (data-free recovery)")
+    parser.add_argument("--recover-train", choices=("biases", "all"), default="biases")
     args = parser.parse_args(argv)
     print(machine())
     cells = " | ".join(f"ratio {r}: pruned / recovered" for r in args.ratios)
@@ -287,8 +291,10 @@ def main(argv=None) -> None:
                         start = time.perf_counter()
                         try:
                             recovered, _ = recover_pruned(
-                                task.path(), pruned, real,
-                                RecoverOptions(budget=args.recover_budget, batch=4),
+                                task.path(), pruned,
+                                real if args.recover_on == "real" else args.recover_on,
+                                RecoverOptions(budget=args.recover_budget, batch=4,
+                                               train=args.recover_train),
                                 task.shapes)
                         except UserError as exc:
                             cell += f" / n/a ({exc})"
