@@ -142,11 +142,11 @@ def test_gradient_criteria_keep_the_oracle(criterion):
 
 
 def test_unconvertible_model_is_a_one_line_error(tmp_path, capsys):
-    """Gelu (opset 20) has no earlier version to lower to and onnx2torch has no converter."""
-    b = GraphBuilder(opset=20, seed=0)
-    h = b.op("Gelu", [b.conv("x", 3, 8, k=1)])
+    """Mish (opset 18) has no earlier version to lower to and onnx2torch has no converter."""
+    b = GraphBuilder(opset=18, seed=0)
+    h = b.op("Mish", [b.conv("x", 3, 8, k=1)])
     model = b.model({"x": [1, 3, 4, 4]}, [b.conv(h, 8, 4, k=1)])
-    path = tmp_path / "gelu.onnx"
+    path = tmp_path / "mish.onnx"
     onnx.save(model, path)
     out = tmp_path / "out.onnx"
     code = main(["prune", str(path), "-o", str(out), "--criterion", "taylor", "--calib",
@@ -158,6 +158,23 @@ def test_unconvertible_model_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(UserError, match="gradient criteria"):
         a = analyze_model(model)
         score("synflow", ScoringContext(a.analysis, a.roots, a.groups))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_of_opset_20_converts_as_its_formula(approximate):
+    """Gelu has no earlier version to lower to and onnx2torch has no converter: the copy for
+    torch spells it out (Erf or Tanh), and the converted module reproduces ONNX Runtime."""
+    b = GraphBuilder(opset=20, seed=0)
+    h = b.op("Gelu", [b.conv("x", 3, 8, k=1)], approximate=approximate)
+    model = b.model({"x": ["N", 3, 4, 4]}, [b.conv(h, 8, 4, k=1)])
+    from onnxprune.importance.gradient import TorchModel
+
+    graph = ModelGraph(model)
+    names = {t.name for t in model.graph.initializer}
+    tm = TorchModel(model, graph, names)
+    feeds = make_inputs(model, {"x": (2, 3, 4, 4)})
+    tm.check_against_ort(feeds)         # raises when the formula differs from ORT's Gelu
+    assert "Gelu" not in {n.op_type for n in tm.onnx.graph.node}
 
 
 def test_conversion_workarounds_keep_the_function():

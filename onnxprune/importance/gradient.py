@@ -73,10 +73,11 @@ def convertible_copy(model: onnx.ModelProto, graph, names: set[str],
                      purpose: Purpose = GRADIENTS) -> onnx.ModelProto:
     """A copy onnx2torch can convert, computing the same function: every constant in ``names``
     (the weights the analysis slices) becomes an initializer; IR 3 is raised to IR 4; a Flatten
-    at axis = rank becomes the equivalent Reshape; Reshape's ``allowzero`` is dropped where the
-    shape has no zero (it then changes nothing); the opset is lowered to 17 where ONNX's version
-    converter can; nodes are named by position; and weights kept in files are read in (torch
-    holds them all)."""
+    at axis = rank becomes the equivalent Reshape; a float32 Gelu (opset 20, which has no
+    earlier version to lower to) becomes its Erf or Tanh formula; Reshape's ``allowzero`` is
+    dropped where the shape has no zero or is computed (it then changes nothing); the opset is
+    lowered to 17 where ONNX's version converter can; nodes are named by position; and weights
+    kept in files are read in (torch holds them all)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     inline_weights(copy)
@@ -91,6 +92,7 @@ def convertible_copy(model: onnx.ModelProto, graph, names: set[str],
     del copy.graph.node[:]
     copy.graph.node.extend(keep)
     copy.ir_version = max(copy.ir_version, 4)   # IR 3 lists initializers as inputs too
+    _expand_gelu(copy, graph)
     for k, node in enumerate(copy.graph.node):
         shape = graph.shape(node.input[0]) if node.op_type == "Flatten" else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
@@ -104,7 +106,9 @@ def convertible_copy(model: onnx.ModelProto, graph, names: set[str],
     for node in copy.graph.node:
         if node.op_type == "Reshape" and any(a.name == "allowzero" for a in node.attribute):
             shape = graph.const(node.input[1])
-            if shape is not None and not (shape == 0).any():
+            # A computed shape (dynamo exports) holds no zero unless a tensor is empty; the
+            # converted module is checked against ONNX Runtime before it is used.
+            if shape is None or not (shape == 0).any():
                 kept = [a for a in node.attribute if a.name != "allowzero"]
                 del node.attribute[:]
                 node.attribute.extend(kept)
@@ -124,6 +128,40 @@ def convertible_copy(model: onnx.ModelProto, graph, names: set[str],
     for i, node in enumerate(copy.graph.node):
         node.name = f"n{i}"
     return copy
+
+
+def _expand_gelu(model: onnx.ModelProto, graph) -> None:
+    """Every float32 Gelu as 0.5·x·(1 + erf(x/√2)), or with ``approximate="tanh"`` as
+    0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in place (same output name)."""
+    nodes = []
+    for k, node in enumerate(model.graph.node):
+        if (node.op_type != "Gelu" or node.domain not in ("", "ai.onnx")
+                or graph.dtypes.get(node.input[0]) != onnx.TensorProto.FLOAT):
+            nodes.append(node)
+            continue
+        tanh = any(a.name == "approximate" and a.s == b"tanh" for a in node.attribute)
+        x, y, tag = node.input[0], node.output[0], f"gelu{k}"
+
+        def const(name, value):
+            model.graph.initializer.append(numpy_helper.from_array(
+                np.array(value, np.float32), f"{tag}_{name}"))
+            return f"{tag}_{name}"
+
+        def op(kind, inputs, out=None):
+            out = out or f"{tag}_{kind.lower()}{len(nodes)}"
+            nodes.append(helper.make_node(kind, inputs, [out]))
+            return out
+
+        if tanh:
+            cube = op("Mul", [op("Mul", [x, x]), x])
+            inner = op("Add", [x, op("Mul", [cube, const("c", 0.044715)])])
+            core = op("Tanh", [op("Mul", [inner, const("k", np.sqrt(2.0 / np.pi))])])
+        else:
+            core = op("Erf", [op("Div", [x, const("r2", np.sqrt(2.0))])])
+        half_x = op("Mul", [x, const("half", 0.5)])
+        op("Mul", [half_x, op("Add", [core, const("one", 1.0)])], y)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _first_line(exc: Exception) -> str:
