@@ -189,11 +189,11 @@ class _Layer:
                 weight[block.rows] = block.weight
                 delta_b[block.rows] = block.delta_b
             note = _choice_note(chosen, damping)
-        elif self.constant:
+        elif self.constant and c.view.exact:
             delta_b = self._mean_offset()
             note = "too wide (or not 2-D) to regress on its patches: bias re-fit only"
-        else:
-            return "too wide (or not 2-D) to regress on, and no bias: not re-fitted"
+        else:       # (a transposed conv's mean offset depends on its strides: not guessed)
+            return "too wide (or not 2-D) to regress on, and no bias to move: not re-fitted"
         if not c.view.exact:
             weight = weight[:, :, ::-1]            # the kernel flipped back
         if not np.array_equal(weight, c.weight):
