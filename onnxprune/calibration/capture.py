@@ -45,8 +45,7 @@ class Moments:
             self.zeros += parts[3]
         self.count += n
         if gram:
-            flat = np.moveaxis(x, cmap.axes, range(x.ndim - len(cmap.axes), x.ndim))
-            flat = flat.reshape(-1, int(np.prod(cmap.labels.shape)))
+            flat = channels_last(x, cmap.axes)
             g = flat.T @ flat
             self.gram = g if self.gram is None else self.gram + g
 
@@ -86,6 +85,14 @@ class ChannelStats:
 
     def get(self, name: str) -> Moments | None:
         return self.tensors.get(name)
+
+
+def channels_last(x: np.ndarray, axes) -> np.ndarray:
+    """[positions, channels]: ``x`` in float64 with its channel axes moved last and flattened
+    (positions run sample by sample when axis 0 is not a channel axis)."""
+    moved = np.moveaxis(x.astype(np.float64, copy=False), axes,
+                        range(x.ndim - len(axes), x.ndim))
+    return moved.reshape(-1, int(np.prod([x.shape[a] for a in axes])))
 
 
 def unfold(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:

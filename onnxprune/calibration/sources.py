@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import UserError
 from .capture import ChannelStats, Moments
+from .data import GENERATED, load_calibration
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,18 @@ class CalibSource:
         if isinstance(self.data, str):
             return self.data
         return "feeds given by the caller"
+
+
+def source_batches(source: CalibSource, model, shapes=None, seed: int = 0,
+                   samples: int | None = None) -> list[dict]:
+    """The feeds of one source: a generated one drawn (``samples`` of them; synthetic draws
+    random inputs, its BN matching lives in a probe), a path read, given feeds as they are."""
+    if not isinstance(source.data, str):
+        return list(source.data)
+    return load_calibration("random" if source.data == "synthetic" else source.data, model,
+                            shapes, seed=seed,
+                            samples=samples if source.data in GENERATED else None,
+                            preprocess=source.preprocess)
 
 
 def parse_source(text: str, preprocess: str | None = None) -> CalibSource:

@@ -30,7 +30,7 @@ import networkx as nx
 import numpy as np
 import onnx
 
-from ..calibration.capture import unfold
+from ..calibration.capture import channels_last, unfold
 from ..calibration.hessian import DAMPING, MAX_OBS_FEATURES, MAX_PATCH_FEATURES
 from ..graph import ModelGraph
 from ..groups import Analysis, Consumer, find_consumers
@@ -139,7 +139,7 @@ class _Layer:
         self.samples = 0
 
     def add(self, dense: np.ndarray, pruned: np.ndarray, weight: float) -> None:
-        flat_d, flat_p = (_channels_last(v, self.axes) for v in (dense, pruned))
+        flat_d, flat_p = (channels_last(v, self.axes) for v in (dense, pruned))
         self.sums[0] += weight * flat_d.sum(0)
         self.sums[1] += weight * flat_p.sum(0)
         self.count += weight * flat_d.shape[0]
@@ -345,9 +345,3 @@ def _zero_upsampled(x: np.ndarray, strides) -> np.ndarray:
     out = np.zeros((n, c, (h - 1) * sh + 1, (w - 1) * sw + 1), x.dtype)
     out[:, :, ::sh, ::sw] = x
     return out
-
-
-def _channels_last(x: np.ndarray, axes) -> np.ndarray:
-    """[positions, channels]: the tensor with its channel axes moved last and flattened."""
-    moved = np.moveaxis(x.astype(np.float64), axes, range(x.ndim - len(axes), x.ndim))
-    return moved.reshape(-1, int(np.prod([x.shape[a] for a in axes])))

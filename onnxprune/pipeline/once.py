@@ -9,7 +9,7 @@ import dataclasses
 import onnx
 
 from ..allocation.latency import LatencyPredictor
-from ..calibration import GENERATED, as_sources, load_calibration
+from ..calibration import GENERATED, as_sources, load_calibration, source_batches
 from ..errors import VerificationError
 from ..graph import ModelGraph
 from ..io.weights import discard_written
@@ -96,33 +96,20 @@ def _fidelity_inputs(dense, options: PruneOptions, scoring: Scoring | None):
     if calib is not None:
         sources = as_sources(calib)
         if all(isinstance(s.data, str) and s.data in GENERATED for s in sources):
-            kind, preprocess = sources[0].data, sources[0].preprocess
-            yield lambda: (load_calibration("random" if kind == "synthetic" else kind, dense,
-                                            options.input_shapes,
-                                            seed=options.seed + FRESH_SEED,
-                                            preprocess=preprocess),
-                           f"fresh {kind} inputs (not those calibration used)")
+            yield lambda: (source_batches(sources[0], dense, options.input_shapes,
+                                          options.seed + FRESH_SEED),
+                           f"fresh {sources[0].data} inputs (not those calibration used)")
         elif stats is not None and getattr(stats, "batches", None):
             yield lambda: (stats.batches, describe(calib, stats)["source"] +
                            " (the calibration inputs themselves)")
-        else:
-            yield lambda: (_given_inputs(dense, sources, options), "the --calib inputs")
+        else:       # data no statistic was captured from
+            yield lambda: ([f for s in sources if not (isinstance(s.data, str) and
+                                                       s.data in GENERATED)
+                            for f in source_batches(s, dense, options.input_shapes)],
+                           "the --calib inputs")
     yield lambda: (load_calibration("random", dense, options.input_shapes, seed=options.seed),
                    "random inputs (no calibration data given)")
     yield lambda: ([make_inputs(dense, options.input_shapes, options.seed)], "the check inputs")
-
-
-def _given_inputs(dense, sources, options: PruneOptions) -> list[dict]:
-    """The data sources' feeds, when no statistics were captured from them."""
-    batches = []
-    for source in sources:
-        if isinstance(source.data, str):
-            if source.data not in GENERATED:
-                batches += load_calibration(source.data, dense, options.input_shapes,
-                                            preprocess=source.preprocess)
-        else:
-            batches += list(source.data)
-    return batches
 
 
 def _timed_to_target(search: TargetSearch, target: TargetSection, stats, built: Built) -> Built:

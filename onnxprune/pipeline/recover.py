@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..calibration import GENERATED, as_sources, load_calibration
+from ..calibration import as_sources, source_batches
 from ..errors import UserError
 from ..io import load_model
 from ..recovery import RecoverOptions, recover
@@ -18,17 +18,8 @@ def recovery_batches(model: onnx.ModelProto, calib, input_shapes=None, seed: int
     if calib is None:
         raise UserError("recovery needs inputs to distil on: give --calib (an .npz, an image "
                         "folder, or a generated source such as natural or random)")
-    batches = []
-    for source in as_sources(calib):
-        if isinstance(source.data, str):
-            generated = source.data in GENERATED
-            batches += load_calibration("random" if source.data == "synthetic" else source.data,
-                                        model, input_shapes, seed=seed,
-                                        samples=samples if generated else None,
-                                        preprocess=source.preprocess)
-        else:
-            batches += list(source.data)
-    return batches
+    return [feeds for source in as_sources(calib)
+            for feeds in source_batches(source, model, input_shapes, seed, samples)]
 
 
 def recover_pruned(dense, pruned, calib, options: RecoverOptions | None = None,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..allocation.costs import component_costs
-from ..calibration import (CalibSource, as_sources, capture_stats, gram_inputs, load_calibration,
-                           match_batchnorm_statistics, mix, patch_inputs)
+from ..calibration import (CalibSource, as_sources, capture_stats, gram_inputs,
+                           match_batchnorm_statistics, mix, patch_inputs, source_batches)
 from ..errors import UserError
 from ..groups import reads_linearly
 from ..rules import rule_for
@@ -138,10 +138,7 @@ def _source_stats(a: Analyzed, source: CalibSource, input_shapes, gram: bool, se
 
 def calibration_batches(a: Analyzed, source: CalibSource, input_shapes, seed: int = 0):
     """The calibration feeds themselves (what sensitivity runs the model on)."""
-    if isinstance(source.data, str):
-        return load_calibration("random" if source.data == "synthetic" else source.data,
-                                a.model, input_shapes, seed=seed, preprocess=source.preprocess)
-    return source.data
+    return source_batches(source, a.model, input_shapes, seed)
 
 
 def describe(calib, stats) -> dict | None:
