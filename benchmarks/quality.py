@@ -1,6 +1,7 @@
 """Task quality on real weights after pruning (issue 15): how much of the dense model's task
-metric a pruned model keeps, with no data, with 32 real unlabeled samples, with sequential
-reconstruction, and after ``recover`` (distillation on those 32 samples).
+metric a pruned model keeps, with no data (N(0, 1) or BN-matched noise, dead leaves, model
+inversion), with 32 real unlabeled samples, with sequential reconstruction, and after
+``recover`` (distillation on those 32 samples, or on a generated source: ``--recover-on``).
 
 Models (real weights, offline):
 
@@ -25,7 +26,8 @@ against its masked original; recovered ones pass the checker and the runtime che
 the repository root::
 
     python -m benchmarks.quality [--models digits_folded orientation] [--ratios 0.3 0.5]
-        [--recover-budget 120] [--recover-on real|natural|random] [--recover-train biases|all]
+        [--recover-budget 120] [--recover-on real|natural|inverted|random]
+        [--recover-train biases|all]
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ from onnxprune.recovery import RecoverOptions
 S = onnxprune.Strategy
 # (label, criterion, compensation, data): data None, a generated source, or "real"
 CONFIGS = [("l2", "l2", "none", None), ("obspa", "obspa", "obs", None),
-           ("obspa natural", "obspa", "obs", "natural"), ("obs", "obs", "obs", "real"),
-           ("obs + sequential", "obs", "sequential", "real")]
+           ("obspa natural", "obspa", "obs", "natural"),
+           ("obspa inverted", "obspa", "obs", "inverted"),
+           ("inverted + sequential", "obs", "sequential", "inverted"),
+           ("obs", "obs", "obs", "real"), ("obs + sequential", "obs", "sequential", "real")]
 
 
 class Task:
@@ -260,7 +264,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recover-budget", type=float, default=120.0,
                         help="seconds of distillation per pruned model (0: none)")
     parser.add_argument("--configs", nargs="+", default=None, help="only these rows")
-    parser.add_argument("--recover-on", choices=("real", "natural", "random"), default="real",
+    parser.add_argument("--recover-on", choices=("real", "natural", "inverted", "random"),
+                        default="real",
                         help="what recovery distils on: the real unlabeled samples, or a "
                              "generated source (data-free recovery)")
     parser.add_argument("--recover-train", choices=("biases", "all"), default="biases")
@@ -277,7 +282,7 @@ def main(argv=None) -> None:
             for label, criterion, compensation, data in CONFIGS:
                 if args.configs and label not in args.configs:
                     continue
-                if data == "natural" and not task.images:
+                if data in ("natural", "inverted") and not task.images:
                     continue
                 calib = real if data == "real" else data
                 row = []

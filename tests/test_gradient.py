@@ -167,11 +167,12 @@ def test_gelu_of_opset_20_converts_as_its_formula(approximate):
     b = GraphBuilder(opset=20, seed=0)
     h = b.op("Gelu", [b.conv("x", 3, 8, k=1)], approximate=approximate)
     model = b.model({"x": ["N", 3, 4, 4]}, [b.conv(h, 8, 4, k=1)])
-    from onnxprune.importance.gradient import TorchModel
+    from onnxprune.importance.gradient import GRADIENTS
+    from onnxprune.runtime.torch_module import TorchModel
 
     graph = ModelGraph(model)
     names = {t.name for t in model.graph.initializer}
-    tm = TorchModel(model, graph, names)
+    tm = TorchModel(model, graph, names, GRADIENTS)
     feeds = make_inputs(model, {"x": (2, 3, 4, 4)})
     tm.check_against_ort(feeds)         # raises when the formula differs from ORT's Gelu
     assert "Gelu" not in {n.op_type for n in tm.onnx.graph.node}

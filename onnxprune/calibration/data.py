@@ -17,30 +17,38 @@ from .procedural import dead_leaves
 
 DEFAULT_RANDOM_SAMPLES = 32
 
-GENERATED = ("random", "synthetic", "natural")     # sources made on the fly, any number of them
+# Sources made on the fly, any number of them; "inverted" optimizes natural images through
+# the model (see ``inversion``).
+GENERATED = ("random", "synthetic", "natural", "inverted")
 
 
 def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_size: int = 16,
-                     samples: int | None = None, seed: int = 0, preprocess: str | None = None
-                     ) -> list[dict[str, np.ndarray]]:
+                     samples: int | None = None, seed: int = 0, preprocess: str | None = None,
+                     progress=None) -> list[dict[str, np.ndarray]]:
     """Batches of feeds for ``model``. Every input must be given with the model's dtype and
     its static dims; the first (batch) axis is split into batches of ``batch_size``, or of the
     model's own batch size when that is fixed (samples that do not fill a batch are left out).
     ``samples``: how many random inputs (``DEFAULT_RANDOM_SAMPLES`` when None), or at most how
     many images of a folder (``images.MAX_IMAGES`` when None) or samples of an .npz (the
-    first ones). ``preprocess``: the spec for an
-    image folder (see ``images.parse_preprocess``)."""
+    first ones). ``preprocess``: the spec for an image folder or for the ``natural`` and
+    ``inverted`` images (see ``images.parse_preprocess``)."""
     names = user_inputs(model)
     fixed = fixed_batch(model, names)
     batch_size = fixed or batch_size
-    if preprocess is not None and not (os.path.isdir(source) or source == "natural"):
+    if preprocess is not None and not (os.path.isdir(source)
+                                       or source in ("natural", "inverted")):
         raise UserError(f"a preprocessing spec goes with an image folder; {source} is not one")
     if source in GENERATED:
         samples = DEFAULT_RANDOM_SAMPLES if samples is None else samples
         made = _random_samples(model, names, shapes, fixed, samples, seed)
-        if source == "natural":
+        if source in ("natural", "inverted"):
             made = _with_natural_images(made, preprocess, seed)
-        return _batches(made, batch_size)
+        batches = _batches(made, batch_size)
+        if source == "inverted":
+            from .inversion import invert
+
+            batches = invert(model, batches, seed, progress)
+        return batches
     if os.path.isdir(source):
         arrays = load_images(source, model, preprocess, shapes, limit=samples)
     else:

@@ -20,8 +20,9 @@ from .data import GENERATED, load_calibration
 
 @dataclass(frozen=True)
 class CalibSource:
-    """One calibration set: an .npz path, an image folder (read with ``preprocess``),
-    "random", "synthetic", or a list of feed dicts; ``weight`` is its share of the fusion."""
+    """One calibration set: an .npz path, an image folder (read with ``preprocess``), a
+    generated source (``GENERATED``), or a list of feed dicts; ``weight`` is its share of the
+    fusion."""
 
     data: object
     weight: float = 1.0
@@ -34,7 +35,7 @@ class CalibSource:
 
 
 def source_batches(source: CalibSource, model, shapes=None, seed: int = 0,
-                   samples: int | None = None) -> list[dict]:
+                   samples: int | None = None, progress=None) -> list[dict]:
     """The feeds of one source: a generated one drawn (``samples`` of them; synthetic draws
     random inputs, its BN matching lives in a probe), a path read, given feeds as they are."""
     if not isinstance(source.data, str):
@@ -42,7 +43,7 @@ def source_batches(source: CalibSource, model, shapes=None, seed: int = 0,
     return load_calibration("random" if source.data == "synthetic" else source.data, model,
                             shapes, seed=seed,
                             samples=samples if source.data in GENERATED else None,
-                            preprocess=source.preprocess)
+                            preprocess=source.preprocess, progress=progress)
 
 
 def parse_source(text: str, preprocess: str | None = None) -> CalibSource:

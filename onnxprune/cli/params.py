@@ -177,8 +177,10 @@ def pruning_options(sweep: bool = False):
                 help="Calibration inputs for data-driven criteria and compensation: an .npz "
                      "with one array per model input (samples on axis 0); a folder of images "
                      "(see --preprocess); 'random' inputs; 'synthetic' (random inputs "
-                     "matched to the BatchNorm statistics, obspa's default); or 'natural' "
-                     "(procedural dead-leaves images). Repeat it to fuse "
+                     "matched to the BatchNorm statistics, obspa's default); 'natural' "
+                     "(procedural dead-leaves images); or 'inverted' (those images optimized "
+                     "through the model towards its classes and BatchNorm statistics; needs "
+                     "the grad extra; best without data on BN-folded models). Repeat it to fuse "
                      "several sets, each with a weight: --calib general.npz@0.3 --calib "
                      "task.npz@0.7."),
         ]

@@ -32,7 +32,7 @@ def recovery_options(f):
                      help="Share of the samples held out for early stopping."),
         click.option("--recover-samples", type=int, default=RecoverOptions.samples,
                      show_default=True,
-                     help="Samples drawn from a generated --calib source (natural, random)."),
+                     help="Samples drawn from a generated --calib source (natural, inverted, random)."),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -61,7 +61,8 @@ def recover_options_from(params: dict, seed: int = 0) -> RecoverOptions:
 @click.option("--calib", multiple=True, metavar="DATA", required=True,
               help="Unlabeled inputs to distil on: an .npz (one array per input, samples on "
                    "axis 0), a folder of images (see --preprocess), or a generated source: "
-                   "'natural' (dead-leaves images) or 'random'. Repeatable.")
+                   "'natural' (dead-leaves images), 'inverted' (those optimized through the "
+                   "dense model) or 'random'. Repeatable.")
 @preprocess_option()
 @shape_option
 @click.option("--seed", type=int, default=0, show_default=True)

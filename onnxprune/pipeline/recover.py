@@ -12,14 +12,14 @@ from ..recovery import RecoverOptions, recover
 
 
 def recovery_batches(model: onnx.ModelProto, calib, input_shapes=None, seed: int = 0,
-                     samples: int = RecoverOptions.samples) -> list[dict]:
+                     samples: int = RecoverOptions.samples, progress=None) -> list[dict]:
     """The feeds of every source, one after another (weights of fused sources do not apply:
     each sample is one training example); a generated source gives ``samples`` of them."""
     if calib is None:
         raise UserError("recovery needs inputs to distil on: give --calib (an .npz, an image "
-                        "folder, or a generated source such as natural or random)")
+                        "folder, or a generated source such as natural, inverted or random)")
     return [feeds for source in as_sources(calib)
-            for feeds in source_batches(source, model, input_shapes, seed, samples)]
+            for feeds in source_batches(source, model, input_shapes, seed, samples, progress)]
 
 
 def recover_pruned(dense, pruned, calib, options: RecoverOptions | None = None,
@@ -31,7 +31,8 @@ def recover_pruned(dense, pruned, calib, options: RecoverOptions | None = None,
     options.check()
     teacher = load_model(dense)
     student = _exact(pruned)
-    batches = recovery_batches(teacher, calib, input_shapes, options.seed, options.samples)
+    batches = recovery_batches(teacher, calib, input_shapes, options.seed, options.samples,
+                               progress)
     model, report = recover(teacher, student, batches, options, progress)
     return model, report.to_dict()
 

@@ -81,7 +81,8 @@ def data_free_warnings(a: Analyzed, calib, stats) -> tuple[str, ...]:
               f"was probably folded into them" if biased else "none in the model")
     return (f"synthetic calibration found no BatchNormalization to match ({folded}): its "
             f"statistics are those of N(0, 1) noise, which can score and re-fit worse than "
-            f"l2; give real samples with --calib (a few dozen unlabeled ones are enough)",)
+            f"l2; give real samples with --calib (a few dozen unlabeled ones are enough), or "
+            f"--calib inverted (model inversion, no data)",)
 
 
 def group_scores(a: Analyzed, strategy: Strategy, stats=None, input_shapes=None,
@@ -128,7 +129,7 @@ def _source_stats(a: Analyzed, source: CalibSource, input_shapes, gram: bool, se
     probe, matched = None, 0
     if source.data == "synthetic":
         probe, matched = match_batchnorm_statistics(a.model)
-    batches = calibration_batches(a, source, input_shapes, seed)
+    batches = calibration_batches(a, source, input_shapes, seed, progress)
     stats = capture_stats(a.model, consumed_inputs(a.analysis), batches,
                           gram_inputs(a.analysis) if gram else set(),
                           patch_inputs(a.analysis) if gram else None, probe, progress)
@@ -136,9 +137,10 @@ def _source_stats(a: Analyzed, source: CalibSource, input_shapes, gram: bool, se
     return stats
 
 
-def calibration_batches(a: Analyzed, source: CalibSource, input_shapes, seed: int = 0):
+def calibration_batches(a: Analyzed, source: CalibSource, input_shapes, seed: int = 0,
+                        progress=None):
     """The calibration feeds themselves (what sensitivity runs the model on)."""
-    return source_batches(source, a.model, input_shapes, seed)
+    return source_batches(source, a.model, input_shapes, seed, progress=progress)
 
 
 def describe(calib, stats) -> dict | None:
@@ -157,6 +159,9 @@ def describe(calib, stats) -> dict | None:
             name = "random inputs"
         elif source.data == "natural":
             name = "natural: procedural dead-leaves images (no data)"
+        elif source.data == "inverted":
+            name = ("inverted: dead-leaves images optimized through the model towards its "
+                    "classes and BatchNorm statistics (no data)")
         else:
             name = source.describe()
         if source.preprocess:

@@ -32,10 +32,10 @@ from onnx import numpy_helper
 from ..calibration import fixed_batch
 from ..errors import UserError, VerificationError, one_line
 from ..graph import ModelGraph
-from ..importance.gradient import AGREEMENT, Purpose, TorchModel, reported, require_torch
 from ..progress import task
 from ..runtime import batch_outputs, run_model, user_inputs
 from ..runtime.fidelity import output_fidelity
+from ..runtime.torch_module import AGREEMENT, Purpose, TorchModel, reported, require_torch
 from ..verify import check_model, relative_error
 
 RECOVERY = Purpose("recover", "prune without --recover, or give a model onnx2torch converts")
