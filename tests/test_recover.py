@@ -173,3 +173,53 @@ def test_the_error_of_a_wide_output_is_scaled_per_channel():
     np.testing.assert_allclose(scale.ravel(), np.mean(np.square(head), axis=(0, 2)))
     logits = rng.standard_normal((4, 10))
     assert _mean_square([logits]).numpy() == pytest.approx(np.mean(np.square(logits)))
+
+
+def test_kept_channels_name_the_dense_channels_each_thinned_tensor_holds():
+    """With no re-fit, the first thinned tensor (its writer reads the untouched input) holds
+    exactly the dense tensor's kept channels, in order."""
+    from onnxprune.pipeline import analyze_model
+    from onnxprune.pipeline.once import prune_step
+
+    dense = small_cnn()
+    options = onnxprune.PruneOptions(ratio=0.5, round_to=1, calib="random",
+                                     recover=RecoverOptions(features=1.0))
+    pruned, record = prune_step(analyze_model(dense), options)
+    kept = record.kept_channels
+    relu = next(n.output[0] for n in dense.graph.node if n.op_type == "Relu")
+    axis, idx = kept[relu]
+    assert axis == 1 and 0 < len(idx) < 6
+    feeds = image_batches(count=4)[0]
+    probe = {}
+    for name, model in (("dense", dense), ("pruned", pruned)):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(relu, 1, None))
+        probe[name] = run_model(copy, feeds)[relu]
+    np.testing.assert_allclose(probe["pruned"], probe["dense"][:, idx], rtol=1e-5, atol=1e-6)
+    assert "kept_channels" not in record.to_dict()
+
+
+def test_feature_matching_trains_on_thinned_tensors_too():
+    dense = small_cnn()
+    pruned, report = onnxprune.prune(dense, ratio=0.5, round_to=1, calib=image_batches(),
+                                     recover=RecoverOptions(budget=4, train="all",
+                                                            features=1.0))
+    rec = report["recovery"]
+    matched = [n for n in rec["notes"] if n.startswith("intermediate tensors matched: ")]
+    assert matched and int(matched[0].split(": ")[1].split()[0]) >= 1
+    assert rec["improved"] and rec["loss"]["held_out_after"] < rec["loss"]["held_out_before"]
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_feature_matching_needs_the_plan():
+    dense, pruned = pruned_cnn()
+    with pytest.raises(UserError, match="only the prune that made the model knows"):
+        recover(dense, pruned, image_batches(), RecoverOptions(features=1.0))
+    with pytest.raises(UserError, match="--steps 1"):
+        onnxprune.prune(dense, ratio=0.5, steps=2, calib="random",
+                        recover=RecoverOptions(features=1.0))
+    with pytest.raises(UserError, match="weight >= 0"):
+        RecoverOptions(features=-1.0).check()
+    assert main(["prune", DIGITS, "-o", "unused.onnx", "--calib", "random",
+                 "--recover-features", "1"]) == 2

@@ -13,7 +13,8 @@ from ..errors import UserError
 from ..io import check_writable, save_model, write_atomically
 from .console import echo, fmt, kept, progress_for, show, table
 from .params import calib_sources, prune_options_from, pruning_options
-from .recover import RECOVERY_FLAGS, print_recovery, recover_options_from, recovery_options
+from .recover import (RECOVERY_FLAGS, features_option, print_recovery, recover_options_from,
+                      recovery_options)
 
 SHOWN_GROUPS = 12
 SHOWN_OUTPUTS = 3
@@ -38,6 +39,7 @@ def default_output_path(path) -> str:
               help="Then train the pruned model to reproduce MODEL on the --calib inputs "
                    "(distillation; needs the grad extra). See `onnxprune recover`.")
 @recovery_options
+@features_option
 def prune(model, output, in_place, report_path, calib, preprocess, recover, **params):
     """Prune MODEL and write a smaller, verified model."""
     recovery = recover_options_from(params, params.get("seed", 0))

@@ -39,8 +39,14 @@ def recovery_options(f):
     return f
 
 
+# Only prune knows which channels of each thinned tensor its plan kept.
+features_option = click.option(
+    "--recover-features", type=float, default=RecoverOptions.features, show_default=True,
+    help="Weight of the kept channels of thinned intermediate tensors (those linear layers "
+         "read) in the recovery loss, beside the outputs (0: outputs only).")
+
 RECOVERY_FLAGS = ("recover_budget", "recover_train", "recover_loss", "recover_lr",
-                  "recover_held_out", "recover_samples")
+                  "recover_held_out", "recover_samples", "recover_features")
 
 
 def recover_options_from(params: dict, seed: int = 0) -> RecoverOptions:
@@ -48,7 +54,8 @@ def recover_options_from(params: dict, seed: int = 0) -> RecoverOptions:
                              train=params.pop("recover_train"),
                              loss=params.pop("recover_loss"), lr=params.pop("recover_lr"),
                              held_out=params.pop("recover_held_out"),
-                             samples=params.pop("recover_samples"), seed=seed)
+                             samples=params.pop("recover_samples"), seed=seed,
+                             features=params.pop("recover_features", 0.0))
     options.check()
     return options
 

@@ -22,22 +22,16 @@ from .diagnose import first_divergence
 from .fidelity import fidelity_to_dense
 from .options import PruneOptions
 from .plan import MacCounter, planned_params
+from .recover import kept_channels
 from .report import (CheckSection, CostSection, PruneReport, TargetSection, barriers,
                      group_entry)
 from .scoring import Scoring, check_scoring, describe, score_model
 from .targets import TargetSearch, meet_latency, ratio_for_target
 
 
-def prune_once(model, options: PruneOptions, scoring: Scoring | None = None,
-               progress=None) -> tuple[onnx.ModelProto, dict]:
-    """One step of :func:`prune` (options already checked)."""
-    pruned, report = prune_step(model, options, scoring, progress)
-    return pruned, report.to_dict()
-
-
 def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
                progress=None) -> tuple[onnx.ModelProto, PruneReport]:
-    """:func:`prune_once` with the report as a record."""
+    """One step of :func:`prune` (options already checked), with the report as a record."""
     a = model if isinstance(model, Analyzed) else analyze_model(model, options.exclude)
     strategy, shapes = options.strategy, options.input_shapes
     if scoring is None:
@@ -62,6 +56,8 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
             built = _timed_to_target(search, target, scoring.stats, built)
     report = _report(a, built, options, search.macs, scoring, target)
     report.warnings.extend(scoring.warnings)
+    if options.recover is not None and options.recover.features > 0:
+        report.kept_channels = kept_channels(a, built.removed)
     if options.verify:
         report.check = _verify(a, built, options, progress)
         with task(progress, "comparing the pruned model with the dense one"):

@@ -205,6 +205,9 @@ class PruneOptions:
                                 "an image folder, or a generated source such as natural)")
             if not self.verify:
                 raise UserError("--recover trains a verified pruned model; drop verify=False")
+            if self.recover.features > 0 and self.steps != 1:
+                raise UserError("--recover-features matches what one step kept of the dense "
+                                "model's tensors: use it with --steps 1")
         if self.calib is not None and self.strategy.needs is None and self.recover is None:
             raise UserError(f"--calib is read by data-driven criteria, compensation, "
                             f"adaptive allocation and --recover; criterion {self.strategy.criterion!r} with "

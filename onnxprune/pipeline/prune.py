@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..io import load_model
 from ..verify import input_problem
 from .analyze import Analyzed
-from .once import prune_once
+from .once import prune_step
 from .options import PruneOptions
 from .recover import recover_pruned
 from .scoring import Scoring
@@ -68,15 +68,17 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
     """
     options = options_of(options, fields)
     options.check()
+    kept = None
     if options.steps != 1:
         if scoring is not None:
             raise UserError("steps re-score the model after each step; drop scoring")
         pruned, report = prune_in_steps(model, options, progress)
     else:
-        pruned, report = prune_once(model, options, scoring, progress)
+        pruned, record = prune_step(model, options, scoring, progress)
+        report, kept = record.to_dict(), record.kept_channels
     if options.recover is not None:
         dense = model.model if isinstance(model, Analyzed) else model
         pruned, report["recovery"] = recover_pruned(dense, pruned, options.calib,
                                                     options.recover, options.input_shapes,
-                                                    progress)
+                                                    progress, kept)
     return pruned, report

@@ -91,9 +91,12 @@ class PruneReport:
     steps: list[StepSummary] | None = None
     fidelity: FidelitySection | None = None
     warnings: list[str] = field(default_factory=list)
+    # For recovery's feature matching, not written out: see ``recover.kept_channels``.
+    kept_channels: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "kept_channels"}
         out["params"] = dataclasses.asdict(self.params)
         out["macs"] = dataclasses.asdict(self.macs)
         out["target"] = self.target.to_dict() if self.target else None

@@ -5,7 +5,8 @@ criteria are) and must first reproduce ONNX Runtime's outputs. The dense model's
 the calibration inputs are the targets: per output, KL divergence where the dense output is a
 probability vector (non-negative, rows summing to 1), else the squared error scaled by the
 output's mean square (per channel, on axis 1, for outputs of rank 3 or more), so outputs and
-channels of any scale weigh the same. Only initializer values change:
+channels of any scale weigh the same. With ``features`` the kept channels of the thinned
+tensors the pruned layers write are targets too (``features.py``; the plan says which). Only initializer values change:
 ``train="biases"`` trains the vector constants (biases, normalization scales and shifts,
 per-channel constants: few parameters, little over-fitting on few samples, as PERP finds),
 ``"all"`` every float constant the conversion maps back. A share of the samples is held out:
@@ -20,10 +21,8 @@ same inputs and outputs, and reproduce the trained module's outputs.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -37,82 +36,22 @@ from ..runtime import batch_outputs, run_model, user_inputs
 from ..runtime.fidelity import output_fidelity
 from ..runtime.torch_module import AGREEMENT, Purpose, TorchModel, reported, require_torch
 from ..verify import check_model, relative_error
+from .features import FeatureTargets
+from .options import RecoverOptions, RecoverReport
 
 RECOVERY = Purpose("recover", "prune without --recover, or give a model onnx2torch converts")
-TRAIN = ("biases", "all")
-LOSSES = ("auto", "mse", "kl")
 PROBABILITY_SLACK = 1e-3     # rows of a probability output sum to 1 within this
 
 
-@dataclass(frozen=True)
-class RecoverOptions:
-    """How recovery trains: ``budget`` seconds at most, ``train`` "biases" or "all", ``loss``
-    per output ("auto": KL on probabilities, else scaled MSE), ``held_out`` share of samples
-    kept for early stopping, ``lr`` (default 1e-3 for biases, 1e-4 for all), ``batch``
-    samples per step (a model's fixed batch size wins), ``patience`` held-out evaluations
-    without improvement before stopping, ``seed`` for the shuffles, ``samples`` drawn from a
-    generated calibration source (real data is used whole)."""
-
-    budget: float = 120.0
-    train: str = "biases"
-    loss: str = "auto"
-    held_out: float = 0.25
-    lr: float | None = None
-    batch: int = 8
-    patience: int = 20
-    seed: int = 0
-    samples: int = 128      # drawn from a generated --calib source (random, natural)
-
-    def check(self) -> None:
-        if self.train not in TRAIN:
-            raise UserError(f"unknown --train {self.train!r}; choose one of {', '.join(TRAIN)}")
-        if self.loss not in LOSSES:
-            raise UserError(f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-        if not self.budget > 0:
-            raise UserError(f"--budget must be positive seconds, got {self.budget}")
-        if not 0.0 < self.held_out < 1.0:
-            raise UserError(f"--held-out must be in (0, 1), got {self.held_out}")
-        if self.lr is not None and not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.batch < 1 or self.patience < 1 or self.samples < 2:
-            raise UserError("--batch and --patience must be at least 1, --samples at least 2")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-3 if self.train == "biases" else 1e-4)
-
-
-@dataclass
-class RecoverReport:
-    """What recovery did: the tensors and parameters it trained, how long and how far, the
-    loss before and after on the training and held-out samples, and per output the loss kind
-    and the held-out fidelity to the dense model before and after."""
-
-    train: str
-    tensors: int
-    params: int
-    samples: dict
-    steps: int = 0
-    epochs: int = 0
-    seconds: float = 0.0
-    stopped: str = ""
-    loss: dict = field(default_factory=dict)
-    outputs: list = field(default_factory=list)
-    improved: bool = False
-    notes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, batches,
-            options: RecoverOptions | None = None, progress=None
+            options: RecoverOptions | None = None, progress=None, kept: dict | None = None
             ) -> tuple[onnx.ModelProto, RecoverReport]:
     """``pruned`` with its initializers trained to reproduce ``dense`` on ``batches`` (feed
-    dicts of unlabeled inputs), and what happened."""
+    dicts of unlabeled inputs), and what happened. ``kept``: {tensor: (axis, indices of the
+    dense channels the pruned tensor holds)}, what ``options.features`` matches."""
     options = options or RecoverOptions()
     options.check()
-    run = Distillation(dense, pruned, batches, options)
+    run = Distillation(dense, pruned, batches, options, kept)
     run.train(progress)
     return run.result()
 
@@ -121,8 +60,12 @@ class Distillation:
     """One recovery run: the data split, the teacher's targets, the student module."""
 
     def __init__(self, dense: onnx.ModelProto, pruned: onnx.ModelProto, batches,
-                 options: RecoverOptions):
+                 options: RecoverOptions, kept: dict | None = None):
         self.torch = require_torch(RECOVERY)
+        if options.features > 0 and not kept:
+            raise UserError("recover: --recover-features matches the channels the plan kept, "
+                            "which only the prune that made the model knows: use prune "
+                            "--recover --recover-features W")
         self.options, self.dense, self.pruned = options, dense, pruned
         names = user_inputs(pruned)
         if names != user_inputs(dense):
@@ -156,6 +99,8 @@ class Distillation:
         if not self.trained:
             raise UserError(f"recover: nothing to train with --train {options.train} in this "
                             f"model (no float constant maps back from the PyTorch module)")
+        self.features = (FeatureTargets(dense, self.student, kept, train, held, self.torch)
+                         if options.features > 0 else None)
 
     def _choose(self, graph) -> tuple[dict, set]:
         """{initializer: torch tensor} to train, and the names skipped as shared."""
@@ -216,6 +161,9 @@ class Distillation:
                     optimizer.zero_grad()
                     loss = self._loss(self.student.forward(self.train_batches[k]),
                                       self.targets[k])
+                    if self.features is not None:
+                        loss = loss + options.features * self.features.loss(
+                            self.features.train[k])
                     loss.backward()
                     optimizer.step()
                     self.report.steps += 1
@@ -234,6 +182,11 @@ class Distillation:
                     stopped = f"no better held-out loss in {options.patience} epochs"
                     break
         self._restore(best_state)
+        if self.features is not None:
+            self.features.close()
+            self.report.notes.append(f"intermediate tensors matched: {len(self.features.kept)} "
+                                     f"(weight {options.features:g})")
+            self.report.notes.extend(self.features.notes)
         self.report.seconds = time.perf_counter() - start
         self.report.stopped = stopped
         self.report.improved = best < before[1]
