@@ -27,7 +27,7 @@ the repository root::
 
     python -m benchmarks.quality [--models digits_folded orientation] [--ratios 0.3 0.5]
         [--recover-budget 120] [--recover-on real|natural|inverted|random]
-        [--recover-train biases|all]
+        [--recover-train biases|all] [--recover-features 1]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import numpy as np
 import onnxprune
 from benchmarks.common import machine
 from onnxprune.errors import UserError
+from onnxprune.pipeline.once import prune_step
 from onnxprune.pipeline.recover import recover_pruned
 from onnxprune.recovery import RecoverOptions
 
@@ -269,6 +270,9 @@ def main(argv=None) -> None:
                         help="what recovery distils on: the real unlabeled samples, or a "
                              "generated source (data-free recovery)")
     parser.add_argument("--recover-train", choices=("biases", "all"), default="biases")
+    parser.add_argument("--recover-features", type=float, default=0.0,
+                        help="weight of the kept channels of thinned tensors in the recovery "
+                             "loss (prune --recover-features)")
     args = parser.parse_args(argv)
     print(machine())
     cells = " | ".join(f"ratio {r}: pruned / recovered" for r in args.ratios)
@@ -287,10 +291,12 @@ def main(argv=None) -> None:
                 calib = real if data == "real" else data
                 row = []
                 for ratio in args.ratios:
-                    pruned, report = onnxprune.prune(
-                        task.path(), ratio=ratio, round_to=1, input_shapes=task.shapes,
-                        calib=calib, strategy=S(criterion, compensate=compensation))
-                    assert report["check"]["ok"]
+                    options = onnxprune.PruneOptions(
+                        ratio=ratio, round_to=1, input_shapes=task.shapes, calib=calib,
+                        strategy=S(criterion, compensate=compensation))
+                    options.check()
+                    pruned, record = prune_step(task.path(), options)
+                    assert record.check.ok
                     cell = _share(task.metric(pruned), dense)
                     if args.recover_budget > 0:
                         start = time.perf_counter()
@@ -299,8 +305,9 @@ def main(argv=None) -> None:
                                 task.path(), pruned,
                                 real if args.recover_on == "real" else args.recover_on,
                                 RecoverOptions(budget=args.recover_budget, batch=4,
-                                               train=args.recover_train),
-                                task.shapes)
+                                               train=args.recover_train,
+                                               features=args.recover_features),
+                                task.shapes, kept=record.kept_channels)
                         except UserError as exc:
                             cell += f" / n/a ({exc})"
                         else:

@@ -136,3 +136,17 @@ def test_small_cnn_with_batchnorm_and_scores():
                             batch_size=5)
     assert [len(f["x"]) for f in made] == [5, 5, 2]
     assert all(np.isfinite(f["x"]).all() for f in made)
+
+
+def test_weights_shared_through_identity_nodes_convert():
+    """TorchScript exports share equal constants (a BN-folded net's zero biases) through
+    Identity nodes; onnx2torch reads conv biases from initializers only."""
+    b = GraphBuilder(seed=2)
+    bias = b.weight(6)
+    shared = b.op("Identity", [bias])
+    h = b.op("Relu", [b.op("Conv", ["x", b.weight(6, 3, 3, 3), bias], pads=[1, 1, 1, 1])])
+    h = b.op("Relu", [b.op("Conv", [h, b.weight(6, 6, 1, 1), shared])])
+    h = b.op("Flatten", [b.op("GlobalAveragePool", [h])])
+    model = b.model({"x": ["N", 3, 8, 8]}, [b.op("Gemm", [h, b.weight(6, 4)])])
+    made = load_calibration("inverted", model, {"x": (1, 3, 8, 8)}, samples=8, seed=0)
+    assert len(made) == 1 and made[0]["x"].shape == (8, 3, 8, 8)

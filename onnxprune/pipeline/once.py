@@ -56,8 +56,7 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
             built = _timed_to_target(search, target, scoring.stats, built)
     report = _report(a, built, options, search.macs, scoring, target)
     report.warnings.extend(scoring.warnings)
-    if options.recover is not None and options.recover.features > 0:
-        report.kept_channels = kept_channels(a, built.removed)
+    report.kept_channels = kept_channels(a, built.removed)
     if options.verify:
         report.check = _verify(a, built, options, progress)
         with task(progress, "comparing the pruned model with the dense one"):

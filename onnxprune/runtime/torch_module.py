@@ -59,17 +59,21 @@ def _register_aliases() -> None:
 def convertible_copy(model: onnx.ModelProto, graph, names: set[str],
                      purpose: Purpose) -> onnx.ModelProto:
     """A copy onnx2torch can convert, computing the same function: every constant in ``names``
-    (the weights the analysis slices) becomes an initializer; IR 3 is raised to IR 4; a Flatten
-    at axis = rank becomes the equivalent Reshape; a float32 Gelu (opset 20, which has no
-    earlier version to lower to) becomes its Erf or Tanh formula; Reshape's ``allowzero`` is
-    dropped where the shape has no zero or is computed (it then changes nothing); the opset is
-    lowered to 17 where ONNX's version converter can; nodes are named by position; and weights
-    kept in files are read in (torch holds them all)."""
+    (the weights the analysis slices) and every Identity of a constant becomes an initializer;
+    IR 3 is raised to IR 4; a Flatten at axis = rank becomes the equivalent Reshape; a float32
+    Gelu (opset 20, which has no earlier version to lower to) becomes its Erf or Tanh formula;
+    Reshape's ``allowzero`` is dropped where the shape has no zero or is computed (it then
+    changes nothing); the opset is lowered to 17 where ONNX's version converter can; nodes are
+    named by position; and weights kept in files are read in (torch holds them all)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     inline_weights(copy)
     inits = {t.name for t in copy.graph.initializer}
-    for name in sorted(names - inits):
+    # TorchScript shares equal weights through Identity nodes; onnx2torch reads a conv's
+    # weight and bias only from initializers.
+    shared = {n.output[0] for n in copy.graph.node
+              if n.op_type == "Identity" and graph.const(n.output[0]) is not None}
+    for name in sorted((names | shared) - inits):
         value = graph.const(name)
         if value is not None:
             copy.graph.initializer.append(numpy_helper.from_array(value, name))
