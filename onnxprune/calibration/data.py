@@ -10,7 +10,7 @@ import os
 import numpy as np
 import onnx
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..runtime import input_shapes, make_inputs, user_inputs
 from .images import load_images, parse_preprocess
 from .procedural import dead_leaves
@@ -99,15 +99,40 @@ def _with_natural_images(samples: list[dict], preprocess, seed: int) -> list[dic
     return samples
 
 
-def _read_npz(source: str, names: list[str]) -> dict[str, np.ndarray]:
+def load_check_data(path: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The check's feeds from an ``.npz`` (one array per model input), fed whole: no split
+    into samples, so inputs whose batch is not on axis 0 (a recurrent state) fit too. Each
+    array must have its input's dtype, rank and static dims."""
+    names = user_inputs(model)
+    arrays = _read_npz(path, names, "--check-data")
+    by_name = {i.name: i for i in model.graph.input}
+    for n in names:
+        if n not in arrays:
+            raise UserError(f"--check-data {path} has no array for model input {n!r} (it has "
+                            f"{', '.join(sorted(arrays)) or 'none'})")
+        tt = by_name[n].type.tensor_type
+        want = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        got = arrays[n]
+        if got.dtype != want:
+            raise UserError(f"--check-data {path}: input {n!r} is {got.dtype}, the model "
+                            f"wants {want}")
+        if got.ndim != len(dims) or any(d and d != g for d, g in zip(dims, got.shape)):
+            raise UserError(f"--check-data {path}: input {n!r} has shape {list(got.shape)}, "
+                            f"the model wants {['?' if d is None else d for d in dims]}")
+    return {n: arrays[n] for n in names}
+
+
+def _read_npz(source: str, names: list[str], what: str = "calibration data"
+              ) -> dict[str, np.ndarray]:
     if not os.path.isfile(source):
-        raise UserError(f"calibration data not found: {source} (give an .npz file, an image "
-                        "folder or 'random')")
+        raise UserError(f"{what} not found: {source} (give an .npz file" + (
+            ", an image folder or 'random')" if what == "calibration data" else ")"))
     try:
         with np.load(source, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
-        raise UserError(f"cannot read calibration data {source}: {exc}") from None
+        raise UserError(f"cannot read {what} {source}: {one_line(str(exc), 200)}") from None
     if list(arrays) == ["arr_0"] and len(names) == 1:
         arrays = {names[0]: arrays["arr_0"]}   # np.savez(path, array): the one input's data
     return arrays

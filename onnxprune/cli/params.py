@@ -168,6 +168,10 @@ def pruning_options(sweep: bool = False):
                          show_default=True,
                          help="Max relative error (per output channel) against the masked "
                               "original."),
+            click.option("--check-data", type=click.Path(dir_okay=False), default=None,
+                         help="An .npz with one array per model input, fed whole to the "
+                              "check against the masked original instead of generated inputs "
+                              "(a model that needs real values: sample rates, cache lengths)."),
             _strategy_options,
             click.option("--seed", type=int, default=0, show_default=True,
                          help="Seed of every random draw: check inputs, random calibration "
@@ -218,7 +222,7 @@ _STRATEGY = ("criterion", "group_reduction", "normalization", "allocation", "max
              "compensate", "obs_damping", "rank_by")
 _OPTIONS = ("ratio", "heads", "mlp", "hidden", "round_to", "exclude", "input_shape",
             "tolerance", "seed", "target_macs", "target_params", "target_latency",
-            "latency_threads", "steps")
+            "latency_threads", "steps", "check_data")
 
 
 def prune_options_from(params: dict, calib=None) -> tuple[PruneOptions, set[str]]:

@@ -1,12 +1,18 @@
-"""Where a failed check starts: the first tensor, in the order the graph computes them, at
-which the pruned model leaves the masked original. The pruned model's tensors hold the kept
-channels only, so the masked original's are cut to them before the two are compared."""
+"""Why a check failed. Where it starts: the first tensor, in the order the graph computes
+them, at which the pruned model leaves the masked original (the pruned model's tensors hold
+the kept channels only, so the masked original's are cut to them before the two are
+compared). Or whose fault it is: when the *dense* model cannot run on the check inputs either,
+the inputs are wrong for this model, not the rewrite."""
 
 from __future__ import annotations
 
+import re
+
+import networkx as nx
 import numpy as np
 import onnx
 
+from ..errors import one_line
 from ..groups import project
 from ..runtime import run_model
 from ..runtime.run import exposing
@@ -50,3 +56,24 @@ def _kept_part(a: Analyzed, name: str, value: np.ndarray, removed: np.ndarray):
             return None
         value = np.compress(keep, value, axis=axis)
     return value
+
+
+def dense_failure(a: Analyzed, feeds: dict, what: str) -> str | None:
+    """A one-line error when the dense model itself cannot run on ``feeds`` (described by
+    ``what``): the failing node as ONNX Runtime names it and the model inputs it depends on."""
+    try:
+        run_model(a.model, feeds)
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever ORT refuses
+        text = str(exc)
+    where = ""
+    found = re.search(r"Name:'([^']+)'", text)
+    node = next((n for n in a.graph.nodes if found and n.proto.name == found.group(1)), None)
+    if node is not None:
+        upstream = nx.ancestors(a.graph.dag, node.index)
+        inputs = [n for n in feeds if n in upstream]
+        where = f" at {node.label}" + (
+            f", which depends on input {', '.join(repr(n) for n in inputs)}" if inputs else "")
+    message = text.split("Status Message:")[-1]
+    return (f"the dense model itself cannot run on {what}{where} ({one_line(message, 160)}); "
+            f"give inputs it runs on with --check-data FILE.npz (one array per model input)")

@@ -9,16 +9,17 @@ import dataclasses
 import onnx
 
 from ..allocation.latency import LatencyPredictor
-from ..calibration import GENERATED, as_sources, load_calibration, source_batches
-from ..errors import VerificationError
+from ..calibration import (GENERATED, as_sources, load_calibration, load_check_data,
+                           source_batches)
+from ..errors import UserError, VerificationError
 from ..graph import ModelGraph
 from ..io.weights import discard_written
 from ..progress import task
 from ..runtime import count_cost, count_params, make_inputs
-from ..verify import compare_outputs
+from ..verify import compare_outputs, input_problem
 from .analyze import Analyzed, analyze_model
 from .build import Built, build, masked_of
-from .diagnose import first_divergence
+from .diagnose import dense_failure, first_divergence
 from .fidelity import fidelity_to_dense
 from .options import PruneOptions
 from .plan import MacCounter, planned_params
@@ -33,6 +34,8 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
                progress=None) -> tuple[onnx.ModelProto, PruneReport]:
     """One step of :func:`prune` (options already checked), with the report as a record."""
     a = model if isinstance(model, Analyzed) else analyze_model(model, options.exclude)
+    if options.verify and options.check_data is not None:
+        check_feeds(a.model, options)       # a bad file fails before any work
     strategy, shapes = options.strategy, options.input_shapes
     if scoring is None:
         scoring = score_model(a, strategy, options.calib, shapes, options.seed, progress)
@@ -104,7 +107,17 @@ def _fidelity_inputs(dense, options: PruneOptions, scoring: Scoring | None):
                            "the --calib inputs")
     yield lambda: (load_calibration("random", dense, options.input_shapes, seed=options.seed),
                    "random inputs (no calibration data given)")
-    yield lambda: ([make_inputs(dense, options.input_shapes, options.seed)], "the check inputs")
+    yield lambda: ([check_feeds(dense, options)[0]], "the check inputs")
+
+
+def check_feeds(model: onnx.ModelProto, options: PruneOptions) -> tuple[dict, str]:
+    """The inputs of the check, and how an error names them: ``--check-data`` when given,
+    else seeded random inputs of the model's (or ``input_shapes``') sizes."""
+    if options.check_data is not None:
+        return load_check_data(options.check_data, model), f"--check-data {options.check_data}"
+    feeds = make_inputs(model, options.input_shapes, options.seed)
+    shapes = ", ".join(f"{n} {list(v.shape)}" for n, v in feeds.items())
+    return feeds, f"the generated check inputs ({shapes})"
 
 
 def _timed_to_target(search: TargetSearch, target: TargetSection, stats, built: Built) -> Built:
@@ -148,8 +161,21 @@ def _verify(a: Analyzed, built: Built, options: PruneOptions, progress) -> Check
     with task(progress, "checking the pruned model against the masked original", 3) as step:
         masked = masked_of(built, a, options.round_to, options.by_kind, options.strategy,
                            options.seed)
-        feeds = make_inputs(a.model, options.input_shapes, options.seed)
-        result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step)
+        feeds, what = check_feeds(a.model, options)
+        try:
+            result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step)
+        except Exception:  # noqa: BLE001 - the masked original did not run: whose fault?
+            result = None
+        problem = None
+        if result is None or not result.runs:      # a broken input first, then bad inputs
+            problem = input_problem(a.model) or dense_failure(a, feeds, what)
+        if problem is not None:
+            discard_written(masked, keep=[built.pruned, a.model])
+            raise UserError(problem)
+        if result is None:
+            discard_written(masked, keep=[built.pruned, a.model])
+            raise VerificationError("the masked original failed to run on the check inputs, "
+                                    "which the dense model runs on; nothing was written")
         where = None
         if result.runs and not result.ok and result.max_rel_error is not None:
             where = first_divergence(a, built.pruned, masked, feeds, built.removed,

@@ -121,8 +121,10 @@ class PruneOptions:
     keep, which replaces ``ratio`` by a search (``latency_threads``: ONNX Runtime threads
     when timing). ``steps``: prune in that many smaller steps. ``seed``: every random draw
     (check inputs, random calibration inputs, the random criterion). ``verify`` with
-    ``tolerance``: the checks every pruned model must pass. ``recover``: train the pruned
-    model to reproduce the dense one on the ``calib`` inputs afterwards (see ``recovery``).
+    ``tolerance``: the checks every pruned model must pass; ``check_data``: an ``.npz`` with
+    one array per model input, fed whole to the check (instead of generated inputs).
+    ``recover``: train the pruned model to reproduce the dense one on the ``calib`` inputs
+    afterwards (see ``recovery``).
     """
 
     ratio: float = 0.5
@@ -142,6 +144,7 @@ class PruneOptions:
     seed: int = 0
     tolerance: float = DEFAULT_TOLERANCE
     verify: bool = True
+    check_data: str | None = None
     recover: RecoverOptions | None = None
 
     def replace(self, **changes) -> PruneOptions:
@@ -197,6 +200,8 @@ class PruneOptions:
                             "it needs --target-latency")
         if "tolerance" in given and not self.verify:
             raise UserError("a tolerance is for the check, which verify=False skips")
+        if self.check_data is not None and not self.verify:
+            raise UserError("--check-data feeds the check, which verify=False skips")
         self.strategy.check(self.calib is not None, given & _STRATEGY_FIELDS)
         if self.recover is not None:
             self.recover.check()

@@ -21,7 +21,9 @@ def session(model, threads: int = 0, level=None) -> ort.InferenceSession:
     """A CPU session for a ModelProto or a path (``level``: graph optimizations, default
     ONNX Runtime's own, all of them). ``threads`` 0: see :func:`threads_from_environment`."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    # Fatal only: a failed run is caught and reported in one line, and ORT's own log lines on
+    # stderr would bury it.
+    opts.log_severity_level = 4
     threads = threads or threads_from_environment()
     if threads:
         opts.intra_op_num_threads = threads

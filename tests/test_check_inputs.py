@@ -1,0 +1,94 @@
+"""Check inputs that make sense (issue 16, item 2, first part): when the *dense* model cannot
+run on the generated check inputs, the error says so, names the node and the input it depends
+on, and exits 2 (never "the pruned model failed"); ``--check-data FILE.npz`` feeds the check
+whole (no split on axis 0), and a file that does not fit the model is a one-line error before
+any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import onnxprune
+from onnxprune.cli import main
+from onnxprune.errors import UserError
+
+
+def rate_model() -> onnx.ModelProto:
+    """A CNN whose per-channel offset is looked up by an integer input (a sample-rate index
+    into a table of one row): index 1, which the generated 0/1 integers include, is out of
+    range, as a real sample rate of 0 or 1 would be for a voice-activity detector."""
+    rng = np.random.default_rng(0)
+
+    def const(name, value):
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Gather", ["table", "rate"], ["rows"], name="lookup", axis=0),
+        helper.make_node("ReduceMean", ["rows"], ["row"], name="mean", axes=[0]),
+        helper.make_node("Reshape", ["row", "shape"], ["offset"], name="as_channels"),
+        helper.make_node("Add", ["c1", "offset"], ["shifted"], name="add"),
+        helper.make_node("Relu", ["shifted"], ["h"], name="relu"),
+        helper.make_node("Conv", ["h", "w2", "b2"], ["y"], name="conv2"),
+    ]
+    inits = [const("w1", rng.standard_normal((8, 3, 3, 3))), const("b1", rng.standard_normal(8)),
+             const("table", rng.standard_normal((1, 8))),
+             numpy_helper.from_array(np.array([1, 8, 1, 1], np.int64), "shape"),
+             const("w2", rng.standard_normal((4, 8, 1, 1))), const("b2", rng.standard_normal(4))]
+    graph = helper.make_graph(
+        nodes, "rate",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("rate", onnx.TensorProto.INT64, [6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_dense_model_that_cannot_run_on_the_check_inputs_is_the_users_error(tmp_path, capfd):
+    """One line on stderr, at the file-descriptor level: ONNX Runtime logs nothing of its own."""
+    path, out = tmp_path / "rate.onnx", tmp_path / "out.onnx"
+    onnx.save(rate_model(), path)
+    code = main(["prune", str(path), "-o", str(out), "--ratio", "0.5", "--round-to", "1"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err.count("\n") == 0 and "the pruned model failed" not in err
+    assert err.startswith("error: the dense model itself cannot run on the generated check "
+                          "inputs (x [1, 3, 8, 8], rate [6]) at lookup, which "
+                          "depends on input 'rate'")
+    assert "--check-data FILE.npz" in err
+
+
+def test_check_data_feeds_the_check_whole(tmp_path):
+    path, data = tmp_path / "rate.onnx", tmp_path / "check.npz"
+    onnx.save(rate_model(), path)
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.savez(data, x=x, rate=np.zeros(6, np.int64))
+    pruned, report = onnxprune.prune(str(path), ratio=0.5, round_to=1, check_data=str(data))
+    assert report["check"]["ok"] and report["check"]["inputs"] == {"x": [1, 3, 8, 8],
+                                                                   "rate": [6]}
+    assert [d.dim_value for d in pruned.graph.input[1].type.tensor_type.shape.dim] == [6]
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((1, 3, 8, 8), np.float32)}, "has no array for model input 'rate'"),
+    ({"x": np.zeros((1, 3, 8, 8), np.float32), "rate": np.zeros(6, np.int32)},
+     "input 'rate' is int32, the model wants int64"),
+    ({"x": np.zeros((1, 3, 4, 4), np.float32), "rate": np.zeros(6, np.int64)},
+     "input 'x' has shape [1, 3, 4, 4], the model wants [1, 3, 8, 8]"),
+])
+def test_check_data_that_does_not_fit_fails_before_any_work(arrays, message, tmp_path, capsys):
+    path, data, out = tmp_path / "rate.onnx", tmp_path / "check.npz", tmp_path / "out.onnx"
+    onnx.save(rate_model(), path)
+    np.savez(data, **arrays)
+    assert main(["prune", str(path), "-o", str(out), "--check-data", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --check-data {data}") and message in err
+    assert "\n" not in err and not out.exists()
+    with pytest.raises(UserError, match="not found"):
+        onnxprune.prune(str(path), check_data=str(tmp_path / "missing.npz"))
+    with pytest.raises(UserError, match="verify=False skips"):
+        onnxprune.prune(str(path), check_data=str(data), verify=False)
