@@ -92,3 +92,93 @@ def test_check_data_that_does_not_fit_fails_before_any_work(arrays, message, tmp
         onnxprune.prune(str(path), check_data=str(tmp_path / "missing.npz"))
     with pytest.raises(UserError, match="verify=False skips"):
         onnxprune.prune(str(path), check_data=str(data), verify=False)
+
+
+def _mlp_after(nodes, inits, h, width, rng):
+    """h [.., width] → MatMul → Relu → MatMul → y: an MLP group to prune."""
+    inits += [numpy_helper.from_array(rng.standard_normal((width, 16)).astype(np.float32), "w1"),
+              numpy_helper.from_array(rng.standard_normal((16, width)).astype(np.float32), "w2")]
+    nodes += [helper.make_node("MatMul", [h, "w1"], ["m1"]),
+              helper.make_node("Relu", ["m1"], ["r1"]),
+              helper.make_node("MatMul", ["r1", "w2"], ["y"])]
+
+
+def cache_model() -> onnx.ModelProto:
+    """An Optimum-style step: the past joined to the new tokens on the sequence axis, times an
+    attention mask whose length is named ``past_sequence_length + sequence_length``."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Concat", ["past", "x"], ["joined"], axis=1),
+             helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),
+             helper.make_node("Cast", ["mask3"], ["maskf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Mul", ["joined", "maskf"], ["h"])]
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "last")]
+    _mlp_after(nodes, inits, "h", 8, rng)
+    graph = helper.make_graph(
+        nodes, "cache",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                       ["batch_size", "sequence_length", 8]),
+         helper.make_tensor_value_info("past", onnx.TensorProto.FLOAT,
+                                       ["batch_size", "past_sequence_length", 8]),
+         helper.make_tensor_value_info("mask", onnx.TensorProto.INT64,
+                                       ["batch_size",
+                                        "past_sequence_length + sequence_length"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, None, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def state_model() -> onnx.ModelProto:
+    """A recurrent state [layers, batch, 8] with its batch on axis 1, read beside x [batch, 8],
+    and a sample-rate input that selects the branch that keeps the width (If(Equal(sr, 16000)))."""
+    rng = np.random.default_rng(1)
+    keep = helper.make_graph([helper.make_node("Identity", ["x"], ["picked"])], "keep", [],
+                             [helper.make_tensor_value_info("picked", onnx.TensorProto.FLOAT,
+                                                            [None, None])])
+    cut = helper.make_graph(
+        [helper.make_node("Slice", ["x", "zero", "four", "one"], ["half"])], "cut", [],
+        [helper.make_tensor_value_info("half", onnx.TensorProto.FLOAT, [None, None])])
+    nodes = [helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
+             helper.make_node("If", ["is16k"], ["xs"], then_branch=keep, else_branch=cut),
+             helper.make_node("Gather", ["state", "zero"], ["s0"], axis=0),
+             helper.make_node("Concat", ["xs", "s0"], ["h"], axis=1)]
+    inits = [numpy_helper.from_array(np.array(16000, np.int64), "rate"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([4], np.int64), "four"),
+             numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes[2] = helper.make_node("Gather", ["state", "first"], ["s0"], axis=0)
+    inits.append(numpy_helper.from_array(np.array(0, np.int64), "first"))
+    _mlp_after(nodes, inits, "h", 16, rng)
+    graph = helper.make_graph(
+        nodes, "state",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 8]),
+         helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, "batch", 8]),
+         helper.make_tensor_value_info("sr", onnx.TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_named_dims_agree_and_sums_of_them_are_computed():
+    from onnxprune.runtime import input_shapes
+
+    model = cache_model()
+    assert input_shapes(model) == {"x": (1, 64, 8), "past": (1, 64, 8), "mask": (1, 128)}
+    assert input_shapes(model, {"x": (2, 5, 8)}) == {"x": (2, 5, 8), "past": (2, 64, 8),
+                                                     "mask": (2, 69)}
+    shapes = input_shapes(state_model())
+    assert shapes["state"] == (2, 1, 8) and shapes["x"] == (1, 8) and shapes["sr"] == ()
+
+
+@pytest.mark.parametrize("make", [cache_model, state_model])
+def test_generated_check_inputs_follow_what_the_graph_implies(make):
+    """Each model ran only on consistent inputs: a mask as long as past + new tokens, a state
+    whose batch (axis 1) is the batch, a sample rate the graph tests for. Its MLP prunes and
+    the check passes."""
+    from onnxprune.runtime import make_inputs
+
+    model = make()
+    onnx.checker.check_model(model, full_check=True)
+    feeds = make_inputs(model)
+    if "sr" in feeds:
+        assert int(feeds["sr"]) == 16000
+    pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1)
+    assert report["check"]["ok"]
+    assert any(g["kind"] == "mlp" and g["removed"] for g in report["groups"])
