@@ -6,12 +6,14 @@ and MatMulNBits are barriers: nothing is pruned there, and the model stays valid
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import onnx
 import pytest
 
 from onnxprune import pipeline
+from onnxprune.runtime import count_params
 
 from .oracle import assert_oracle
 
@@ -82,6 +84,11 @@ def test_qoperator_and_dynamic_quantization_are_barriers(prepared):
         pruned, report = pipeline.prune(model, ratio=0.5, input_shapes=SHAPES)
         assert report["check"]["ok"]
         assert not [g for g in report["groups"] if g["removed"]]
+        assert report["nothing_pruned"].startswith("no channel group was found (")
+        assert all(op in report["nothing_pruned"] for op in ops)
+        # int8 weights are parameters: within 2% of the float model's count
+        assert abs(report["params"]["before"] / count_params(onnx.load(str(prepare(prepared))))
+                   - 1) < 0.02
         weights = {t.name: t.SerializeToString() for t in model.graph.initializer}
         assert {t.name: t.SerializeToString() for t in pruned.graph.initializer
                 if t.name in weights} == weights, "nothing behind a barrier is cut"
@@ -105,3 +112,31 @@ def test_matmul_nbits_is_a_barrier(tmp_path):
     assert "MatMulNBits" in _barrier_ops(report)
     assert not [g for g in report["groups"] if g["prunable"] and g["removed"]], \
         "the Gemm's outputs reach the MatMulNBits: they stay"
+
+
+def test_the_cli_says_there_is_nothing_to_prune_and_writes_no_model(prepared, tmp_path, capsys):
+    from onnxprune.cli import main
+
+    path, out, report = tmp_path / "qop.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(_static(prepared, "QOperator", True), path)
+    assert main(["prune", str(path), "-o", str(out), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("nothing to prune: no channel group was found (ops with no "
+                                  "channel rule: QLinearConv ×") and "no model written" in \
+        printed[-1]
+    assert not out.exists()
+    data = json.loads(report.read_text())
+    assert data["output"] is None and "QLinearConv" in data["nothing_pruned"]
+
+
+def test_a_ratio_too_small_for_round_to_says_so():
+    from .builder import GraphBuilder
+
+    b = GraphBuilder(seed=0)
+    h = b.op("Relu", [b.conv(b.op("Relu", [b.conv("x", 3, 32)]), 32, 32)])
+    model = b.model({"x": ["N", 3, 8, 8]}, [b.conv(h, 32, 4)])
+    _, report = pipeline.prune(model, ratio=0.05, round_to=16)
+    assert report["nothing_pruned"] == ("the ratio removes no channel of the 2 prunable groups "
+                                        "at --round-to 16 (raise the ratio or lower --round-to)")
+    _, report = pipeline.prune(model, ratio=0.5, round_to=16)
+    assert report["nothing_pruned"] is None

@@ -15,8 +15,9 @@ from ..errors import UserError, VerificationError
 from ..graph import ModelGraph
 from ..io.weights import discard_written
 from ..progress import task
+from ..rules import rule_for
 from ..runtime import count_cost, count_params, make_inputs
-from ..verify import compare_outputs, input_problem
+from ..verify import compare_outputs, input_problem, unknown_ops
 from .analyze import Analyzed, analyze_model
 from .build import Built, build, masked_of
 from .diagnose import dense_failure, first_divergence
@@ -25,7 +26,7 @@ from .options import PruneOptions
 from .plan import MacCounter, planned_params
 from .recover import kept_channels
 from .report import (CheckSection, CostSection, PruneReport, TargetSection, barriers,
-                     group_entry)
+                     group_entry, why_nothing_pruned)
 from .scoring import Scoring, check_scoring, describe, score_model
 from .targets import TargetSearch, meet_latency, ratio_for_target
 
@@ -60,6 +61,9 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
     report = _report(a, built, options, search.macs, scoring, target)
     report.warnings.extend(scoring.warnings)
     report.kept_channels = kept_channels(a, built.removed)
+    report.nothing_pruned = why_nothing_pruned(
+        report.groups, report.barriers, options.round_to,
+        [n.op for n in a.graph.nodes if rule_for(n) is None])
     if options.verify:
         report.check = _verify(a, built, options, progress)
         with task(progress, "comparing the pruned model with the dense one"):
@@ -183,7 +187,8 @@ def _verify(a: Analyzed, built: Built, options: PruneOptions, progress) -> Check
         discard_written(masked, keep=[built.pruned, a.model])   # its weight files, if any
     check = CheckSection(result.checker, result.runs, result.same_io, result.max_rel_error,
                          options.tolerance, result.ok,
-                         {k: list(v.shape) for k, v in feeds.items()})
+                         {k: list(v.shape) for k, v in feeds.items()},
+                         unknown_ops(built.pruned))
     if not result.ok:
         raise VerificationError(_failure(result, where))
     return check

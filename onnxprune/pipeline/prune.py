@@ -76,7 +76,7 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
     else:
         pruned, record = prune_step(model, options, scoring, progress)
         report, kept = record.to_dict(), record.kept_channels
-    if options.recover is not None:
+    if options.recover is not None and not report.get("nothing_pruned"):
         dense = model.model if isinstance(model, Analyzed) else model
         pruned, report["recovery"] = recover_pruned(dense, pruned, options.calib,
                                                     options.recover, options.input_shapes,

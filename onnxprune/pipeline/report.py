@@ -4,6 +4,7 @@ writes and ``onnxprune.prune`` returns: plain JSON-ready data."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..allocation import Plan
@@ -24,7 +25,9 @@ class CostSection:
 @dataclass
 class CheckSection:
     """The proof: full checker, an ONNX Runtime run, the same IO, and the largest relative
-    error against the masked original on the check inputs (their shapes in ``inputs``)."""
+    error against the masked original on the check inputs (their shapes in ``inputs``).
+    ``unchecked_ops``: op types ONNX does not define, which the checker skipped and only ONNX
+    Runtime ran (``verify.unknown_ops``)."""
 
     checker: bool
     runs: bool
@@ -33,6 +36,7 @@ class CheckSection:
     tolerance: float
     ok: bool
     inputs: dict[str, list[int]]
+    unchecked_ops: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +95,7 @@ class PruneReport:
     steps: list[StepSummary] | None = None
     fidelity: FidelitySection | None = None
     warnings: list[str] = field(default_factory=list)
+    nothing_pruned: str | None = None     # why, when no channel could be removed
     # For recovery's feature matching, not written out: see ``recover.kept_channels``.
     kept_channels: dict | None = field(default=None, repr=False)
 
@@ -131,3 +136,28 @@ def barriers(a: Analyzed) -> list[dict]:
     """The ops that stopped channels, and why."""
     return [{"node": a.graph.nodes[i].label, "op": a.graph.nodes[i].op, "reason": r}
             for i, r in sorted(a.analysis.barriers.items())]
+
+
+def why_nothing_pruned(groups: list[dict], stopped: list[dict], round_to: int,
+                       unruled: list[str]) -> str | None:
+    """One line on why no channel was removed (None when some were): no group at all (the ops
+    that stopped channels, and the ops no rule covers), no prunable group, or groups too
+    small for the ratio."""
+    if any(g.get("removed") for g in groups):
+        return None
+    if not groups:
+        why = []
+        if stopped:
+            ops = Counter(b["op"] for b in stopped)
+            why.append("the ops that stopped channels: " + ", ".join(
+                f"{op} ×{n}" for op, n in ops.most_common(6)))
+        if unruled:
+            why.append("ops with no channel rule: " + ", ".join(
+                f"{op} ×{n}" for op, n in Counter(unruled).most_common(6)))
+        return "no channel group was found" + (f" ({'; '.join(why)})" if why else "")
+    prunable = [g for g in groups if g["prunable"]]
+    if not prunable:
+        return (f"none of the {len(groups)} groups is prunable "
+                f"(first: {groups[0].get('reason', 'no reason given')})")
+    return (f"the ratio removes no channel of the {len(prunable)} prunable groups at "
+            f"--round-to {round_to} (raise the ratio or lower --round-to)")

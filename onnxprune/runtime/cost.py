@@ -25,10 +25,24 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DO
            onnx.TensorProto.BFLOAT16)
 
 
+# Integer weights that quantized ops read directly, by input index: dynamic quantization
+# (ConvInteger, MatMulInteger, DynamicQuantizeLSTM), QOperator (QLinearConv, QLinearMatMul,
+# QGemm) and 4-bit MatMulNBits (counted as its K × N weights, not its packed bytes).
+_INTEGER_WEIGHTS = {"ConvInteger": (1,), "MatMulInteger": (1,), "DynamicQuantizeLSTM": (1, 2),
+                    "QLinearConv": (3,), "QLinearMatMul": (3,), "QGemm": (3,),
+                    "MatMulNBits": (1,)}
+
+
+def _unpacked(node) -> int | None:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return int(attrs["K"]) * int(attrs["N"]) if "K" in attrs and "N" in attrs else None
+
+
 def count_params(model: onnx.ModelProto) -> int:
     """Elements of every floating-point constant (initializers, Constant nodes, and weights
-    filled by ConstantOfShape in structure-only models) and of every integer constant a
-    DequantizeLinear reads as data or zero point (a quantized model's weights), in the main
+    filled by ConstantOfShape in structure-only models), of every integer constant a
+    DequantizeLinear reads as data or zero point, and of the integer weights quantized ops
+    read directly (``_INTEGER_WEIGHTS``): a quantized model's weights, in the main
     graph and in the bodies of control-flow nodes. Read from dims, not data."""
     graphs = list(all_graphs(model.graph))
     tensors = [t for g in graphs for t in g.initializer] + [
@@ -36,7 +50,11 @@ def count_params(model: onnx.ModelProto) -> int:
         if a.name == "value"]
     quantized = {name for g in graphs for n in g.node if n.op_type == "DequantizeLinear"
                  for k, name in enumerate(n.input) if k in (0, 2) and name}
-    total = sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors
+    quantized |= {n.input[k] for g in graphs for n in g.node
+                  for k in _INTEGER_WEIGHTS.get(n.op_type, ()) if k < len(n.input)}
+    packed = {n.input[1]: _unpacked(n) for g in graphs for n in g.node
+              if n.op_type == "MatMulNBits" and len(n.input) > 1}
+    total = sum(packed.get(t.name) or int(np.prod(t.dims, dtype=np.int64)) for t in tensors
                 if t.data_type in _FLOATS or t.name in quantized)
     filled = [n for n in model.graph.node if n.op_type == "ConstantOfShape"]
     if filled:

@@ -3,6 +3,7 @@ Runtime run with the original's inputs and outputs, and equivalence with the mas
 channel by channel; and why an input model is itself unusable."""
 
 from .checks import (CheckResult, check_model, compare_outputs, input_problem,
-                     relative_error)
+                     relative_error, unknown_ops)
 
-__all__ = ["CheckResult", "check_model", "compare_outputs", "input_problem", "relative_error"]
+__all__ = ["CheckResult", "check_model", "compare_outputs", "input_problem", "relative_error",
+           "unknown_ops"]

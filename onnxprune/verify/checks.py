@@ -36,14 +36,42 @@ class CheckResult:
             self.max_rel_error is not None and self.max_rel_error <= self.tolerance)
 
 
+PRIVATE_DOMAIN = "onnxprune.unchecked"     # where the check moves ops ONNX does not define
+
+
+def unknown_ops(model: onnx.ModelProto) -> list[str]:
+    """Op types in ONNX's own domain that ONNX does not define: ONNX Runtime contrib ops that
+    exporters (onnxruntime-genai's model builder) write there, and ORT runs."""
+    return sorted({n.op_type for n in model.graph.node
+                   if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
+
+
 def check_model(model: onnx.ModelProto) -> None:
     """Full check: structure, types and strict shape inference. A model whose weights are in
-    files is checked from a file (see ``WeightStore.checkable``)."""
-    store = WeightStore.of(model)
-    if store is None:
-        return onnx.checker.check_model(model, full_check=True)
-    with store.checkable(model) as path:
-        onnx.checker.check_model(str(path), full_check=True)
+    files is checked from a file (see ``WeightStore.checkable``). Nodes of ops ONNX does not
+    define (``unknown_ops``) are moved to a private domain for the duration of the check, so
+    the checker verifies everything else; only ONNX Runtime can vouch for them."""
+    unknown = set(unknown_ops(model))
+    moved = [(n, n.domain if n.HasField("domain") else None) for n in model.graph.node
+             if n.op_type in unknown and n.domain in ("", "ai.onnx")]
+    for node, _ in moved:
+        node.domain = PRIVATE_DOMAIN
+    if moved:
+        model.opset_import.append(onnx.helper.make_opsetid(PRIVATE_DOMAIN, 1))
+    try:
+        store = WeightStore.of(model)
+        if store is None:
+            return onnx.checker.check_model(model, full_check=True)
+        with store.checkable(model) as path:
+            onnx.checker.check_model(str(path), full_check=True)
+    finally:
+        for node, domain in moved:
+            if domain is None:
+                node.ClearField("domain")
+            else:
+                node.domain = domain
+        if moved:
+            del model.opset_import[len(model.opset_import) - 1]
 
 
 def input_problem(model: onnx.ModelProto, runtime: bool = True) -> str | None:
