@@ -182,3 +182,35 @@ def test_generated_check_inputs_follow_what_the_graph_implies(make):
     pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1)
     assert report["check"]["ok"]
     assert any(g["kind"] == "mlp" and g["removed"] for g in report["groups"])
+
+
+def per_sample_rate_model() -> onnx.ModelProto:
+    """``rate_model`` with one rate per sample ([N]): calibration data can carry it."""
+    model = rate_model()
+    graph = model.graph
+    graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    del graph.input[1].type.tensor_type.shape.dim[:]
+    graph.input[1].type.tensor_type.shape.dim.add().dim_param = "N"
+    nodes = [n for n in graph.node if n.name not in ("mean", "as_channels")]
+    nodes.insert(2, helper.make_node("Unsqueeze", ["rows", "axes"], ["offset"],
+                                     name="as_channels"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes"))
+    graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_calibration_data_feeds_the_check(tmp_path):
+    """Generated 0/1 rates break the dense model; the calibration samples carry real ones, and
+    the check runs on the first of them."""
+    path, data = tmp_path / "rate.onnx", tmp_path / "calib.npz"
+    onnx.save(per_sample_rate_model(), path)
+    x = np.random.default_rng(2).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.savez(data, x=x, rate=np.zeros(16, np.int64))
+    with pytest.raises(UserError, match=r"generated check inputs \(x \[6, 3, 8, 8\], rate \[6\]"):
+        onnxprune.prune(str(path), ratio=0.5, round_to=1, input_shapes={"x": (6, 3, 8, 8)})
+    _, report = onnxprune.prune(str(path), ratio=0.5, round_to=1, calib=str(data),
+                                strategy=onnxprune.Strategy("obs"))
+    assert report["check"]["ok"] and report["check"]["inputs"]["x"] == [8, 3, 8, 8]

@@ -114,11 +114,27 @@ def _fidelity_inputs(dense, options: PruneOptions, scoring: Scoring | None):
     yield lambda: ([check_feeds(dense, options)[0]], "the check inputs")
 
 
+CHECK_SAMPLES = 8      # calibration samples the check runs on, when calibration data is given
+
+
 def check_feeds(model: onnx.ModelProto, options: PruneOptions) -> tuple[dict, str]:
     """The inputs of the check, and how an error names them: ``--check-data`` when given,
-    else seeded random inputs of the model's (or ``input_shapes``') sizes."""
+    else the first samples of the first calibration data given (real values where the
+    model needs them), else seeded random inputs of the model's (or ``input_shapes``')
+    sizes."""
     if options.check_data is not None:
         return load_check_data(options.check_data, model), f"--check-data {options.check_data}"
+    given = [s for s in as_sources(options.calib) if not (
+        isinstance(s.data, str) and s.data in GENERATED)] if options.calib is not None else []
+    if given:
+        source = given[0]
+        if isinstance(source.data, str):
+            feeds = load_calibration(source.data, model, options.input_shapes,
+                                     batch_size=CHECK_SAMPLES, samples=CHECK_SAMPLES,
+                                     preprocess=source.preprocess)[0]
+        else:
+            feeds = source.data[0]
+        return feeds, f"the first --calib samples ({source.describe()})"
     feeds = make_inputs(model, options.input_shapes, options.seed)
     shapes = ", ".join(f"{n} {list(v.shape)}" for n, v in feeds.items())
     return feeds, f"the generated check inputs ({shapes})"
