@@ -105,21 +105,7 @@ def load_check_data(path: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
     array must have its input's dtype, rank and static dims."""
     names = user_inputs(model)
     arrays = _read_npz(path, names, "--check-data")
-    by_name = {i.name: i for i in model.graph.input}
-    for n in names:
-        if n not in arrays:
-            raise UserError(f"--check-data {path} has no array for model input {n!r} (it has "
-                            f"{', '.join(sorted(arrays)) or 'none'})")
-        tt = by_name[n].type.tensor_type
-        want = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        got = arrays[n]
-        if got.dtype != want:
-            raise UserError(f"--check-data {path}: input {n!r} is {got.dtype}, the model "
-                            f"wants {want}")
-        if got.ndim != len(dims) or any(d and d != g for d, g in zip(dims, got.shape)):
-            raise UserError(f"--check-data {path}: input {n!r} has shape {list(got.shape)}, "
-                            f"the model wants {['?' if d is None else d for d in dims]}")
+    _check(model, names, arrays, f"--check-data {path}", samples=False)
     return {n: arrays[n] for n in names}
 
 
@@ -146,20 +132,15 @@ def _lookup_sizes(model, names) -> dict[str, int]:
     graph = ModelGraph(model, infer_shapes=False)
     sizes = {}
     for name in names:
-        frontier, seen = [name], set()
-        while frontier:
-            tensor = frontier.pop()
-            for reader in graph.consumers.get(tensor, []):
-                if reader.index in seen:
-                    continue
-                seen.add(reader.index)
-                if reader.op == "Gather" and reader.input(1) == tensor:
-                    table = graph.const(reader.input(0))
-                    if table is not None and table.ndim >= 1:
-                        sizes[name] = min(sizes.get(name, table.shape[0]), table.shape[0])
-                elif reader.op in ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Identity"):
-                    frontier.extend(o for o in reader.proto.output if o)
+        for reader, tensor in graph.readers_through(name, _SAME_VALUES):
+            if reader.op == "Gather" and reader.input(1) == tensor:
+                table = graph.const(reader.input(0))
+                if table is not None and table.ndim >= 1:
+                    sizes[name] = min(sizes.get(name, table.shape[0]), table.shape[0])
     return sizes
+
+
+_SAME_VALUES = ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Identity")
 
 
 def fixed_batch(model, names) -> int | None:
@@ -174,14 +155,19 @@ def fixed_batch(model, names) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _check(model, names, arrays, source) -> None:
+def _check(model, names, arrays, source, samples: bool = True) -> None:
+    """Every input has an array of its dtype, rank and static dims; with ``samples`` the
+    arrays stack samples on axis 0 (the same count in each, any batch size)."""
     missing = [n for n in names if n not in arrays]
     if missing:
         raise UserError(f"{source} has no array for model input {missing[0]!r} "
                         f"(it has {', '.join(sorted(arrays)) or 'none'})")
-    counts = {len(a) if a.ndim else 0 for a in arrays.values()}
-    if len(counts) != 1 or 0 in counts:
-        raise UserError(f"{source}: every array needs the same number of samples on axis 0")
+    if samples:
+        counts = {len(a) if a.ndim else 0 for a in arrays.values()}
+        if len(counts) != 1 or 0 in counts:
+            raise UserError(f"{source}: every array needs the same number of samples on "
+                            f"axis 0")
+    free = int(samples)          # leading dims that need not match
     by_name = {i.name: i for i in model.graph.input}
     for n in names:
         tt = by_name[n].type.tensor_type
@@ -190,9 +176,11 @@ def _check(model, names, arrays, source) -> None:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if got.dtype != want:
             raise UserError(f"{source}: input {n!r} is {got.dtype}, the model wants {want}")
-        if got.ndim != len(dims) or any(d and d != g for d, g in zip(dims[1:], got.shape[1:])):
+        if got.ndim != len(dims) or any(d and d != g for d, g in
+                                        zip(dims[free:], got.shape[free:])):
+            unknown = "N" if samples else "?"
             raise UserError(f"{source}: input {n!r} has shape {list(got.shape)}, the model "
-                            f"wants {['N' if d is None else d for d in dims]}")
+                            f"wants {[unknown if d is None else d for d in dims]}")
 
 
 def _batches(samples: list[dict[str, np.ndarray]], batch_size: int):

@@ -23,7 +23,6 @@ first; the model's weights never change.
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import onnx
@@ -31,6 +30,7 @@ import onnx
 from ..errors import UserError
 from ..graph import ModelGraph
 from ..progress import task
+from ..runtime.fidelity import is_probabilities, is_scores
 from ..runtime.torch_module import Purpose, TorchModel, reported, require_torch
 
 INVERSION = Purpose("--calib inverted", "use --calib natural or random, or give real samples")
@@ -39,7 +39,6 @@ LEARNING_RATE = 0.05    # in the units of the (normalized) input
 SMOOTHNESS = 1.0        # weight of the total variation of image inputs
 STATISTICS = 1.0        # weight of the BatchNormalization mean/variance match
 BUDGET = 120.0          # seconds for all batches together
-PROBABILITY_SLACK = 1e-3
 
 
 def invert(model: onnx.ModelProto, batches: list[dict], seed: int = 0,
@@ -59,13 +58,15 @@ def invert(model: onnx.ModelProto, batches: list[dict], seed: int = 0,
     rng = np.random.default_rng(seed)
     deadline = time.perf_counter() + BUDGET
     out = []
-    with task(progress, "inverting the model into calibration inputs", len(batches)) as step, \
-            reported("invert", INVERSION):
-        for k, feeds in enumerate(batches):
-            share = (deadline - time.perf_counter()) / (len(batches) - k)
-            out.append(_invert_batch(tm, objective, feeds, free, rng, share, torch))
-            step()
-    objective.close()
+    try:
+        with task(progress, "inverting the model into calibration inputs",
+                  len(batches)) as step, reported("invert", INVERSION):
+            for k, feeds in enumerate(batches):
+                share = (deadline - time.perf_counter()) / (len(batches) - k)
+                out.append(_invert_batch(tm, objective, feeds, free, rng, share, torch))
+                step()
+    finally:
+        objective.close()
     return out
 
 
@@ -75,16 +76,12 @@ class _Objective:
     def __init__(self, tm: TorchModel, feeds: dict, torch):
         self.torch = torch
         with torch.no_grad():
-            outputs = tm.forward(feeds)
-        self.scores = next((i for i, t in enumerate(outputs)
-                            if t.is_floating_point() and t.ndim == 2 and t.shape[1] >= 2), None)
+            outputs = [t.numpy() for t in tm.forward(feeds)]
+        self.scores = next((i for i, v in enumerate(outputs) if is_scores(v)), None)
         self.probabilities = False
         if self.scores is not None:
-            first = outputs[self.scores].double()
-            self.probabilities = bool((first >= 0).all() and torch.allclose(
-                first.sum(1), torch.ones(len(first), dtype=first.dtype),
-                atol=PROBABILITY_SLACK))
-            self.classes = int(first.shape[1])
+            self.probabilities = is_probabilities(outputs[self.scores])
+            self.classes = int(outputs[self.scores].shape[1])
         self.norms = [m for m in tm.module.modules()
                       if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                       and m.running_mean is not None]
@@ -140,12 +137,7 @@ def _invert_batch(tm: TorchModel, objective: _Objective, feeds: dict, free: list
     optimizer = torch.optim.Adam(list(values.values()), lr=LEARNING_RATE)
     stop = time.perf_counter() + max(seconds, 0.0)
     for _ in range(STEPS):
-        args = [values[n] if n in values else torch.from_numpy(feeds[n]) for n in tm.inputs]
-        with warnings.catch_warnings():      # onnx2torch's deprecation notices, not ours
-            warnings.simplefilter("ignore")
-            out = tm.module(*args)
-        outputs = list(out) if isinstance(out, (tuple, list)) else [out]
-        loss = objective.loss(outputs, targets)
+        loss = objective.loss(tm.forward({**feeds, **values}), targets)
         for x in values.values():
             if x.ndim == 4:
                 loss = loss + SMOOTHNESS * _total_variation(x)

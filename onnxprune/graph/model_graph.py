@@ -122,6 +122,22 @@ class ModelGraph:
         except nx.NetworkXUnfeasible:
             raise UserError("the graph has a cycle; ONNX graphs must be acyclic") from None
 
+    def readers_through(self, name: str, through: tuple[str, ...]) -> list[tuple[NodeRef, str]]:
+        """(node, the tensor it reads) for every node that reads ``name``, or a tensor made
+        from it by ops in ``through`` alone (casts and reshapes: the same values), breadth
+        first, each node once."""
+        out, frontier, seen = [], [name], set()
+        while frontier:
+            tensor = frontier.pop(0)
+            for reader in self.consumers.get(tensor, []):
+                if reader.index in seen:
+                    continue
+                seen.add(reader.index)
+                out.append((reader, tensor))
+                if reader.op in through:
+                    frontier.extend(o for o in reader.proto.output if o)
+        return out
+
     def implicit_inputs(self, ref: NodeRef) -> list[str]:
         """Outer-scope tensors read inside the node's subgraphs (If/Loop/Scan bodies)."""
         explicit = set(ref.proto.input)

@@ -35,8 +35,8 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
                progress=None) -> tuple[onnx.ModelProto, PruneReport]:
     """One step of :func:`prune` (options already checked), with the report as a record."""
     a = model if isinstance(model, Analyzed) else analyze_model(model, options.exclude)
-    if options.verify and options.check_data is not None:
-        check_feeds(a.model, options)       # a bad file fails before any work
+    # Read first: a check file or calibration data that does not fit fails before any work.
+    checked_on = check_feeds(a.model, options) if options.verify else None
     strategy, shapes = options.strategy, options.input_shapes
     if scoring is None:
         scoring = score_model(a, strategy, options.calib, shapes, options.seed, progress)
@@ -65,7 +65,7 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         report.groups, report.barriers, options.round_to,
         [n.op for n in a.graph.nodes if rule_for(n) is None])
     if options.verify:
-        report.check = _verify(a, built, options, progress)
+        report.check = _verify(a, built, options, checked_on, progress)
         with task(progress, "comparing the pruned model with the dense one"):
             report.fidelity = measure_fidelity(a.model, built.pruned, options, scoring)
         if report.fidelity is not None and report.fidelity.warning:
@@ -176,31 +176,34 @@ def _report(a: Analyzed, built: Built, options: PruneOptions, macs: MacCounter,
         changes_function=any(g["removed"] for g in groups if g["kind"] == "hidden"))
 
 
-def _verify(a: Analyzed, built: Built, options: PruneOptions, progress) -> CheckSection:
-    """Check the pruned model against the masked original; VerificationError when it fails."""
+def _verify(a: Analyzed, built: Built, options: PruneOptions, checked_on: tuple[dict, str],
+            progress) -> CheckSection:
+    """Check the pruned model against the masked original on ``checked_on`` (feeds, and how
+    errors name them); VerificationError when it fails, UserError when the inputs are at fault
+    (the input model is broken, or the dense model itself cannot run on them)."""
+    feeds, what = checked_on
     with task(progress, "checking the pruned model against the masked original", 3) as step:
         masked = masked_of(built, a, options.round_to, options.by_kind, options.strategy,
                            options.seed)
-        feeds, what = check_feeds(a.model, options)
         try:
-            result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step)
-        except Exception:  # noqa: BLE001 - the masked original did not run: whose fault?
-            result = None
-        problem = None
-        if result is None or not result.runs:      # a broken input first, then bad inputs
-            problem = input_problem(a.model) or dense_failure(a, feeds, what)
-        if problem is not None:
-            discard_written(masked, keep=[built.pruned, a.model])
-            raise UserError(problem)
-        if result is None:
-            discard_written(masked, keep=[built.pruned, a.model])
-            raise VerificationError("the masked original failed to run on the check inputs, "
-                                    "which the dense model runs on; nothing was written")
-        where = None
-        if result.runs and not result.ok and result.max_rel_error is not None:
-            where = first_divergence(a, built.pruned, masked, feeds, built.removed,
-                                     options.tolerance)
-        discard_written(masked, keep=[built.pruned, a.model])   # its weight files, if any
+            try:
+                result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step)
+            except Exception:  # noqa: BLE001 - the masked original did not run: whose fault?
+                result = None
+            if result is None or not result.runs:     # a broken input first, then bad inputs
+                problem = input_problem(a.model) or dense_failure(a, feeds, what)
+                if problem is not None:
+                    raise UserError(problem)
+            if result is None:
+                raise VerificationError("the masked original failed to run on the check "
+                                        "inputs, which the dense model runs on; nothing was "
+                                        "written")
+            where = None
+            if result.runs and not result.ok and result.max_rel_error is not None:
+                where = first_divergence(a, built.pruned, masked, feeds, built.removed,
+                                         options.tolerance)
+        finally:
+            discard_written(masked, keep=[built.pruned, a.model])   # its weight files, if any
     check = CheckSection(result.checker, result.runs, result.same_io, result.max_rel_error,
                          options.tolerance, result.ok,
                          {k: list(v.shape) for k, v in feeds.items()},

@@ -6,7 +6,8 @@ the calibration inputs are the targets: per output, KL divergence where the dens
 probability vector (non-negative, rows summing to 1), else the squared error scaled by the
 output's mean square (per channel, on axis 1, for outputs of rank 3 or more), so outputs and
 channels of any scale weigh the same. With ``features`` the kept channels of the thinned
-tensors the pruned layers write are targets too (``features.py``; the plan says which). Only initializer values change:
+tensors the pruned layers write are targets too (``features.py``; the plan says which). Only
+initializer values change:
 ``train="biases"`` trains the vector constants (biases, normalization scales and shifts,
 per-channel constants: few parameters, little over-fitting on few samples, as PERP finds),
 ``"all"`` every float constant the conversion maps back. A share of the samples is held out:
@@ -33,14 +34,13 @@ from ..errors import UserError, VerificationError, one_line
 from ..graph import ModelGraph
 from ..progress import task
 from ..runtime import batch_outputs, run_model, user_inputs
-from ..runtime.fidelity import output_fidelity
+from ..runtime.fidelity import is_probabilities, output_fidelity
 from ..runtime.torch_module import AGREEMENT, Purpose, TorchModel, reported, require_torch
 from ..verify import check_model, relative_error
 from .features import FeatureTargets
 from .options import RecoverOptions, RecoverReport
 
 RECOVERY = Purpose("recover", "prune without --recover, or give a model onnx2torch converts")
-PROBABILITY_SLACK = 1e-3     # rows of a probability output sum to 1 within this
 
 
 def recover(dense: onnx.ModelProto, pruned: onnx.ModelProto, batches,
@@ -325,7 +325,6 @@ def _mean_square(values: list[np.ndarray]):
 def _loss_kind(choice: str, values: list[np.ndarray]) -> str:
     if choice != "auto":
         return choice
-    if all(v.ndim >= 1 and v.size and v.min() >= 0 and
-           np.allclose(v.sum(-1), 1.0, atol=PROBABILITY_SLACK) for v in values):
+    if all(is_probabilities(v) for v in values):
         return "kl"
     return "mse"

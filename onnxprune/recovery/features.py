@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..runtime import batch_outputs
+from ..runtime.run import exposing
 
 MAX_FEATURES = 16       # tensors matched at most, spread evenly through the graph
 
@@ -46,7 +47,7 @@ class FeatureTargets:
                 del self.kept[name]
                 continue
             self.hooks.append(module.register_forward_hook(self._reader(name, index)))
-        probe = _with_outputs(dense, list(self.kept))
+        probe = exposing(dense, list(self.kept))
         self.train = [self._slice(o) for o in batch_outputs(probe, train)]
         self.held = [self._slice(o) for o in batch_outputs(probe, held)]
         self.scales = {n: float(np.mean([np.mean(np.square(t[n], dtype=np.float64))
@@ -87,15 +88,3 @@ class FeatureTargets:
 def _in_graph_order(model: onnx.ModelProto, names) -> list[str]:
     wanted = set(names)
     return [out for node in model.graph.node for out in node.output if out in wanted]
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``names`` (float tensors, shapes left open)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in have:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, onnx.TensorProto.FLOAT, None))
-    return probe

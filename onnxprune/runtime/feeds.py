@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 
 import numpy as np
@@ -73,58 +75,37 @@ def _named_sizes(inputs, overrides) -> dict[str, int]:
     return sizes
 
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_.]*)|([-+*()]))")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
 
 def _is_name(text: str) -> bool:
-    return bool(text) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", text) is not None
+    return bool(text) and _NAME.fullmatch(text) is not None
 
 
 def _evaluate(text: str, sizes: dict[str, int]) -> int | None:
     """``text`` as integer arithmetic (+, -, *, parentheses) over known dim names, or None
     when it is anything else."""
-    tokens, pos = [], 0
-    while pos < len(text.rstrip()):
-        match = _TOKEN.match(text, pos)
-        if not match:
-            return None
-        number, name, op = match.groups()
-        if name is not None and name not in sizes:
-            return None
-        tokens.append(int(number) if number else sizes[name] if name else op)
-        pos = match.end()
+    known = True
 
-    def expr(i):
-        value, i = term(i)
-        while i < len(tokens) and tokens[i] in ("+", "-"):
-            right, j = term(i + 1)
-            value, i = (value + right if tokens[i] == "+" else value - right), j
-        return value, i
-
-    def term(i):
-        value, i = atom(i)
-        while i < len(tokens) and tokens[i] == "*":
-            right, i = atom(i + 1)
-            value *= right
-        return value, i
-
-    def atom(i):
-        if i >= len(tokens):
-            raise ValueError
-        if tokens[i] == "(":
-            value, i = expr(i + 1)
-            if i >= len(tokens) or tokens[i] != ")":
-                raise ValueError
-            return value, i + 1
-        if isinstance(tokens[i], int):
-            return tokens[i], i + 1
-        raise ValueError
+    def size(match):
+        nonlocal known
+        known &= match.group() in sizes
+        return str(sizes.get(match.group(), 0))
 
     try:
-        value, end = expr(0)
-    except ValueError:
+        tree = ast.parse(_NAME.sub(size, text).strip(), mode="eval")
+        return _arithmetic(tree.body) if known else None
+    except (SyntaxError, ValueError):
         return None
-    return value if end == len(tokens) else None
+
+
+def _arithmetic(node) -> int:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        return _ARITHMETIC[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
+    raise ValueError("not integer arithmetic")
 
 
 def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
@@ -172,19 +153,12 @@ def _compared_constants(model: onnx.ModelProto) -> dict[str, int]:
         elem = inp.type.tensor_type.elem_type
         if not np.issubdtype(onnx.helper.tensor_dtype_to_np_dtype(elem), np.integer):
             continue
-        frontier, seen = [inp.name], set()
-        while frontier and inp.name not in found:
-            tensor = frontier.pop(0)
-            for reader in graph.consumers.get(tensor, []):
-                if reader.index in seen:
-                    continue
-                seen.add(reader.index)
-                if reader.op == "Equal":
-                    other = reader.input(1) if reader.input(0) == tensor else reader.input(0)
-                    value = graph.const(other)
-                    if value is not None and value.size == 1 and float(value).is_integer():
-                        found[inp.name] = int(value.reshape(()))
-                        break
-                elif reader.op in _PASS_THROUGH:
-                    frontier.extend(o for o in reader.proto.output if o)
+        for reader, tensor in graph.readers_through(inp.name, _PASS_THROUGH):
+            if reader.op != "Equal":
+                continue
+            value = graph.const(reader.input(1) if reader.input(0) == tensor
+                                else reader.input(0))
+            if value is not None and value.size == 1 and float(value).is_integer():
+                found[inp.name] = int(value.reshape(()))
+                break
     return found

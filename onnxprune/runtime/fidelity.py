@@ -61,3 +61,12 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def is_scores(value: np.ndarray) -> bool:
     """Looks like classification scores: [N, C] floats with at least two classes."""
     return value.ndim == 2 and value.shape[1] >= 2 and np.issubdtype(value.dtype, np.floating)
+
+
+PROBABILITY_SLACK = 1e-3     # rows of a probability output sum to 1 within this
+
+
+def is_probabilities(value: np.ndarray) -> bool:
+    """Non-negative rows (last axis) that sum to 1: a softmax's output, not logits."""
+    return bool(value.ndim >= 1 and value.size and value.min() >= 0
+                and np.allclose(value.sum(-1), 1.0, atol=PROBABILITY_SLACK))

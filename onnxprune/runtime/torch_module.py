@@ -233,8 +233,10 @@ class TorchModel:
     def forward(self, feeds: dict[str, np.ndarray], dtype=None) -> list:
         torch = require_torch(self.purpose)
         args = []
-        for name in self.inputs:
-            value = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+        for name in self.inputs:       # numpy arrays, or tensors (inputs being optimized)
+            value = feeds[name]
+            if not torch.is_tensor(value):
+                value = torch.from_numpy(np.ascontiguousarray(value))
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
             args.append(value)
