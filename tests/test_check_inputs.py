@@ -214,3 +214,28 @@ def test_calibration_data_feeds_the_check(tmp_path):
     _, report = onnxprune.prune(str(path), ratio=0.5, round_to=1, calib=str(data),
                                 strategy=onnxprune.Strategy("obs"))
     assert report["check"]["ok"] and report["check"]["inputs"]["x"] == [8, 3, 8, 8]
+
+
+@pytest.mark.parametrize("source", ["npz", "random"])
+def test_calibration_stacks_each_input_on_its_batch_axis(tmp_path, source):
+    """A state [2, batch, 8] stacks its samples on axis 1 (the batch names it there), a scalar
+    sample rate is shared by every sample; given as an .npz or made at random, the batches
+    fit the model and feed a data-driven criterion."""
+    from onnxprune.calibration import load_calibration
+    from onnxprune.pipeline import Strategy
+
+    model = state_model()
+    calib = source
+    if source == "npz":
+        rng = np.random.default_rng(0)
+        calib = str(tmp_path / "calib.npz")
+        np.savez(calib, x=rng.standard_normal((12, 8)).astype(np.float32),
+                 state=rng.standard_normal((2, 12, 8)).astype(np.float32),
+                 sr=np.array(16000, np.int64))
+    batches = load_calibration(calib, model, batch_size=4)
+    assert [b["state"].shape for b in batches][:3] == [(2, 4, 8)] * 3
+    assert all(b["x"].shape == (4, 8) and int(b["sr"]) == 16000 for b in batches)
+    pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1, calib=calib,
+                                     strategy=Strategy("activation"))
+    assert report["check"]["ok"]
+    assert any(g["kind"] == "mlp" and g["removed"] for g in report["groups"])

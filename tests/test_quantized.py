@@ -1,8 +1,9 @@
-"""Quantized models (issue 6), made from the bundled digits CNN by ONNX Runtime's own
-quantizer. QDQ (per channel and per tensor) prunes and stays quantized: the int8 weights, their
-per-axis scales and zero points are cut where they are stored, and no weight turns into a
-float. QOperator (QLinearConv, QGemm, ...), dynamic quantization (ConvInteger, MatMulInteger)
-and MatMulNBits are barriers: nothing is pruned there, and the model stays valid."""
+"""Quantized models (issues 6 and 16), made from the bundled digits CNN by ONNX Runtime's own
+quantizer. QDQ (per channel and per tensor), QOperator (QLinearConv, QGemm, QLinearAdd, ...)
+and dynamic quantization (DynamicQuantizeLinear, ConvInteger, MatMulInteger) prune and stay
+quantized: the integer weights, their per-axis scales, zero points and int32 biases are cut
+where they are stored, and no weight turns into a float. MatMulNBits is a barrier.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ import onnx
 import pytest
 
 from onnxprune import pipeline
-from onnxprune.runtime import count_params
 
 from .oracle import assert_oracle
 
 quantization = pytest.importorskip("onnxruntime.quantization")
 
-from .quantized_digits import prepare, quantized_digits  # noqa: E402 - needs the quantizer
+from .quantized_digits import dynamic_digits, prepare, quantized_digits  # noqa: E402
 SHAPES = {"input": (2, 1, 8, 8)}
 
 
@@ -35,8 +35,10 @@ def _static(prepared, fmt: str, per_channel: bool):
 
 
 def _float_weights(model) -> int:
+    """Float initializers with two or more axes longer than 1 (weights; a bias reshaped to
+    [1, C, 1, 1] is not one)."""
     return sum(1 for t in model.graph.initializer
-               if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2)
+               if t.data_type == onnx.TensorProto.FLOAT and sum(d > 1 for d in t.dims) >= 2)
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -73,39 +75,112 @@ def _barrier_ops(report) -> set[str]:
     return {b["op"] for b in report["barriers"]}
 
 
-def test_qoperator_and_dynamic_quantization_are_barriers(prepared):
-    qoperator = _static(prepared, "QOperator", True)
-    dynamic_path = prepared / "dynamic.onnx"
-    quantization.quantize_dynamic(str(prepare(prepared)), str(dynamic_path),
-                                  weight_type=quantization.QuantType.QInt8)
-    for model, ops in ((qoperator, {"QLinearConv", "QGemm"}),
-                       (onnx.load(str(dynamic_path)), {"ConvInteger", "MatMulInteger"})):
-        assert ops <= {n.op_type for n in model.graph.node}
-        pruned, report = pipeline.prune(model, ratio=0.5, input_shapes=SHAPES)
-        assert report["check"]["ok"]
-        assert not [g for g in report["groups"] if g["removed"]]
-        assert report["nothing_pruned"].startswith("no channel group was found (")
-        assert all(op in report["nothing_pruned"] for op in ops)
-        # int8 weights are parameters: within 2% of the float model's count
-        assert abs(report["params"]["before"] / count_params(onnx.load(str(prepare(prepared))))
-                   - 1) < 0.02
-        weights = {t.name: t.SerializeToString() for t in model.graph.initializer}
-        assert {t.name: t.SerializeToString() for t in pruned.graph.initializer
-                if t.name in weights} == weights, "nothing behind a barrier is cut"
+FORMATS = {   # name: (model maker, ops that must stay)
+    "qoperator_per_channel": (lambda f: quantized_digits(f, "QOperator", True, reduce_range=True),
+                              {"QLinearConv", "QGemm", "QLinearAdd", "QLinearConcat"}),
+    "qoperator_per_tensor": (lambda f: quantized_digits(f, "QOperator", False, reduce_range=True),
+                             {"QLinearConv", "QGemm", "QLinearMul"}),
+    "dynamic_per_tensor": (lambda f: dynamic_digits(f, per_channel=False),
+                           {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}),
+    "dynamic_per_channel": (lambda f: dynamic_digits(f, per_channel=True),
+                            {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}),
+}
+
+
+def _initializers(model) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_qoperator_and_dynamic_quantization_prune_and_stay_quantized(prepared, fmt):
+    make, ops = FORMATS[fmt]
+    model = make(prepared)
+    numbers = assert_oracle(model, ratio=0.5, round_to=1, shapes=SHAPES)
+    pruned, report = pipeline.prune(model, ratio=0.5, input_shapes=SHAPES)
+    assert report["check"]["ok"] and not report["barriers"]
+    assert report["check"]["max_rel_error"] == 0.0, "integer sums over the kept channels are exact"
+    assert ops <= {n.op_type for n in pruned.graph.node}
+    assert _float_weights(pruned) == 0, "a weight was dequantized into a float"
+    assert report["params"]["after"] == report["params"]["planned_after"]
+    assert numbers["params"][1] < 0.5 * numbers["params"][0]
+    init = _initializers(pruned)
+
+    def dims(name):
+        return list(init[name].dims) if name in init else None
+
+    for node in pruned.graph.node:
+        if node.op_type == "QLinearConv":     # per-channel scale, zero point, int32 bias
+            out = dims(node.input[3])[0]
+            assert all(dims(node.input[k]) in ([], [out]) for k in (4, 5, 8))
+        if node.op_type == "MatMulInteger":   # zero point per column; the scale after it
+            out = dims(node.input[1])[1]
+            assert dims(node.input[3]) in ([], [out])
+            scales = next(n for n in pruned.graph.node if n.op_type == "Mul"
+                          and node.output[0] + "_cast_output" in n.input)
+            product = next(n for n in pruned.graph.node if n.output[0] == scales.input[1])
+            assert dims(product.input[1]) in ([], [out])
+
+
+def test_integer_weights_are_scored_as_the_floats_they_stand_for(prepared):
+    """Magnitude criteria weigh a quantized weight dequantized (scale and zero point): the
+    channels kept in the quantized models are nearly those kept in the float model."""
+    def kept(model):
+        _, report = pipeline.prune(model, ratio=0.5, input_shapes=SHAPES)
+        return [set(g["kept"]) for g in report["groups"] if g["removed"]]
+
+    want = kept(onnx.load(str(prepare(prepared))))
+    for model in (quantized_digits(prepared, "QOperator", True), dynamic_digits(prepared, True)):
+        got = kept(model)
+        assert len(got) == len(want) == 7
+        same = sum(len(a & b) for a, b in zip(got, want)) / sum(len(b) for b in want)
+        assert same > 0.9, f"only {same:.0%} of the float model's kept channels kept"
+
+
+def test_the_masked_original_reads_removed_columns_at_the_weight_zero_point():
+    """uint8 weights with a zero point of 128 (QLinearMatMul): a removed input column holds
+    128 (which stands for 0) in the masked original, not 0 (which stands for −128·scale)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    consts = {"w1": rng.integers(0, 255, (8, 16), dtype=np.uint8),
+              "w2": rng.integers(0, 255, (16, 4), dtype=np.uint8),
+              "zp": np.array(128, np.uint8), "s": np.array(0.02, np.float32),
+              "ws": np.array(0.01, np.float32), "hs": np.array(0.05, np.float32)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+        helper.make_node("QLinearMatMul", ["xq", "s", "zp", "w1", "ws", "zp", "hs", "zp"],
+                         ["hq"]),
+        helper.make_node("QLinearMatMul", ["hq", "hs", "zp", "w2", "ws", "zp", "s", "zp"],
+                         ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s", "zp"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "uint8_weights",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+                              [numpy_helper.from_array(v, n) for n, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert_oracle(model, ratio=0.5, round_to=1)
+    _, report = pipeline.prune(model, ratio=0.5)
+    assert report["check"]["ok"] and report["check"]["max_rel_error"] == 0.0
+    assert [g["units"] - len(g["removed"]) for g in report["groups"] if g["prunable"]] == [8]
+
+
+def _nbits(model):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(model, block_size=32)
+    quantizer.process()
+    return quantizer.model.model
 
 
 def test_matmul_nbits_is_a_barrier(tmp_path):
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     from .builder import GraphBuilder
 
     b = GraphBuilder()
     h = b.op("Relu", [b.op("Gemm", ["x", b.weight(32, 64), b.weight(64)])])
     out = b.op("MatMul", [h, b.weight(64, 32)])     # becomes MatMulNBits; the Gemm stays
-    model = b.model({"x": [4, 32]}, [out])
-    quantizer = MatMulNBitsQuantizer(model, block_size=32)
-    quantizer.process()
-    nbits = quantizer.model.model
+    nbits = _nbits(b.model({"x": [4, 32]}, [out]))
     assert "MatMulNBits" in {n.op_type for n in nbits.graph.node}
     pruned, report = pipeline.prune(nbits, ratio=0.5)
     assert report["check"]["ok"]
@@ -114,19 +189,23 @@ def test_matmul_nbits_is_a_barrier(tmp_path):
         "the Gemm's outputs reach the MatMulNBits: they stay"
 
 
-def test_the_cli_says_there_is_nothing_to_prune_and_writes_no_model(prepared, tmp_path, capsys):
+def test_the_cli_says_there_is_nothing_to_prune_and_writes_no_model(tmp_path, capsys):
     from onnxprune.cli import main
 
-    path, out, report = tmp_path / "qop.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
-    onnx.save(_static(prepared, "QOperator", True), path)
-    assert main(["prune", str(path), "-o", str(out), "--report", str(report)]) == 0
+    from .builder import GraphBuilder
+
+    b = GraphBuilder()
+    out = b.op("MatMul", [b.op("MatMul", ["x", b.weight(32, 64)]), b.weight(64, 32)])
+    path, out_path, report = tmp_path / "nbits.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(_nbits(b.model({"x": [4, 32]}, [out])), path)
+    assert main(["prune", str(path), "-o", str(out_path), "--report", str(report)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("nothing to prune: no channel group was found (ops with no "
-                                  "channel rule: QLinearConv ×") and "no model written" in \
+                                  "channel rule: MatMulNBits ×2") and "no model written" in \
         printed[-1]
-    assert not out.exists()
+    assert not out_path.exists()
     data = json.loads(report.read_text())
-    assert data["output"] is None and "QLinearConv" in data["nothing_pruned"]
+    assert data["output"] is None and "MatMulNBits" in data["nothing_pruned"]
 
 
 def test_a_ratio_too_small_for_round_to_says_so():
@@ -140,3 +219,29 @@ def test_a_ratio_too_small_for_round_to_says_so():
                                         "at --round-to 16 (raise the ratio or lower --round-to)")
     _, report = pipeline.prune(model, ratio=0.5, round_to=16)
     assert report["nothing_pruned"] is None
+
+
+@pytest.mark.parametrize("fmt", ["qoperator", "dynamic"])
+def test_obs_compensates_integer_weights_and_keeps_the_task(prepared, fmt, tmp_path):
+    """QOperator and dynamically quantized layers are re-fitted as the floats they stand for
+    and quantized back with their own scales: on the trained digits CNN at 30% of channels,
+    OBS keeps the accuracy that plain magnitude pruning loses, the model stays int8 and equals
+    its (compensated) masked original exactly."""
+    import numpy as np
+
+    from models.digits_cnn import accuracy, load_split
+
+    x_train, _, x_test, y_test = load_split()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=x_train[:256])
+    model = (quantized_digits(prepared, "QOperator", True, reduce_range=True) if fmt == "qoperator"
+             else dynamic_digits(prepared, per_channel=True))
+    dense = accuracy(model, x_test, y_test)
+    plain, _ = pipeline.prune(model, ratio=0.3, round_to=1, input_shapes=SHAPES)
+    pruned, report = pipeline.prune(model, ratio=0.3, round_to=1, calib=str(calib),
+                                    strategy=pipeline.Strategy("obs"), input_shapes=SHAPES)
+    assert report["check"]["ok"] and report["check"]["max_rel_error"] == 0.0
+    assert not [n for n in report["strategy"]["notes"] if "not compensated" in n]
+    assert _float_weights(pruned) == 0
+    kept, lost = accuracy(pruned, x_test, y_test), accuracy(plain, x_test, y_test)
+    assert dense > 0.97 and kept > dense - 0.03 and lost < kept - 0.2, (dense, kept, lost)

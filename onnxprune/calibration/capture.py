@@ -108,12 +108,16 @@ def unfold(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
 
 def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
                   gram_for: set[str] = frozenset(), patches_for: dict | None = None,
-                  probe: onnx.ModelProto | None = None, progress=None) -> ChannelStats:
+                  probe: onnx.ModelProto | None = None, progress=None,
+                  dequantize: dict | None = None) -> ChannelStats:
     """Run ``batches`` through ``model`` and reduce every tensor in ``maps`` to per-channel
     moments (with the Gram matrix for names in ``gram_for``, and the patch Gram matrices of
     the convs in ``patches_for``: {tensor: [(conv key, window, groups)]}). ``probe``: a variant of
     the model to run instead (it must keep the watched tensors' names). ``progress`` (see
-    :mod:`onnxprune.progress`) advances once per batch."""
+    :mod:`onnxprune.progress`) advances once per batch. ``dequantize``: {tensor: (scale,
+    zero point)} of integer tensors, whose moments are those of (x − zero)·scale (a conv's
+    padding is then 0 in value, as the integer op pads with the zero point)."""
+    dequantize = dequantize or {}
     patches_for = patches_for or {}
     sess = session(exposing(probe if probe is not None else model, maps))
     names = list(maps)
@@ -123,6 +127,9 @@ def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
         for feeds in batches:
             values = sess.run(names, feeds)
             for name, value in zip(names, values):
+                if name in dequantize:
+                    scale, zero = dequantize[name]
+                    value = (value.astype(np.float64) - zero) * scale
                 stats.tensors[name].add(value, maps[name], name in gram_for)
                 for key, window, groups in patches_for.get(name, []):
                     stats.tensors[name].add_patches(value, key, window, groups)

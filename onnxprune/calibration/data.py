@@ -12,6 +12,7 @@ import onnx
 
 from ..errors import UserError, one_line
 from ..runtime import input_shapes, make_inputs, user_inputs
+from ..runtime.feeds import batch_axes, compared_constants
 from .images import load_images, parse_preprocess
 from .procedural import dead_leaves
 
@@ -33,6 +34,7 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
     first ones). ``preprocess``: the spec for an image folder or for the ``natural`` and
     ``inverted`` images (see ``images.parse_preprocess``)."""
     names = user_inputs(model)
+    axes = batch_axes(model)
     fixed = fixed_batch(model, names)
     batch_size = fixed or batch_size
     if preprocess is not None and not (os.path.isdir(source)
@@ -40,10 +42,10 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
         raise UserError(f"a preprocessing spec goes with an image folder; {source} is not one")
     if source in GENERATED:
         samples = DEFAULT_RANDOM_SAMPLES if samples is None else samples
-        made = _random_samples(model, names, shapes, fixed, samples, seed)
+        made = _random_samples(model, names, shapes, fixed, samples, seed, axes)
         if source in ("natural", "inverted"):
             made = _with_natural_images(made, preprocess, seed)
-        batches = _batches(made, batch_size)
+        batches = _batches(made, batch_size, axes)
         if source == "inverted":
             from .inversion import invert
 
@@ -53,22 +55,26 @@ def load_calibration(source: str, model: onnx.ModelProto, shapes=None, batch_siz
         arrays = load_images(source, model, preprocess, shapes, limit=samples)
     else:
         arrays = _read_npz(source, names)
-    _check(model, names, arrays, source)
-    count = len(next(iter(arrays.values())))
+    _check(model, names, arrays, source, axes=axes)
+    stacked = [n for n in names if axes[n] is not None]
+    count = arrays[stacked[0]].shape[axes[stacked[0]]] if stacked else 1
     count = count if samples is None else min(count, samples)
-    split = [{n: arrays[n][i:i + 1] for n in names} for i in range(count)]
+    split = [{n: arrays[n] if axes[n] is None else np.take(arrays[n], [i], axis=axes[n])
+              for n in names} for i in range(count)]
     if fixed and len(split) < fixed:
         raise UserError(f"{source}: the model takes batches of {fixed}, the data has "
                         f"{len(split)} samples")
     if fixed:
         split = split[:len(split) - len(split) % fixed]
-    return _batches(split, batch_size)
+    return _batches(split, batch_size, axes)
 
 
-def _random_samples(model, names, shapes, fixed, samples: int, seed: int
+def _random_samples(model, names, shapes, fixed, samples: int, seed: int, axes
                     ) -> list[dict[str, np.ndarray]]:
     concrete = input_shapes(model, shapes)
-    one = {n: (1,) + tuple(concrete[n][1:]) for n in names}
+    one = {n: tuple(1 if k == axes[n] else d for k, d in enumerate(concrete[n]))
+           for n in names}
+    compared = compared_constants(model)
     if fixed:
         samples = max(samples - samples % fixed, fixed)
     vocab = _lookup_sizes(model, names)
@@ -77,7 +83,8 @@ def _random_samples(model, names, shapes, fixed, samples: int, seed: int
     for k in range(samples):
         feeds = make_inputs(model, one, seed + k)
         for n, value in feeds.items():
-            if np.issubdtype(value.dtype, np.integer):   # ids into a table, else flags
+            if np.issubdtype(value.dtype, np.integer) and n not in compared:
+                # ids into a table, else flags; a value the graph tests for stays
                 feeds[n] = (rng.integers(0, vocab[n], value.shape).astype(value.dtype)
                             if n in vocab else np.ones_like(value))
         made.append(feeds)
@@ -155,19 +162,22 @@ def fixed_batch(model, names) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _check(model, names, arrays, source, samples: bool = True) -> None:
+def _check(model, names, arrays, source, samples: bool = True, axes=None) -> None:
     """Every input has an array of its dtype, rank and static dims; with ``samples`` the
-    arrays stack samples on axis 0 (the same count in each, any batch size)."""
+    arrays stack samples on their batch axis (``axes``, 0 where not given; the same count
+    in each, any batch size)."""
+    axes = axes or {}
     missing = [n for n in names if n not in arrays]
     if missing:
         raise UserError(f"{source} has no array for model input {missing[0]!r} "
                         f"(it has {', '.join(sorted(arrays)) or 'none'})")
     if samples:
-        counts = {len(a) if a.ndim else 0 for a in arrays.values()}
+        counts = {arrays[n].shape[axes.get(n, 0)] if arrays[n].ndim > axes.get(n, 0) else 0
+                  for n in names if axes.get(n, 0) is not None}
         if len(counts) != 1 or 0 in counts:
-            raise UserError(f"{source}: every array needs the same number of samples on "
-                            f"axis 0")
-    free = int(samples)          # leading dims that need not match
+            where = ", ".join(f"{n} on axis {a}" for n, a in axes.items() if a) or "axis 0"
+            raise UserError(f"{source}: every array needs the same number of samples "
+                            f"(stacked on {where})")
     by_name = {i.name: i for i in model.graph.input}
     for n in names:
         tt = by_name[n].type.tensor_type
@@ -176,13 +186,19 @@ def _check(model, names, arrays, source, samples: bool = True) -> None:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if got.dtype != want:
             raise UserError(f"{source}: input {n!r} is {got.dtype}, the model wants {want}")
-        if got.ndim != len(dims) or any(d and d != g for d, g in
-                                        zip(dims[free:], got.shape[free:])):
+        free = axes.get(n, 0) if samples else None      # the batch axis need not match
+        if got.ndim != len(dims) or any(d and d != g for k, (d, g) in
+                                        enumerate(zip(dims, got.shape)) if k != free):
             unknown = "N" if samples else "?"
             raise UserError(f"{source}: input {n!r} has shape {list(got.shape)}, the model "
                             f"wants {[unknown if d is None else d for d in dims]}")
 
 
-def _batches(samples: list[dict[str, np.ndarray]], batch_size: int):
-    return [{n: np.concatenate([s[n] for s in samples[i:i + batch_size]])
-             for n in samples[0]} for i in range(0, len(samples), batch_size)]
+def _batches(samples: list[dict[str, np.ndarray]], batch_size: int, axes):
+    """Samples joined into batches of ``batch_size``, each input on its batch axis."""
+    def joined(n, part):
+        axis = axes.get(n, 0)
+        return part[0][n] if axis is None else np.concatenate([s[n] for s in part], axis=axis)
+
+    return [{n: joined(n, samples[i:i + batch_size]) for n in samples[0]}
+            for i in range(0, len(samples), batch_size)]

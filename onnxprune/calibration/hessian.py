@@ -23,6 +23,13 @@ def gram_inputs(analysis: Analysis) -> set[str]:
             if c.view.exact and c.pointwise and c.labels.size <= MAX_OBS_FEATURES}
 
 
+def dequantized_inputs(analysis: Analysis) -> dict[str, tuple[float, float]]:
+    """{tensor: (scale, zero point)} for the integer tensors linear layers read as the floats
+    they stand for (``LinearView.input_dequantize``)."""
+    return {c.input_name: c.view.input_dequantize for c in find_consumers(analysis)
+            if c.view.input_dequantize is not None}
+
+
 def patch_inputs(analysis: Analysis) -> dict[str, list]:
     """{tensor: [(conv node, window, groups)]} for the k×k convs whose patch Gram matrices
     (one per group) OBS needs."""

@@ -10,6 +10,10 @@
   whose H was not captured (too wide, 3-D kernels) get the bias update; transposed convs,
   whose inputs spread over overlapping outputs, are left as they are. The notes say which.
 
+Integer layers (QOperator, dynamic quantization) are re-fitted as the floats they stand for
+and quantized back with their own scales (``LinearView.write``); their rounding is part of
+the model both the pruned and the masked copy come from.
+
 The correction is written into a copy of the *original* model (removed columns stay as they
 are), so the pruned and the masked model are both derived from it and the oracle still holds.
 """
@@ -60,13 +64,22 @@ def refit(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndarray, 
                 notes.append(f"{label}: not pointwise (or too wide), bias compensation instead")
             delta_w, delta_b = np.zeros_like(c.weight), _bias(c, removed, moments)
         if delta_w.any():
-            graph.set_const(graph.nodes[c.node], 1, c.write(c.weight + delta_w))
-        node_index, input_index, sign = c.bias
-        owner = graph.nodes[node_index]
-        value = graph.const(owner.input(input_index))
-        graph.set_const(owner, input_index,
-                        (value + sign * delta_b.reshape(value.shape)).astype(value.dtype))
+            graph.set_const(graph.nodes[c.node], c.view.weight_input,
+                            c.write(c.weight + delta_w))
+        add_to_bias(graph, c, delta_b)
     return out, notes
+
+
+def add_to_bias(graph: ModelGraph, c: Consumer, delta_b: np.ndarray) -> None:
+    """Add Δb to the layer's bias; an integer bias (QLinearConv's int32) moves by whole steps
+    of ``LinearView.bias_unit``."""
+    node_index, input_index, sign = c.bias
+    owner = graph.nodes[node_index]
+    value = graph.const(owner.input(input_index))
+    delta = sign * delta_b.reshape(value.shape)
+    if c.view.bias_unit is not None:
+        delta = np.round(delta / c.view.bias_unit.reshape(value.shape))
+    graph.set_const(owner, input_index, (value + delta).astype(value.dtype))
 
 
 def _why_not(c: Consumer, graph: ModelGraph, stats) -> str | None:
@@ -79,7 +92,7 @@ def _why_not(c: Consumer, graph: ModelGraph, stats) -> str | None:
     if c.bias is None:
         return "no bias to absorb the correction, not compensated"
     node_index, input_index, _ = c.bias
-    if (graph.quantized_source(graph.nodes[c.node].input(1)) is not None or
+    if (graph.quantized_source(graph.nodes[c.node].input(c.view.weight_input)) is not None or
             graph.quantized_source(graph.nodes[node_index].input(input_index)) is not None):
         return ("weights stored quantized, not compensated (a correction would not survive "
                 "rounding to the stored integers)")

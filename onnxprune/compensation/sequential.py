@@ -89,6 +89,8 @@ def reconstruct(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.nda
 
 
 def _why_not(c: Consumer, graph: ModelGraph) -> str | None:
+    if c.view.weight_input != 1 or c.view.reads or c.view.input_dequantize:
+        return "integer weights, not re-fitted by regression (obs compensates them)"
     if not c.view.exact and c.view.transposed is None:
         return ("a transposed conv with auto_pad, output_shape or cropping pads (or not 2-D), "
                 "not re-fitted")

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from ..errors import UserError
 from ..io.normalize import subgraphs
 from ..io.weights import WeightStore, is_mapped, new_tensor, tensor_value
+from .stand_ins import with_stand_ins
 
 Dim = int | str | None
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -242,15 +243,18 @@ class ModelGraph:
         self._declare(name, value)
         self._const_cache.pop(name, None)
 
-    def mask_const(self, ref: NodeRef, input_index: int, keep: np.ndarray) -> None:
+    def mask_const(self, ref: NodeRef, input_index: int, keep: np.ndarray,
+                   zero: np.ndarray | None = None) -> None:
         """Zero the constant ``ref`` reads where ``keep`` (its shape) is False; a dequantized
-        weight gets its zero point there, which dequantizes to exactly 0."""
+        weight gets its zero point there, which dequantizes to exactly 0, and so does an
+        integer weight whose op reads it with the zero point ``zero`` (broadcast to it)."""
         name = ref.proto.input[input_index]
         source = self.quantized_source(name)
         if source is None:
             value = self.const(name)
+            fill = np.zeros((), dtype=value.dtype) if zero is None else zero
             return self.set_const(ref, input_index,
-                                  np.where(keep, value, np.zeros((), dtype=value.dtype)))
+                                  np.where(keep, value, fill).astype(value.dtype))
         stored = self.const(source.input(0))
         zero = self.const(source.input(2)) if source.input(2) else np.zeros((), stored.dtype)
         if zero.size > 1:
@@ -284,6 +288,16 @@ class ModelGraph:
             self._declare(name, value)
             self._remember(name, value)
             return
+        if (not shared and producer is not None and producer.op in _SAME_ELEMENTS
+                and old is not None and value.shape == old.shape
+                and len(self.consumers.get(name, [])) == 1):
+            source = self.const(producer.input(0))
+            if source is not None and source.size == value.size:
+                # a value-keeping view of a stored constant (a bias reshaped to [1, C, 1, 1]):
+                # the new values go where it is stored, and the graph stays as it was
+                self.set_const(producer, 0, value.reshape(source.shape))
+                self._const_cache.pop(name, None)
+                return
         direct = name in self.initializers or name in self.constant_nodes
         if not direct or shared:
             new_name = self._fresh_name(f"{name}_pruned")
@@ -376,6 +390,9 @@ class ModelGraph:
         return len(shape) if shape is not None else None
 
 
+_SAME_ELEMENTS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
 def fresh_name(base: str, taken: set[str]) -> str:
     """``base``, or ``base_1``, ``base_2``… : the first not in ``taken``, which it joins."""
     name, k = base, 0
@@ -428,10 +445,11 @@ def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = 
     types go into ``dtypes`` when given).
 
     ONNX shape inference runs first; where it leaves dims open (shapes computed at run time
-    from Shape → Gather → Div → Concat, as exporters write them), ONNX Runtime's symbolic
-    shape inference fills them in.
+    from Shape → Gather → Div → Concat, as exporters write them) or values unshaped (after
+    ONNX Runtime's contrib ops), ONNX Runtime's symbolic shape inference fills them in.
     """
     light = skeleton(model)
+    with_stand_ins(light)
     inferred = _onnx_inference(light)
     shapes = _read_shapes(inferred)
     shapes.update(_long_vectors(model))
@@ -440,7 +458,9 @@ def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = 
         dtypes.update({info.name: info.type.tensor_type.elem_type for info in
                        list(graph.input) + list(graph.value_info) + list(graph.output)
                        if info.type.tensor_type.elem_type})
-    if any(_open(d) for dims in shapes.values() for d in dims):
+    unshaped = any(name and name not in shapes for node in model.graph.node
+                   for name in node.output)     # after ops ONNX does not know (contrib ops)
+    if unshaped or any(_open(d) for dims in shapes.values() for d in dims):
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 

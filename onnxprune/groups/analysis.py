@@ -25,7 +25,9 @@ class ParamUse:
     ``axes`` maps a constant's axis to the label axis whose kept positions it follows.
     ``consume`` marks weights that *read* the channels (a Conv's input channels): in the
     masked original these are zeroed instead of sliced. ``score`` says whether the values count
-    toward magnitude importance (running statistics do not).
+    toward magnitude importance (running statistics do not). ``zero``, for a consumed integer
+    weight, is (input index, weight axis) of its zero point: the masked original writes the
+    zero point there (which stands for 0), per axis when the zero point is a vector.
     """
 
     node: int
@@ -34,6 +36,7 @@ class ParamUse:
     labels: np.ndarray
     consume: bool = False
     score: bool = True
+    zero: tuple[int, int] | None = None
 
 
 class RuleError(OnnxPruneError):
@@ -87,9 +90,10 @@ class Analysis:
         return ChannelMap(rank, tuple(axes), self.space.new_atoms(tuple(shape), node.index))
 
     def param(self, node: NodeRef, input_index: int, axes: dict[int, int], labels: np.ndarray,
-              consume: bool = False, score: bool = True) -> None:
+              consume: bool = False, score: bool = True,
+              zero: tuple[int, int] | None = None) -> None:
         self.params.append(ParamUse(node.index, input_index, dict(axes), np.asarray(labels),
-                                    consume, score))
+                                    consume, score, zero))
 
     def defer(self, check) -> None:
         """Run ``check(roots)`` once every node has propagated (components are final)."""

@@ -19,7 +19,8 @@ from .analysis import Analysis, ParamUse
 @dataclass
 class Consumer:
     """A layer reading the tracked channels ``labels`` of tensor ``input_name`` through
-    ``view`` (W [out, in/groups, k])."""
+    ``view`` (W [out, in/groups, k]); for dynamic quantization ``input_name`` is the float
+    tensor quantized at run time (``LinearView.reads``)."""
 
     use: ParamUse                   # the weight, read along its input channels
     node: int
@@ -71,14 +72,16 @@ def find_consumers(analysis: Analysis) -> list[Consumer]:
     out, seen = [], set()
     for use in analysis.params:
         node = graph.nodes[use.node]
-        if not use.consume or use.input_index != 1 or use.node in seen:
-            continue
-        cmap = analysis.map(node.input(0))
-        if cmap is None or cmap.labels.ndim != 1 or not reads_linearly(node):
+        if not use.consume or use.node in seen or not reads_linearly(node):
             continue
         view = rule_for(node).linear_view(node, graph)
-        if view is None or view.weight.shape[1] * view.groups != cmap.labels.size:
+        if view is None or use.input_index != view.weight_input:
+            continue
+        name = view.reads or node.input(0)
+        cmap = analysis.map(name)
+        if (cmap is None or cmap.labels.ndim != 1
+                or view.weight.shape[1] * view.groups != cmap.labels.size):
             continue
         seen.add(use.node)
-        out.append(Consumer(use, node.index, node.input(0), cmap.labels, view))
+        out.append(Consumer(use, node.index, name, cmap.labels, view))
     return out

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..groups import Analysis, Group, ParamUse
+from ..rules import rule_for
 
 REDUCTIONS = ("sum", "mean", "max")
 NORMALIZATIONS = ("none", "mean", "max", "lamp")
@@ -67,9 +68,11 @@ class ScoringContext:
     progress: object | None = None        # see onnxprune.progress
 
     def value(self, use: ParamUse) -> np.ndarray | None:
-        """The float constant a member slices, or None."""
+        """The float constant a member slices (an integer weight as the floats it stands for,
+        see ``Rule.param_value``), or None."""
         graph = self.analysis.graph
-        value = graph.const(graph.nodes[use.node].input(use.input_index))
+        node = graph.nodes[use.node]
+        value = rule_for(node).param_value(node, use.input_index, graph)
         if value is None or not np.issubdtype(value.dtype, np.floating):
             return None
         return value

@@ -63,7 +63,7 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
     report.kept_channels = kept_channels(a, built.removed)
     report.nothing_pruned = why_nothing_pruned(
         report.groups, report.barriers, options.round_to,
-        [n.op for n in a.graph.nodes if rule_for(n) is None])
+        [n.op for n in a.graph.nodes if getattr(rule_for(n), "opaque", True)])
     if options.verify:
         report.check = _verify(a, built, options, checked_on, progress)
         with task(progress, "comparing the pruned model with the dense one"):

@@ -11,7 +11,8 @@ from ..allocation import Plan, allocate
 from ..graph import ModelGraph
 from ..groups import project
 from ..rules import rule_for
-from ..runtime.cost import macs_and_shapes
+from ..io.normalize import all_graphs
+from ..runtime.cost import counted_integers, macs_and_shapes
 from .analyze import Analyzed
 from .options import Strategy
 from .scoring import GroupScores, group_scores
@@ -84,9 +85,11 @@ def planned_params(a: Analyzed, removed, before: int, graph: ModelGraph | None =
     for node, index in keep:
         roots[_root(graph, graph.nodes[node].input(index))] = None
     total = before
+    counted = counted_integers(all_graphs(graph.model.graph))
     for root in roots:
         value = graph.const(root)
-        total += _tensors_of(graph, root, value, keep) - value.size
+        if np.issubdtype(value.dtype, np.floating) or root in counted:
+            total += _tensors_of(graph, root, value, keep) - value.size
     return total
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..allocation.costs import component_costs
-from ..calibration import (CalibSource, as_sources, capture_stats, gram_inputs,
+from ..calibration import (CalibSource, as_sources, capture_stats, dequantized_inputs, gram_inputs,
                            match_batchnorm_statistics, mix, patch_inputs, source_batches)
 from ..errors import UserError
 from ..groups import reads_linearly
@@ -132,7 +132,8 @@ def _source_stats(a: Analyzed, source: CalibSource, input_shapes, gram: bool, se
     batches = calibration_batches(a, source, input_shapes, seed, progress)
     stats = capture_stats(a.model, consumed_inputs(a.analysis), batches,
                           gram_inputs(a.analysis) if gram else set(),
-                          patch_inputs(a.analysis) if gram else None, probe, progress)
+                          patch_inputs(a.analysis) if gram else None, probe, progress,
+                          dequantized_inputs(a.analysis))
     stats.matched_norms, stats.batches = matched, batches
     return stats
 

@@ -19,7 +19,7 @@ from ..graph import ModelGraph
 from ..groups import Analysis, ParamUse
 from ..groups.masks import RewriteError, kept_mask, project
 from ..rules import rule_for
-from .bodies import drop_unread_initializers, read_names
+from ..io.orphans import drop_orphaned_constants, read_names
 
 
 class RewriteContext:
@@ -111,13 +111,16 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
         else:
             keep = kept_mask(value, group, removed_atom)
             if keep is not None:
-                ctx.graph.mask_const(node, input_index, keep)
+                ctx.graph.mask_const(node, input_index, keep,
+                                     _zero_point(ctx.graph, node, input_index, group))
     if mode == "prune":
         for index in analysis.notes:
             node = ctx.graph.nodes[index]
             rule_for(node).rewrite(node, ctx)
         ctx.graph.merge_identical_copies()
-        _drop_orphaned_constants(out, model)
+        # what the analyzed model read (compensation may have replaced a computed bias)
+        drop_orphaned_constants(out, read_names(model.graph)
+                                | read_names(analysis.graph.model.graph))
         _refresh_value_info(out, analysis, removed_atom)
     else:
         for index in analysis.notes:
@@ -127,6 +130,24 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
                 hook(node, ctx)
         ctx.finish()
     return out
+
+
+def _zero_point(graph: ModelGraph, node, input_index: int, uses) -> np.ndarray | None:
+    """What stands for 0 in an integer weight read with a zero point (see ``ParamUse.zero``),
+    shaped to broadcast against the weight; None for other constants."""
+    spec = next((u.zero for u in uses if u.zero is not None), None)
+    if spec is None:
+        return None
+    index, axis = spec
+    weight = graph.const(node.input(input_index))
+    zero = graph.const(node.input(index)) if node.input(index) else None
+    if zero is None:
+        return np.zeros((), dtype=weight.dtype)
+    if zero.size == 1:
+        return zero.reshape(())
+    shape = [1] * weight.ndim
+    shape[axis] = zero.size
+    return zero.reshape(shape)
 
 
 def _kept_along_axes(value, uses, removed_atom) -> dict[int, np.ndarray] | None:
@@ -146,24 +167,6 @@ def _kept_along_axes(value, uses, removed_atom) -> dict[int, np.ndarray] | None:
     if not all(v.any() for v in keep_axes.values()):
         raise RewriteError("a constant would lose every channel")
     return keep_axes
-
-
-def _drop_orphaned_constants(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Remove weights (and the nodes that computed them) that slicing left unread.
-
-    Only what was read before and is read by nothing now goes, so the graph otherwise stays
-    exactly as exported.
-    """
-    before = read_names(original.graph)
-    while True:
-        used = read_names(model.graph)
-        dead = [n for n in model.graph.node
-                if not any(o in used for o in n.output) and any(o in before for o in n.output)]
-        for n in dead:
-            model.graph.node.remove(n)
-        if not dead:
-            break
-    drop_unread_initializers(model.graph, before)
 
 
 def _refresh_value_info(model: onnx.ModelProto, analysis: Analysis,

@@ -28,6 +28,7 @@ from ..errors import one_line
 from ..graph import ModelGraph
 from ..graph.model_graph import fresh_name, outer_names
 from ..io.normalize import rename_reads_and_writes, subgraphs
+from ..io.orphans import drop_unread_initializers, read_names
 
 # (standalone body model, "prune" or "mask") -> (its rewrite, or None when nothing went;
 # a summary for the report)
@@ -156,28 +157,3 @@ def defined_names(graph: onnx.GraphProto) -> set[str]:
         for sub in subgraphs(node):
             names |= defined_names(sub)
     return names
-
-
-def read_names(graph: onnx.GraphProto) -> set[str]:
-    """Every name read in ``graph`` and its nested graphs, graph outputs included."""
-    names = {o.name for o in graph.output}
-    for node in graph.node:
-        names.update(node.input)
-        for sub in subgraphs(node):
-            names |= read_names(sub)
-    return names
-
-
-def drop_unread_initializers(graph: onnx.GraphProto, read_before: set[str]) -> None:
-    """Remove the initializers that were read before and are read by nothing now (an outer
-    weight whose only reader now has its own pruned copy); IR 3 input entries go with them."""
-    read = read_names(graph)
-    gone = {t.name for t in graph.initializer if t.name in read_before and t.name not in read}
-    if not gone:
-        return
-    keep = [t for t in graph.initializer if t.name not in gone]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    inputs = [i for i in graph.input if i.name not in gone]
-    del graph.input[:]
-    graph.input.extend(inputs)

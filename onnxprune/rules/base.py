@@ -25,6 +25,8 @@ The other layers ask a rule, never an op name, for the rest:
   one-node copy of the op at other channel widths (see ``runtime.layer_table``).
 * ``fully_connected``: the op makes features that the next such op reads (an MLP's neurons).
 * ``scale_input``: the input holding a per-channel scale γ (the BN-scale criterion).
+* ``param_value(node, i, graph)``: the float value a sliced constant stands for (an integer
+  weight dequantized), which magnitude criteria weigh.
 
 To support a new op, add one small rule class in the module of its family and decorate it with
 ``@register("OpType", ...)``: no other part of the tool needs to change.
@@ -54,7 +56,15 @@ class LinearView:
     a 2-D transposed conv: (kernel, strides, pads, dilations) of the plain conv that computes
     it on the input with ``strides − 1`` zeros inserted between pixels, padded by ``pads``
     (begin and end per axis), with stride 1 and the kernel flipped (``weight[:, :, ::-1]``);
-    a regression on those patches re-fits it (sequential reconstruction)."""
+    a regression on those patches re-fits it (sequential reconstruction).
+
+    Integer layers (QLinearConv, ConvInteger, ...) are seen as the floats they stand for:
+    ``weight`` dequantized, ``write`` quantizing back with the layer's own scales.
+    ``weight_input`` says which input holds the weight; ``reads`` names the float tensor the
+    layer's input was quantized from at run time (dynamic quantization), whose statistics
+    stand for its input; ``input_dequantize`` (scale, zero point) says the input is stored
+    integers x_q that stand for (x_q − zero)·scale, as statistics must see them;
+    ``bias_unit`` (one per output) is what one step of an integer bias is worth."""
 
     weight: np.ndarray
     write: Callable[[np.ndarray], np.ndarray] | None
@@ -63,6 +73,10 @@ class LinearView:
     window: tuple | None = None
     exact: bool = True
     transposed: tuple | None = None
+    weight_input: int = 1
+    reads: str | None = None
+    input_dequantize: tuple[float, float] | None = None
+    bias_unit: np.ndarray | None = None
 
 
 @dataclass
@@ -102,6 +116,7 @@ class Rule:
 
     follows_tiled = False
     fully_connected = False
+    opaque = False          # the rule only stops channels (a fused op not supported yet)
     scale_input: int | None = None
 
     def propagate(self, node, ctx) -> None:  # pragma: no cover - abstract
@@ -117,6 +132,12 @@ class Rule:
 
     def linear_view(self, node, graph) -> LinearView | None:
         return None
+
+    def param_value(self, node, input_index: int, graph) -> np.ndarray | None:
+        """The value the constant at ``input_index`` stands for, as criteria should weigh it:
+        the constant itself, except where the op reads stored integers with a scale and a
+        zero point (the rule then dequantizes them)."""
+        return graph.const(node.input(input_index))
 
     def timed_widths(self, node, x_shape, w_shape) -> tuple[int, int] | None:
         """Dense (c_in, c_out) of a layer the latency table can time; None for the others."""

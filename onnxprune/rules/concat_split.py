@@ -17,8 +17,12 @@ class ConcatRule(Rule):
     sit side by side on the same channels, so they are unified like a residual Add.
     """
 
+    def parts(self, node) -> list[str]:
+        """The inputs that are concatenated (QLinearConcat interleaves scales with them)."""
+        return list(node.proto.input)
+
     def propagate(self, node, ctx):
-        names = list(node.proto.input)
+        names = self.parts(node)
         maps = [ctx.map(n) for n in names]
         known = [m for m in maps if m is not None]
         if not known:

@@ -39,8 +39,22 @@ def from_conv_layout(weight: np.ndarray, group: int, shape) -> np.ndarray:
 
 @register("Conv", "ConvTranspose")
 class ConvRule(Rule):
+    """Which inputs hold the weight and the bias is all the integer convs (``integer``,
+    ``qoperator``) change, with the per-channel scales and zero points of ``scales``."""
+
+    weight_input, bias_input = 1, 2
+
+    def weight_zero(self, node) -> tuple[int, int] | None:
+        """(input, weight axis) of the weight's zero point (see ``ParamUse.zero``)."""
+        return None
+
+    def scales(self, node, ctx, y) -> str | None:
+        """Declare per-output-channel scales and zero points; a reason to stop, or None."""
+        return None
+
     def propagate(self, node, ctx):
-        weight = ctx.const(node.input(1))
+        W = self.weight_input
+        weight = ctx.const(node.input(W))
         if weight is None:
             return ctx.barrier(node, "weight is not a constant")
         x = ctx.map(node.input(0))
@@ -53,15 +67,16 @@ class ConvRule(Rule):
         if x is not None and x.axes != (1,):
             return ctx.barrier(node, "input channels are not tracked on axis 1")
         out_axis, in_axis = (1, 0) if transposed else (0, 1)
+        zero = self.weight_zero(node)
 
         if group > 1 and k == 1 and x is not None:
             kind = "depthwise"
             y = ChannelMap(rank, (1,), np.repeat(x.labels, m))
             out_labels = y.labels
             if transposed:  # weight (cin, m, ...): out channel c*m+j sits at [c, j]
-                ctx.param(node, 1, {0: 0, 1: 1}, out_labels.reshape(group, m))
+                ctx.param(node, W, {0: 0, 1: 1}, out_labels.reshape(group, m))
             else:
-                ctx.param(node, 1, {0: 0}, out_labels)
+                ctx.param(node, W, {0: 0}, out_labels)
         elif group > 1:
             kind = "grouped"
             y = ctx.new_map(node, rank, (1,), (cout,))
@@ -71,23 +86,28 @@ class ConvRule(Rule):
                 grid_in = x.labels.reshape(group, k)
                 ctx.space.unify_along(grid_in, 0)
                 if transposed:
-                    ctx.param(node, 1, {0: 0}, x.labels, consume=True)
+                    ctx.param(node, W, {0: 0}, x.labels, consume=True)
                 else:
-                    ctx.param(node, 1, {0: 0, 1: 1}, np.repeat(grid_in, m, axis=0), consume=True)
+                    ctx.param(node, W, {0: 0, 1: 1}, np.repeat(grid_in, m, axis=0),
+                              consume=True, zero=zero)
             if transposed:  # weight (g*k, m, ...): row c belongs to group c // k
-                ctx.param(node, 1, {0: 0, 1: 1}, np.repeat(grid_out, k, axis=0))
+                ctx.param(node, W, {0: 0, 1: 1}, np.repeat(grid_out, k, axis=0))
             else:
-                ctx.param(node, 1, {0: 0}, y.labels)
+                ctx.param(node, W, {0: 0}, y.labels)
         else:
             kind = "dense"
             y = ctx.new_map(node, rank, (1,), (cout,))
-            ctx.param(node, 1, {out_axis: 0}, y.labels)
+            ctx.param(node, W, {out_axis: 0}, y.labels)
             if x is not None:
-                ctx.param(node, 1, {in_axis: 0}, x.labels, consume=True)
-        if node.input(2):
-            if ctx.const(node.input(2)) is None:
+                ctx.param(node, W, {in_axis: 0}, x.labels, consume=True, zero=zero)
+        bias = self.bias_input
+        if bias is not None and node.input(bias):
+            if ctx.const(node.input(bias)) is None:
                 return ctx.barrier(node, "bias is not a constant")
-            ctx.param(node, 2, {0: 0}, y.labels)
+            ctx.param(node, bias, {0: 0}, y.labels)
+        reason = self.scales(node, ctx, y)
+        if reason:
+            return ctx.barrier(node, reason)
         ctx.set_map(node.proto.output[0], y)
         ctx.note(node, kind=kind, m=m)
 
@@ -99,7 +119,8 @@ class ConvRule(Rule):
 
     # -- what other layers ask of a conv ---------------------------------------------------
     def macs(self, node, shape):
-        x, w, y = shape(node.input(0)), shape(node.input(1)), shape(node.proto.output[0])
+        x, w = shape(node.input(0)), shape(node.input(self.weight_input))
+        y = shape(node.proto.output[0])
         if not (known(x) and known(w) and known(y)):
             return None
         if node.op == "ConvTranspose":   # every input position meets every weight of its group
@@ -127,7 +148,7 @@ class ConvRule(Rule):
             return None     # depthwise: channels pass through, nothing reads them linearly
         std = weight.reshape(out, weight.shape[1], -1).astype(np.float64)
         shape = weight.shape
-        window = _window(node, weight) if std.shape[2] > 1 else None
+        window = conv_window(node, weight) if std.shape[2] > 1 else None
         return LinearView(std, lambda w: w.reshape(shape), group, bias, window)
 
     def timed_widths(self, node, x, w):
@@ -168,7 +189,7 @@ def conv_group(dense_group: int, dense_c_in: int, c_in: int, c_out: int) -> int:
 
 
 
-def _window(node, weight):
+def conv_window(node, weight):
     """A 2-D conv's unfolding parameters, or None (auto_pad other than NOTSET/VALID, or not
     2-D): such a layer gets no patch Gram."""
     if weight.ndim != 4 or node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET",

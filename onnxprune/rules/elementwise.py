@@ -83,16 +83,48 @@ class BroadcastRule(Rule):
             if all(d == 1 for d in along.values()):
                 continue
             if ctx.const(name) is None:
+                if _slice_scaled_constants(ctx, node, name, out_rank, base):
+                    continue
                 varying = [base.axes.index(o) for o, d in along.items() if d > 1]
                 _require_whole(ctx, node, base.labels, varying, i,
                                [n for n in names if n and ctx.map(n) is not None])
                 continue
-            axes = {p: base.axes.index(o) for p, o in
-                    ((p, p + out_rank - ranks[i]) for p in range(ranks[i])) if o in base.axes
-                    and along[o] > 1}
-            ctx.param(node, i, axes, base.labels, score=False)
+            ctx.param(node, i, _const_axes(ranks[i], out_rank, base, along), base.labels,
+                      score=False)
         ctx.set_map(node.proto.output[0], ChannelMap(out_rank, base.axes, base.labels))
         ctx.note(node)
+
+
+def _const_axes(rank: int, out_rank: int, base: ChannelMap, along) -> dict[int, int]:
+    """The axes of a rank-``rank`` constant that follow ``base``'s channels (where it has
+    more than one value along them)."""
+    return {p: base.axes.index(o) for p, o in ((p, p + out_rank - rank) for p in range(rank))
+            if o in base.axes and along[o] > 1}
+
+
+def _slice_scaled_constants(ctx, node, name: str, out_rank: int, base: ChannelMap) -> bool:
+    """A per-channel constant times computed single values (dynamic quantization multiplies
+    by ``x_scale · w_scale``, x_scale found at run time) is sliced where that product is
+    made, if this op alone reads it. False (nothing declared) for anything else."""
+    producer = ctx.graph.producer.get(name)
+    if (producer is None or producer.op not in ("Mul", "Div")
+            or len(ctx.graph.consumers.get(name, [])) != 1):
+        return False
+    sliced = []
+    for j, part in enumerate(producer.proto.input):
+        rank = ctx.rank(part)
+        if ctx.map(part) is not None or rank is None:
+            return False
+        along = _dims_along(ctx, part, rank, out_rank, base.axes)
+        if along is None:
+            return False
+        if any(d > 1 for d in along.values()):
+            if ctx.const(part) is None:
+                return False
+            sliced.append((j, _const_axes(rank, out_rank, base, along)))
+    for j, axes in sliced:
+        ctx.param(producer, j, axes, base.labels, score=False)
+    return bool(sliced)
 
 
 def _require_whole(ctx, node, labels, varying, index, tracked_names) -> None:

@@ -65,6 +65,7 @@ class _Barrier(Rule):
     """A fused op the tool does not prune through: every channel reaching it is frozen."""
 
     reasons: dict[str, str] = {}
+    opaque = True
 
     def propagate(self, node, ctx):
         ctx.barrier(node, f"{node.op} {self.reasons[node.op]}")

@@ -87,6 +87,15 @@ class MatMulRule(Rule):
             return activation_matmul(node, ctx)
         if weight is None or weight.ndim != 2:
             return ctx.barrier(node, "only X @ constant 2-D weight is understood")
+        y = self.weight_channels(node, ctx, 1, weight)
+        if y is not None:
+            ctx.set_map(node.proto.output[0], y)
+            ctx.note(node)
+
+    def weight_channels(self, node, ctx, index: int, weight, zero=None):
+        """Declare the constant [K, N] weight at ``index``: N new output channels, the K input
+        features it consumes (``zero``: see ``ParamUse.zero``). The output's map, or None
+        after a barrier."""
         x = ctx.map(node.input(0))
         rank = ctx.rank(node.input(0))
         if rank is None or rank < 2:
@@ -94,11 +103,10 @@ class MatMulRule(Rule):
         if x is not None and x.axes != (rank - 1,):
             return ctx.barrier(node, "input is tracked on a non-contracted axis")
         y = ctx.new_map(node, rank, (rank - 1,), (weight.shape[1],))
-        ctx.param(node, 1, {1: 0}, y.labels)
+        ctx.param(node, index, {1: 0}, y.labels)
         if x is not None:
-            ctx.param(node, 1, {0: 0}, x.labels, consume=True)
-        ctx.set_map(node.proto.output[0], y)
-        ctx.note(node)
+            ctx.param(node, index, {0: 0}, x.labels, consume=True, zero=zero)
+        return y
 
     def macs(self, node, shape):
         """Every output element is a dot product over the contracted axis (both operands may

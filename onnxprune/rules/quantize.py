@@ -5,9 +5,9 @@ and a per-axis pair along any other axis are barriers.
 
 Quantized *weights* (DequantizeLinear of stored integers into a Conv or Gemm) need no rule
 here: the consumer's rule slices the weight, and ``ModelGraph.slice_const`` cuts it where it
-is stored, integers, scales and zero points, so the model stays quantized. The QOperator ops
-(QLinearConv, QGemm, ...), ConvInteger, MatMulInteger and MatMulNBits have no rule: they are
-barriers.
+is stored, integers, scales and zero points, so the model stays quantized. Ops that read
+integers directly have rules of their own: ``integer`` (dynamic quantization) and
+``qoperator`` (QLinearConv, QGemm, ...).
 """
 
 from __future__ import annotations

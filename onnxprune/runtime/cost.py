@@ -29,7 +29,7 @@ _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DO
 # (ConvInteger, MatMulInteger, DynamicQuantizeLSTM), QOperator (QLinearConv, QLinearMatMul,
 # QGemm) and 4-bit MatMulNBits (counted as its K × N weights, not its packed bytes).
 _INTEGER_WEIGHTS = {"ConvInteger": (1,), "MatMulInteger": (1,), "DynamicQuantizeLSTM": (1, 2),
-                    "QLinearConv": (3,), "QLinearMatMul": (3,), "QGemm": (3,),
+                    "QLinearConv": (3, 8), "QLinearMatMul": (3,), "QGemm": (3, 6),
                     "MatMulNBits": (1,)}
 
 
@@ -48,10 +48,7 @@ def count_params(model: onnx.ModelProto) -> int:
     tensors = [t for g in graphs for t in g.initializer] + [
         a.t for g in graphs for n in g.node if n.op_type == "Constant" for a in n.attribute
         if a.name == "value"]
-    quantized = {name for g in graphs for n in g.node if n.op_type == "DequantizeLinear"
-                 for k, name in enumerate(n.input) if k in (0, 2) and name}
-    quantized |= {n.input[k] for g in graphs for n in g.node
-                  for k in _INTEGER_WEIGHTS.get(n.op_type, ()) if k < len(n.input)}
+    quantized = counted_integers(graphs)
     packed = {n.input[1]: _unpacked(n) for g in graphs for n in g.node
               if n.op_type == "MatMulNBits" and len(n.input) > 1}
     total = sum(packed.get(t.name) or int(np.prod(t.dims, dtype=np.int64)) for t in tensors
@@ -64,6 +61,18 @@ def count_params(model: onnx.ModelProto) -> int:
             if value is not None and np.issubdtype(value.dtype, np.floating):
                 total += int(value.size)
     return total
+
+
+def counted_integers(graphs) -> set[str]:
+    """Names of the integer constants that count as parameters in ``graphs``: what a
+    DequantizeLinear reads as data or zero point, and the weights and biases quantized ops
+    read directly (``_INTEGER_WEIGHTS``); not the zero points those ops read."""
+    graphs = list(graphs)
+    names = {name for g in graphs for n in g.node if n.op_type == "DequantizeLinear"
+             for k, name in enumerate(n.input) if k in (0, 2) and name}
+    names |= {n.input[k] for g in graphs for n in g.node
+              for k in _INTEGER_WEIGHTS.get(n.op_type, ()) if k < len(n.input) and n.input[k]}
+    return names
 
 
 def count_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> int | None:

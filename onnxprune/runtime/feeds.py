@@ -50,6 +50,20 @@ def input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
     return shapes
 
 
+def batch_axes(model: onnx.ModelProto) -> dict[str, int | None]:
+    """The axis each input stacks samples on: the first that carries a batch name (a name
+    that is some input's first dim), so a recurrent state ``[2, N, 128]`` beside
+    ``x [N, T]`` stacks on axis 1; axis 0 where no dim says otherwise; None for a scalar (a
+    sample rate), which every sample shares."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    batch = {i.type.tensor_type.shape.dim[0].dim_param for i in inputs
+             if i.type.tensor_type.shape.dim and _is_name(i.type.tensor_type.shape.dim[0].dim_param)}
+    return {i.name: next((k for k, d in enumerate(i.type.tensor_type.shape.dim)
+                          if d.dim_param in batch), 0)
+            if i.type.tensor_type.shape.dim else None for i in inputs}
+
+
 def _named_sizes(inputs, overrides) -> dict[str, int]:
     """A size for every dim name: given, a batch (1), ``DEFAULT_DIM``, or computed."""
     sizes: dict[str, int] = {}
@@ -117,7 +131,7 @@ def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | Non
     rng = np.random.default_rng(seed)
     concrete = input_shapes(model, shapes)
     trip_counts = {n.input[0] for n in model.graph.node if n.op_type == "Loop" and n.input}
-    compared = _compared_constants(model)
+    compared = compared_constants(model)
     feeds = {}
     for inp in model.graph.input:
         if inp.name not in concrete:
@@ -140,7 +154,7 @@ def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | Non
 _PASS_THROUGH = ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity", "Flatten")
 
 
-def _compared_constants(model: onnx.ModelProto) -> dict[str, int]:
+def compared_constants(model: onnx.ModelProto) -> dict[str, int]:
     """Integer inputs that reach an ``Equal`` with a one-value constant (through casts and
     reshapes), with the first such constant in graph order."""
     from ..graph import ModelGraph
