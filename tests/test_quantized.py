@@ -2,7 +2,8 @@
 quantizer. QDQ (per channel and per tensor), QOperator (QLinearConv, QGemm, QLinearAdd, ...)
 and dynamic quantization (DynamicQuantizeLinear, ConvInteger, MatMulInteger) prune and stay
 quantized: the integer weights, their per-axis scales, zero points and int32 biases are cut
-where they are stored, and no weight turns into a float. MatMulNBits is a barrier.
+where they are stored, and no weight turns into a float. 4-bit MatMulNBits layers lose rows
+and whole blocks of inputs.
 """
 
 from __future__ import annotations
@@ -166,27 +167,41 @@ def test_the_masked_original_reads_removed_columns_at_the_weight_zero_point():
     assert [g["units"] - len(g["removed"]) for g in report["groups"] if g["prunable"]] == [8]
 
 
-def _nbits(model):
+def _nbits(model, symmetric: bool):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(model, block_size=32)
+    quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=symmetric)
     quantizer.process()
     return quantizer.model.model
 
 
-def test_matmul_nbits_is_a_barrier(tmp_path):
+def _gemm_then_matmul():
     from .builder import GraphBuilder
 
     b = GraphBuilder()
     h = b.op("Relu", [b.op("Gemm", ["x", b.weight(32, 64), b.weight(64)])])
     out = b.op("MatMul", [h, b.weight(64, 32)])     # becomes MatMulNBits; the Gemm stays
-    nbits = _nbits(b.model({"x": [4, 32]}, [out]))
+    return b.model({"x": [4, 32]}, [out])
+
+
+def test_matmul_nbits_reads_whole_blocks():
+    """The 4-bit layer (ORT's MatMulNBits quantizer, block 32) reads the Gemm's 64 outputs in
+    two blocks: with one scale per block they go by whole blocks and the model stays 4-bit;
+    with packed zero points (two blocks per byte) they stay."""
+    nbits = _nbits(_gemm_then_matmul(), symmetric=True)
     assert "MatMulNBits" in {n.op_type for n in nbits.graph.node}
-    pruned, report = pipeline.prune(nbits, ratio=0.5)
-    assert report["check"]["ok"]
-    assert "MatMulNBits" in _barrier_ops(report)
-    assert not [g for g in report["groups"] if g["prunable"] and g["removed"]], \
-        "the Gemm's outputs reach the MatMulNBits: they stay"
+    assert_oracle(nbits, ratio=0.5, round_to=1)
+    pruned, report = pipeline.prune(nbits, ratio=0.5, round_to=1)
+    assert report["check"]["ok"] and report["check"]["max_rel_error"] == 0.0
+    node = next(n for n in pruned.graph.node if n.op_type == "MatMulNBits")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["K"] == 32 and attrs["N"] == 32
+    assert report["params"]["after"] == report["params"]["planned_after"]
+    assert report["macs"]["after"] == report["macs"]["planned_after"]
+    asymmetric = _nbits(_gemm_then_matmul(), symmetric=False)
+    _, report = pipeline.prune(asymmetric, ratio=0.5, round_to=1)
+    assert not [g for g in report["groups"] if g["prunable"] and g["removed"]]
+    assert any("packed zero points" in g.get("reason", "") for g in report["groups"])
 
 
 def test_the_cli_says_there_is_nothing_to_prune_and_writes_no_model(tmp_path, capsys):
@@ -195,17 +210,17 @@ def test_the_cli_says_there_is_nothing_to_prune_and_writes_no_model(tmp_path, ca
     from .builder import GraphBuilder
 
     b = GraphBuilder()
-    out = b.op("MatMul", [b.op("MatMul", ["x", b.weight(32, 64)]), b.weight(64, 32)])
-    path, out_path, report = tmp_path / "nbits.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
-    onnx.save(_nbits(b.model({"x": [4, 32]}, [out])), path)
+    out = b.op("Einsum", ["x", b.weight(32, 16)], equation="ij,jk->ik")
+    path, out_path, report = tmp_path / "einsum.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
+    onnx.save(b.model({"x": [4, 32]}, [out]), path)
     assert main(["prune", str(path), "-o", str(out_path), "--report", str(report)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("nothing to prune: no channel group was found (ops with no "
-                                  "channel rule: MatMulNBits ×2") and "no model written" in \
+                                  "channel rule: Einsum ×1") and "no model written" in \
         printed[-1]
     assert not out_path.exists()
     data = json.loads(report.read_text())
-    assert data["output"] is None and "MatMulNBits" in data["nothing_pruned"]
+    assert data["output"] is None and "Einsum" in data["nothing_pruned"]
 
 
 def test_a_ratio_too_small_for_round_to_says_so():

@@ -163,6 +163,16 @@ def pruning_options(sweep: bool = False):
             click.option("--exclude", multiple=True, metavar="NODE",
                          help="Node name (or glob) whose channels must not be pruned; "
                               "repeatable."),
+            click.option("--blocks", type=float, default=None,
+                         help="First remove this many whole residual blocks (a fraction below "
+                              "1: of those the model has), those that change their input "
+                              "least on --calib (else random) inputs; width pruning then runs "
+                              "only with --ratio/--heads/--mlp/--hidden."),
+            click.option("--allow-cache-change", is_flag=True, default=False,
+                         help="Let key/value heads go although they reach the KV cache "
+                              "(past_key_values.* / present.*): those inputs and outputs "
+                              "then lose them, and a genai_config.json beside the model is "
+                              "written updated next to the output."),
             shape_option,
             click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                          show_default=True,
@@ -222,7 +232,7 @@ _STRATEGY = ("criterion", "group_reduction", "normalization", "allocation", "max
              "compensate", "obs_damping", "rank_by")
 _OPTIONS = ("ratio", "heads", "mlp", "hidden", "round_to", "exclude", "input_shape",
             "tolerance", "seed", "target_macs", "target_params", "target_latency",
-            "latency_threads", "steps", "check_data")
+            "latency_threads", "steps", "check_data", "allow_cache_change", "blocks")
 
 
 def prune_options_from(params: dict, calib=None) -> tuple[PruneOptions, set[str]]:

@@ -44,6 +44,8 @@ def prune(model, output, in_place, report_path, calib, preprocess, recover, **pa
     """Prune MODEL and write a smaller, verified model."""
     recovery = recover_options_from(params, params.get("seed", 0))
     options, given = prune_options_from(params, calib_sources(calib, preprocess))
+    if "blocks" in given and not given & {"ratio", "heads", "mlp", "hidden"}:
+        options = options.replace(ratio=0.0)        # depth alone
     if recover:
         options = options.replace(recover=recovery)
     elif any(click.get_current_context().get_parameter_source(name) ==
@@ -88,8 +90,18 @@ def run_prune(model, output, options: pipeline.PruneOptions, report_path=None,
     if nothing:         # an unchanged copy would pass for a pruned model
         echo(f"nothing to prune: {nothing}; no model written")
         return
+    config = pipeline.genai_config_for(model, pruned, output)    # errors before any write
+    if config is not None and in_place:
+        raise UserError(f"--in-place would leave {pipeline.deployed.GENAI_CONFIG} describing "
+                        "the dense model; write the pruned model to another folder with -o")
     save_model(pruned, output)
     print_summary(report)
+    if config is not None:
+        written = pipeline.write_genai_folder(model, output, config)
+        echo(f"wrote {', '.join(written)} beside it (onnxruntime-genai folder)" if written else
+             f"warning: {pipeline.deployed.GENAI_CONFIG} not written: the output is in the "
+             "model's own folder, whose config describes the dense model; use -o in another "
+             "folder for a folder onnxruntime-genai loads")
     if report.get("recovery"):
         print_recovery(report["recovery"])
     echo(f"wrote {output}")
@@ -101,6 +113,13 @@ def _dump_json(data, path) -> None:
 
 
 def print_summary(report: dict) -> None:
+    depth = report.get("depth")
+    if depth:
+        removed = depth["removed"]
+        names = ", ".join(b["block"] for b in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        echo(f" depth: {len(removed)} of {depth['candidates']} residual blocks removed "
+             f"({names}; scored on {depth['scored_on']}); checked against the model with "
+             f"their branches zeroed: max rel error {depth['check']['max_rel_error']:.2e} -> OK")
     groups = report["groups"]
     pruned = [g for g in groups if g["removed"]]
     removed = sum(len(g["removed"]) * g["width"] for g in groups)

@@ -461,17 +461,7 @@ def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = 
     unshaped = any(name and name not in shapes for node in model.graph.node
                    for name in node.output)     # after ops ONNX does not know (contrib ops)
     if unshaped or any(_open(d) for dims in shapes.values() for d in dims):
-        try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            # It prints its doubts ("Unable to determine if ...") to stdout: keep them out of
-            # the CLI's output.
-            with contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
-                symbolic = _read_shapes(SymbolicShapeInference.infer_shapes(
-                    light, auto_merge=True, guess_output_rank=False))
-        except Exception:  # noqa: BLE001 - best effort: keep what ONNX inference found
-            symbolic = {}
+        symbolic = _symbolic_shapes(light)
         for name, dims in symbolic.items():
             known = shapes.get(name)
             if known is None or len(known) != len(dims):
@@ -480,6 +470,27 @@ def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = 
                 shapes[name] = tuple(b if _open(a) and not _open(b) else a
                                      for a, b in zip(known, dims))
     return shapes
+
+
+def _symbolic_shapes(light: onnx.ModelProto) -> dict[str, tuple[Dim, ...]]:
+    """ONNX Runtime's symbolic shape inference, best effort: what it found, also where it
+    could not finish. Its ``infer_shapes`` would then raise and first save the model as
+    ``sym_shape_infer_temp.onnx`` (with a data file) in the current folder, the user's; the
+    same steps are run here without that."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        # It prints its doubts ("Unable to determine if ...") to stdout: keep them out of
+        # the CLI's output.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            inference._preprocess(light)
+            while inference.run_:
+                inference._infer_impl()
+            inference._update_output_from_vi()
+        return _read_shapes(inference.out_mp_)
+    except Exception:  # noqa: BLE001 - best effort: keep what ONNX inference found
+        return {}
 
 
 def _open(dim: Dim) -> bool:

@@ -63,6 +63,7 @@ class Analysis:
     head_atoms: set = field(default_factory=set)
     hidden_atoms: set = field(default_factory=set)
     strict: bool = field(default_factory=strict_from_environment)
+    allow_cache_change: bool = False    # rules may resize a KV cache's inputs and outputs
     failures: list = field(default_factory=list)    # (node, op, message) of rules that raised
 
     # -- the interface rules use ---------------------------------------------------------
@@ -175,8 +176,12 @@ class Analysis:
         return self
 
 
-def analyze(graph: ModelGraph, strict: bool | None = None) -> Analysis:
+def analyze(graph: ModelGraph, strict: bool | None = None,
+            allow_cache_change: bool = False) -> Analysis:
     """Propagate channel labels through the whole graph (``strict``: see
-    :func:`strict_from_environment`, the default)."""
-    analysis = Analysis(graph) if strict is None else Analysis(graph, strict=strict)
+    :func:`strict_from_environment`, the default; ``allow_cache_change``: see
+    ``rules.gqa``)."""
+    analysis = Analysis(graph, allow_cache_change=allow_cache_change)
+    if strict is not None:
+        analysis.strict = strict
     return analysis.run()

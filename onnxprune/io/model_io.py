@@ -19,7 +19,8 @@ from onnx.external_data_helper import ExternalDataInfo
 
 from ..errors import UserError
 from .external import check_external_locations, external_tensors
-from .normalize import inline_constant_ifs, sort_topologically, unique_node_names
+from .normalize import (inline_constant_ifs, sort_topologically, true_constant_shapes,
+                        unique_node_names)
 from .weights import WeightStore, detach
 
 _TWO_GB = 2**31 - 1
@@ -70,6 +71,7 @@ def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     sort_topologically(model.graph)
     inline_constant_ifs(model.graph)
     unique_node_names(model.graph)
+    true_constant_shapes(model.graph)
     return model
 
 

@@ -10,7 +10,9 @@
   barrier.
 * Node names: the spec lets them repeat or be empty, but ONNX Runtime refuses a model with two
   nodes of one name, and our reports and ``--exclude`` address nodes by name; repeated names
-  get a numbered suffix (empty ones stay empty)."""
+  get a numbered suffix (empty ones stay empty).
+* Shapes declared for constants: a value_info entry that contradicts the constant it names
+  is given the constant's real shape (``true_constant_shapes``)."""
 
 from __future__ import annotations
 
@@ -207,3 +209,28 @@ def rename_reads_and_writes(node: onnx.NodeProto, renamed: dict[str, str]) -> No
     for sub in subgraphs(node):
         for inner in sub.node:
             rename_reads_and_writes(inner, renamed)
+
+
+def true_constant_shapes(graph: onnx.GraphProto) -> int:
+    """Make every value_info entry of a constant (an initializer or a Constant node's
+    output) say the constant's real shape; returns how many were wrong. Exporters write such
+    entries by hand (onnxruntime-genai's builder declares its [1] constants as scalars);
+    ONNX Runtime ignores them, but ONNX's shape inference, and so the checker, stops there."""
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                shapes[node.output[0]] = list(value.dims)
+    fixed = 0
+    for info in graph.value_info:
+        dims = shapes.get(info.name)
+        tt = info.type.tensor_type
+        if dims is None or not tt.HasField("shape"):
+            continue
+        if [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim] != dims:
+            del tt.shape.dim[:]
+            for d in dims:
+                tt.shape.dim.add().dim_value = d
+            fixed += 1
+    return fixed

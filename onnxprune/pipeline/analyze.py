@@ -25,12 +25,14 @@ class Analyzed:
     roots: np.ndarray
 
 
-def analyze_model(model, exclude: tuple[str, ...] = ()) -> Analyzed:
+def analyze_model(model, exclude: tuple[str, ...] = (), allow_cache_change: bool = False
+                  ) -> Analyzed:
     """Load ``model`` (a path or a ModelProto, never modified), propagate channel labels
-    through it and group them; ``exclude``: node names or globs whose channels stay."""
+    through it and group them; ``exclude``: node names or globs whose channels stay;
+    ``allow_cache_change``: key/value heads may leave a KV cache (see ``rules.gqa``)."""
     model = load_model(model)
     graph = ModelGraph(model)
-    analysis = analyze(graph)
+    analysis = analyze(graph, allow_cache_change=allow_cache_change)
     protect(analysis, exclude)
     groups, roots = find_groups(analysis)
     return Analyzed(model, graph, analysis, groups, roots)

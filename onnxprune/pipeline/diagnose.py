@@ -15,22 +15,24 @@ import onnx
 from ..errors import one_line
 from ..groups import project
 from ..runtime import run_model
-from ..runtime.run import exposing
+from ..runtime.run import exposing, sliced
 from ..verify import relative_error
 from .analyze import Analyzed
 
 
 def first_divergence(a: Analyzed, pruned: onnx.ModelProto, masked: onnx.ModelProto, feeds,
-                     removed: np.ndarray, tolerance: float) -> tuple[str, str, float] | None:
+                     removed: np.ndarray, tolerance: float, io: dict | None = None
+                     ) -> tuple[str, str, float] | None:
     """(node label, tensor, relative error) where the error first exceeds ``tolerance``, or
-    None when no tensor both models compute can be compared (or none diverges)."""
+    None when no tensor both models compute can be compared (or none diverges). ``io``:
+    resized inputs (see ``runtime.sliced``)."""
     written = {o for n in pruned.graph.node for o in n.output} & \
         {o for n in masked.graph.node for o in n.output}
     order = [(node, name) for node in a.graph.order for name in node.proto.output
              if name in written]
     names = [name for _, name in order]
     try:
-        got = run_model(exposing(pruned, names), feeds, exact=True)
+        got = run_model(exposing(pruned, names), sliced(feeds, io), exact=True)
         want = run_model(exposing(masked, names), feeds, exact=True)
     except Exception:  # noqa: BLE001 - a diagnosis must never hide the failure it explains
         return None

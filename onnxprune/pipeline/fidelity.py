@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime import batch_outputs
+from ..runtime import batch_outputs, sliced
 from ..runtime.fidelity import output_fidelity
 
 COLLAPSED_COSINE = 0.8     # mean cosine of an output to the dense one below this: collapsed
@@ -29,11 +29,14 @@ class FidelitySection:
     warning: str | None = None
 
 
-def fidelity_to_dense(dense, pruned, batches, inputs: str) -> FidelitySection:
-    """Run both models on ``batches`` (at most ``MAX_SAMPLES`` samples) and compare."""
+def fidelity_to_dense(dense, pruned, batches, inputs: str, io: dict | None = None
+                      ) -> FidelitySection:
+    """Run both models on ``batches`` (at most ``MAX_SAMPLES`` samples) and compare; ``io``:
+    inputs and outputs the pruning resized (see ``runtime.sliced``)."""
     batches = _first_samples(batches)
     sizes = [len(next(iter(feeds.values()))) for feeds in batches]
-    before, after = batch_outputs(dense, batches), batch_outputs(pruned, batches)
+    before = [sliced(b, io) for b in batch_outputs(dense, batches)]
+    after = batch_outputs(pruned, [sliced(b, io) for b in batches])
     outputs = []
     for name, value in before[0].items():
         if not np.issubdtype(value.dtype, np.floating):

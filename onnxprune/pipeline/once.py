@@ -15,6 +15,7 @@ from ..errors import UserError, VerificationError
 from ..graph import ModelGraph
 from ..io.weights import discard_written
 from ..progress import task
+from ..rewrite import changed_io
 from ..rules import rule_for
 from ..runtime import count_cost, count_params, make_inputs
 from ..verify import compare_outputs, input_problem, unknown_ops
@@ -34,7 +35,11 @@ from .targets import TargetSearch, meet_latency, ratio_for_target
 def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
                progress=None) -> tuple[onnx.ModelProto, PruneReport]:
     """One step of :func:`prune` (options already checked), with the report as a record."""
-    a = model if isinstance(model, Analyzed) else analyze_model(model, options.exclude)
+    a = model if isinstance(model, Analyzed) else analyze_model(
+        model, options.exclude, options.allow_cache_change)
+    if options.allow_cache_change and not any(n.get("io") for n in a.analysis.notes.values()):
+        raise UserError("--allow-cache-change: the model has no KV cache whose heads pruning "
+                        "could resize (GroupQueryAttention with past/present key and value)")
     # Read first: a check file or calibration data that does not fit fails before any work.
     checked_on = check_feeds(a.model, options) if options.verify else None
     strategy, shapes = options.strategy, options.input_shapes
@@ -67,13 +72,15 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
     if options.verify:
         report.check = _verify(a, built, options, checked_on, progress)
         with task(progress, "comparing the pruned model with the dense one"):
-            report.fidelity = measure_fidelity(a.model, built.pruned, options, scoring)
+            report.fidelity = measure_fidelity(a.model, built.pruned, options, scoring,
+                                               changed_io(a.analysis, built.removed))
         if report.fidelity is not None and report.fidelity.warning:
             report.warnings.append(report.fidelity.warning)
     return built.pruned, report
 
 
-def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | None = None):
+def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | None = None,
+                     io: dict | None = None):
     """The pruned model against the dense one on the first inputs both take: fresh samples of
     a generated calibration source (the ones calibration saw were fitted to, so they would
     flatter a re-fit), the calibration inputs given, else 32 seeded random samples, else the
@@ -82,7 +89,7 @@ def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | No
     for make in _fidelity_inputs(dense, options, scoring):
         try:
             batches, what = make()
-            return fidelity_to_dense(dense, pruned, batches, what)
+            return fidelity_to_dense(dense, pruned, batches, what, io)
         except Exception:  # noqa: BLE001 - inputs this model cannot take: try the next ones
             continue
     return None
@@ -182,12 +189,14 @@ def _verify(a: Analyzed, built: Built, options: PruneOptions, checked_on: tuple[
     errors name them); VerificationError when it fails, UserError when the inputs are at fault
     (the input model is broken, or the dense model itself cannot run on them)."""
     feeds, what = checked_on
+    io = changed_io(a.analysis, built.removed)
     with task(progress, "checking the pruned model against the masked original", 3) as step:
         masked = masked_of(built, a, options.round_to, options.by_kind, options.strategy,
                            options.seed)
         try:
             try:
-                result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step)
+                result = compare_outputs(built.pruned, masked, feeds, options.tolerance, step,
+                                         io)
             except Exception:  # noqa: BLE001 - the masked original did not run: whose fault?
                 result = None
             if result is None or not result.runs:     # a broken input first, then bad inputs
@@ -201,7 +210,7 @@ def _verify(a: Analyzed, built: Built, options: PruneOptions, checked_on: tuple[
             where = None
             if result.runs and not result.ok and result.max_rel_error is not None:
                 where = first_divergence(a, built.pruned, masked, feeds, built.removed,
-                                         options.tolerance)
+                                         options.tolerance, io)
         finally:
             discard_written(masked, keep=[built.pruned, a.model])   # its weight files, if any
     check = CheckSection(result.checker, result.runs, result.same_io, result.max_rel_error,

@@ -115,7 +115,10 @@ class PruneOptions:
     ``ratio``: the share of channels every prunable group loses; ``heads``, ``mlp``,
     ``hidden``: a ratio of their own for attention heads, MLP neurons and (opt-in) the hidden
     size. ``round_to``: kept channel counts are multiples of it. ``exclude``: node names or
-    globs whose channels stay. ``input_shapes``: sizes for dynamic dims. ``strategy``: how
+    globs whose channels stay. ``allow_cache_change``: key/value heads may go although they
+    reach a KV cache, whose inputs and outputs then lose them (see ``rules.gqa``).
+    ``blocks``: remove that many residual blocks first (a fraction below 1: of those there
+    are), the ones that change their input least (see ``depth``). ``input_shapes``: sizes for dynamic dims. ``strategy``: how
     channels are chosen; ``calib``: calibration data for the strategies that read some.
     ``target_macs`` / ``target_params`` / ``target_latency``: a fraction of the dense model to
     keep, which replaces ``ratio`` by a search (``latency_threads``: ONNX Runtime threads
@@ -133,6 +136,8 @@ class PruneOptions:
     hidden: float | None = None
     round_to: int = DEFAULT_ROUND_TO
     exclude: tuple[str, ...] = ()
+    allow_cache_change: bool = False
+    blocks: float | None = None
     input_shapes: dict | None = field(default=None, hash=False)
     strategy: Strategy = field(default_factory=Strategy)
     calib: object = field(default=None, hash=False)
@@ -213,10 +218,18 @@ class PruneOptions:
             if self.recover.features > 0 and self.steps != 1:
                 raise UserError("--recover-features matches what one step kept of the dense "
                                 "model's tensors: use it with --steps 1")
-        if self.calib is not None and self.strategy.needs is None and self.recover is None:
+        if (self.calib is not None and self.strategy.needs is None and self.recover is None
+                and self.blocks is None):
             raise UserError(f"--calib is read by data-driven criteria, compensation, "
-                            f"adaptive allocation and --recover; criterion {self.strategy.criterion!r} with "
-                            f"--compensate none reads weights only")
+                            f"adaptive allocation, --blocks and --recover; criterion "
+                            f"{self.strategy.criterion!r} with --compensate none reads weights "
+                            f"only")
+        if self.blocks is not None:
+            if not self.blocks > 0:
+                raise UserError(f"--blocks must be positive, got {self.blocks:g}")
+            if self.steps != 1 or self.target is not None:
+                raise UserError("--blocks removes residual blocks once, before width pruning: "
+                                "it does not combine with --steps or a --target-*")
 
 
 _STRATEGY_FIELDS = {f.name for f in dataclasses.fields(Strategy)}

@@ -89,8 +89,18 @@ def planned_params(a: Analyzed, removed, before: int, graph: ModelGraph | None =
     for root in roots:
         value = graph.const(root)
         if np.issubdtype(value.dtype, np.floating) or root in counted:
-            total += _tensors_of(graph, root, value, keep) - value.size
+            total += (_tensors_of(graph, root, value, keep) - value.size) * _per_stored(graph,
+                                                                                       root)
     return total
+
+
+def _per_stored(graph: ModelGraph, root: str) -> int:
+    """Weights per stored element: 8 / bits for MatMulNBits' packed bytes (its params count
+    K × N), 1 otherwise."""
+    for reader in graph.consumers.get(root, []):
+        if reader.op == "MatMulNBits" and reader.input(1) == root:
+            return 8 // int(reader.attr("bits", 4))
+    return 1
 
 
 def _root(graph: ModelGraph, name: str) -> str:

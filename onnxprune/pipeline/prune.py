@@ -3,15 +3,18 @@ step (``once``) or several (``steps``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import onnx
 
 from ..errors import UserError
 from ..io import load_model
+from ..runtime import count_cost
 from ..verify import input_problem
 from .analyze import Analyzed
-from .once import prune_step
+from .depth import prune_depth
+from .once import check_feeds, measure_fidelity, prune_step
 from .options import PruneOptions
 from .recover import recover_pruned
 from .scoring import Scoring
@@ -66,9 +69,17 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
     them once. ``progress``: see :mod:`onnxprune.progress`. With ``recover``, the verified
     pruned model is then trained to reproduce the dense one (the report's ``recovery``).
     """
+    if "blocks" in fields and not fields.keys() & {"ratio", "heads", "mlp", "hidden"} and \
+            options is None:
+        fields["ratio"] = 0.0           # depth alone, unless a width ratio is asked for too
     options = options_of(options, fields)
     options.check()
-    kept = None
+    kept, depth, dense_model = None, None, model
+    if options.blocks is not None:
+        if scoring is not None or isinstance(model, Analyzed):
+            raise UserError("--blocks changes the model before it is analysed: give a path "
+                            "or a ModelProto, without scoring")
+        model, depth = prune_depth(model, options, check_feeds, progress)
     if options.steps != 1:
         if scoring is not None:
             raise UserError("steps re-score the model after each step; drop scoring")
@@ -76,9 +87,27 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
     else:
         pruned, record = prune_step(model, options, scoring, progress)
         report, kept = record.to_dict(), record.kept_channels
+    if depth is not None:
+        _with_depth(report, depth, load_model(dense_model), pruned, options)
     if options.recover is not None and not report.get("nothing_pruned"):
         dense = model.model if isinstance(model, Analyzed) else model
         pruned, report["recovery"] = recover_pruned(dense, pruned, options.calib,
                                                     options.recover, options.input_shapes,
                                                     progress, kept)
     return pruned, report
+
+
+def _with_depth(report: dict, depth: dict, dense: onnx.ModelProto, pruned: onnx.ModelProto,
+                options) -> None:
+    """The report of width pruning on the shallower model, told from the dense model: its
+    params and MACs before, the fidelity to it, the blocks removed, and something pruned."""
+    report["depth"] = depth
+    before = count_cost(dense, options.input_shapes)
+    report["params"]["before"], report["macs"]["before"] = before.params, before.macs
+    report["nothing_pruned"] = None
+    if options.verify:
+        fidelity = measure_fidelity(dense, pruned, options)
+        report["fidelity"] = dataclasses.asdict(fidelity) if fidelity is not None else None
+        report["warnings"] = [w for w in report.get("warnings", []) if "far from" not in w]
+        if fidelity is not None and fidelity.warning:
+            report["warnings"].append(fidelity.warning)

@@ -117,6 +117,7 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
         for index in analysis.notes:
             node = ctx.graph.nodes[index]
             rule_for(node).rewrite(node, ctx)
+        _resize_io(out, changed_io(analysis, removed_atom))
         ctx.graph.merge_identical_copies()
         # what the analyzed model read (compensation may have replaced a computed bias)
         drop_orphaned_constants(out, read_names(model.graph)
@@ -148,6 +149,29 @@ def _zero_point(graph: ModelGraph, node, input_index: int, uses) -> np.ndarray |
     shape = [1] * weight.ndim
     shape[axis] = zero.size
     return zero.reshape(shape)
+
+
+def changed_io(analysis: Analysis, removed_atom: np.ndarray) -> dict[str, tuple]:
+    """Graph inputs and outputs that lose positions: {name: (axis, kept positions)}, from the
+    ``io`` a rule notes where an axis of a graph input or output follows channels (a KV
+    cache's heads, see ``rules.gqa``)."""
+    out = {}
+    for note in analysis.notes.values():
+        for name, (axis, labels) in note.get("io", {}).items():
+            keep = ~removed_atom[labels]
+            if not keep.all():
+                out[name] = (axis, keep)
+    return out
+
+
+def _resize_io(model: onnx.ModelProto, changed: dict[str, tuple]) -> None:
+    """Give the resized graph inputs and outputs their new size (where it is a number)."""
+    for info in list(model.graph.input) + list(model.graph.output):
+        if info.name in changed:
+            axis, keep = changed[info.name]
+            dim = info.type.tensor_type.shape.dim[axis]
+            if dim.HasField("dim_value"):
+                dim.dim_value = int(keep.sum())
 
 
 def _kept_along_axes(value, uses, removed_atom) -> dict[int, np.ndarray] | None:

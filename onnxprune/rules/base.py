@@ -27,6 +27,8 @@ The other layers ask a rule, never an op name, for the rest:
 * ``scale_input``: the input holding a per-channel scale γ (the BN-scale criterion).
 * ``param_value(node, i, graph)``: the float value a sliced constant stands for (an integer
   weight dequantized), which magnitude criteria weigh.
+* ``dim_sizes(node, graph)``: what the op implies for named input dims (a cache's head
+  size, a mask as long as past plus new tokens), for generated check inputs.
 
 To support a new op, add one small rule class in the module of its family and decorate it with
 ``@register("OpType", ...)``: no other part of the tool needs to change.
@@ -132,6 +134,11 @@ class Rule:
 
     def linear_view(self, node, graph) -> LinearView | None:
         return None
+
+    def dim_sizes(self, node, graph) -> dict[str, int | str]:
+        """Sizes the op needs for named dims of the graph inputs, so that generated inputs
+        run: a number, or arithmetic over other names ("past + new"). Empty by default."""
+        return {}
 
     def param_value(self, node, input_index: int, graph) -> np.ndarray | None:
         """The value the constant at ``input_index`` stands for, as criteria should weigh it:

@@ -74,11 +74,8 @@ class _Barrier(Rule):
 _HIDDEN = "(hidden-size pruning not supported on fused ops)"
 _BARRIERS = {
     "SkipLayerNormalization": f"normalizes over the hidden size {_HIDDEN}",
-    "SkipSimplifiedLayerNormalization": f"normalizes over the hidden size {_HIDDEN}",
     "EmbedLayerNormalization": ("adds embedding tables and normalizes over the hidden size "
                                 f"{_HIDDEN}"),
-    "GroupQueryAttention": ("shares each key/value head among several query heads and keeps a "
-                            "KV cache (pruning its heads is not supported)"),
     "PackedAttention": ("works on packed (padding-free) tokens (pruning its heads is not "
                         "supported)"),
     "PackedMultiHeadAttention": ("works on packed (padding-free) tokens (pruning its heads is "
@@ -99,7 +96,6 @@ _BARRIERS = {
     "NhwcConv": "is a convolution in NHWC layout (not supported)",
     "FusedMatMul": "transposes and scales its operands inside the op (not supported)",
     "FusedConv": "fuses a convolution with its activation (not supported)",
-    "MatMulNBits": "holds block-quantized weights (not supported)",
     "QAttention": "holds quantized weights (not supported)",
     "QOrderedAttention": "holds quantized weights (not supported)",
     "LongformerAttention": "uses a sliding window with global tokens (not supported)",

@@ -7,7 +7,7 @@ from .cost import Cost, count_cost, count_macs, count_params, node_macs, value_s
 from .feeds import DEFAULT_DIM, input_shapes, make_inputs, user_inputs
 from .layer_table import LayerLatencyTable
 from .run import (batch_outputs, float32_twin, low_precision, needs_exact_run,
-                  output_distortion, run_model)
+                  output_distortion, run_model, sliced)
 from .session import session
 from .timing import Timing, latency_session, measure_latency, timed_calls
 
@@ -15,4 +15,4 @@ __all__ = ["Cost", "DEFAULT_DIM", "LayerLatencyTable", "Timing", "batch_outputs"
            "count_cost", "count_macs", "count_params", "float32_twin", "input_shapes",
            "latency_session", "low_precision", "make_inputs", "measure_latency",
            "needs_exact_run", "node_macs", "output_distortion", "run_model", "session",
-           "timed_calls", "user_inputs", "value_shapes"]
+           "sliced", "timed_calls", "user_inputs", "value_shapes"]

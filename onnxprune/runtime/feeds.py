@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
+from ..graph import ModelGraph
+from ..rules import Rule, rule_for
 
 DEFAULT_DIM = 64   # used for a dynamic dim other than the batch when no shape is given
 
@@ -36,7 +38,7 @@ def input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
     unknown = set(overrides) - {i.name for i in inputs}
     if unknown:
         raise UserError(f"no model input named {sorted(unknown)[0]!r}")
-    sizes = _named_sizes(inputs, overrides)
+    sizes = _named_sizes(inputs, overrides, implied_sizes(model))
     shapes = {}
     for inp in inputs:
         if inp.name in overrides:
@@ -64,8 +66,28 @@ def batch_axes(model: onnx.ModelProto) -> dict[str, int | None]:
             if i.type.tensor_type.shape.dim else None for i in inputs}
 
 
-def _named_sizes(inputs, overrides) -> dict[str, int]:
-    """A size for every dim name: given, a batch (1), ``DEFAULT_DIM``, or computed."""
+def implied_sizes(model: onnx.ModelProto) -> dict[str, int | str]:
+    """What the model's ops imply for named input dims (``Rule.dim_sizes``: a cache's head
+    size, a mask as long as past plus new tokens). Only ops whose rule says something are
+    read, so most models cost nothing here."""
+    def speaks(node) -> bool:
+        rule = rule_for(node)
+        return rule is not None and type(rule).dim_sizes is not Rule.dim_sizes
+
+    if not any(speaks(n) for n in model.graph.node):
+        return {}
+    graph = ModelGraph(model)
+    sizes: dict[str, int | str] = {}
+    for ref in filter(speaks, graph.nodes):
+        for name, size in rule_for(ref).dim_sizes(ref, graph).items():
+            sizes.setdefault(name, size)
+    return sizes
+
+
+def _named_sizes(inputs, overrides, implied=None) -> dict[str, int]:
+    """A size for every dim name: given, a batch (1), what the ops imply (``implied``: a
+    number or arithmetic over other names), ``DEFAULT_DIM``, or computed."""
+    implied = implied or {}
     sizes: dict[str, int] = {}
     for inp in inputs:
         given = overrides.get(inp.name)
@@ -76,16 +98,24 @@ def _named_sizes(inputs, overrides) -> dict[str, int]:
         first = inp.type.tensor_type.shape.dim[:1]
         if first and _is_name(first[0].dim_param):
             sizes.setdefault(first[0].dim_param, 1)
+    for name, size in implied.items():
+        if isinstance(size, int):
+            sizes.setdefault(name, size)
+    computed = {name: size for name, size in implied.items() if isinstance(size, str)}
     for inp in inputs:
         for d in inp.type.tensor_type.shape.dim:
-            if _is_name(d.dim_param):
+            if _is_name(d.dim_param) and d.dim_param not in computed:
                 sizes.setdefault(d.dim_param, DEFAULT_DIM)
+    expressions = dict(computed)
     for inp in inputs:
         for d in inp.type.tensor_type.shape.dim:
-            if d.dim_param and not _is_name(d.dim_param) and d.dim_param not in sizes:
-                value = _evaluate(d.dim_param, sizes)
-                if value is not None and value > 0:
-                    sizes[d.dim_param] = value
+            if d.dim_param and not _is_name(d.dim_param):
+                expressions.setdefault(d.dim_param, d.dim_param)
+    for name, expression in expressions.items():
+        if name not in sizes:
+            value = _evaluate(expression, sizes)
+            if value is not None and value > 0:
+                sizes[name] = value
     return sizes
 
 

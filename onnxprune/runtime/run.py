@@ -37,6 +37,16 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
     return dict(zip(names, sess.run(names, feeds)))
 
 
+def sliced(values: dict[str, np.ndarray], io: dict | None) -> dict[str, np.ndarray]:
+    """``values`` with each array that ``io`` names ({name: (axis, kept positions)}) cut to
+    its kept positions: the feeds a model whose KV cache lost heads takes, and the outputs of
+    its dense or masked original that its own outputs compare with."""
+    if not io:
+        return values
+    return {k: np.compress(io[k][1], v, axis=io[k][0]) if k in io else v
+            for k, v in values.items()}
+
+
 def exposing(model: onnx.ModelProto, names) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the tensors ``names`` (to watch them run)."""
     probe = onnx.ModelProto()

@@ -11,7 +11,7 @@ import onnx
 from ..errors import one_line
 from ..io.weights import WeightStore
 from ..runtime.feeds import user_inputs
-from ..runtime.run import needs_exact_run, run_model
+from ..runtime.run import needs_exact_run, run_model, sliced
 from ..runtime.session import session
 
 # Below this share of an output's largest |value|, a channel is compared against that share
@@ -126,9 +126,12 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def compare_outputs(pruned: onnx.ModelProto, reference: onnx.ModelProto,
                     feeds: dict[str, np.ndarray], tolerance: float = 1e-4,
-                    step=None) -> CheckResult:
+                    step=None, io: dict | None = None) -> CheckResult:
     """Checker + ORT run of ``pruned`` and comparison with ``reference`` on the same inputs
-    (``step()``, when given, is called after each of the three)."""
+    (``step()``, when given, is called after each of the three). ``io``: inputs and outputs
+    the pruning resized (a KV cache that lost heads, see ``runtime.sliced``): the pruned
+    model takes those inputs cut to the kept positions, and its outputs are compared with
+    the reference's cut the same way."""
     step = step or (lambda amount=1: None)
     try:
         check_model(pruned)
@@ -138,15 +141,16 @@ def compare_outputs(pruned: onnx.ModelProto, reference: onnx.ModelProto,
     step()
     same_io = (user_inputs(pruned) == user_inputs(reference)
                and [o.name for o in pruned.graph.output] == [o.name for o in reference.graph.output])
+    own = sliced(feeds, io)
     try:
-        got = run_model(pruned, feeds)      # it must run as users will run it
+        got = run_model(pruned, own)      # it must run as users will run it
         runs = True
     except Exception:  # noqa: BLE001
         return CheckResult(checker, False, same_io, None, tolerance)
     if needs_exact_run(pruned):
-        got = run_model(pruned, feeds, exact=True)
+        got = run_model(pruned, own, exact=True)
     step()
-    want = run_model(reference, feeds, exact=True)
+    want = sliced(run_model(reference, feeds, exact=True), io)
     errors = {k: relative_error(got[k], want[k]) for k in want}
     step()
     return CheckResult(checker, runs, same_io, max(errors.values(), default=0.0), tolerance,

@@ -1,0 +1,32 @@
+"""How much a residual block changes its input: 1 − cos(x, x + f(x)) per sample, averaged
+over the calibration batches (ShortGPT's block influence). A block whose output points where
+its input pointed does little; it is the first to go when pruning depth."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..graph.residual import ResidualBlock
+from ..runtime import session
+from ..runtime.run import exposing
+
+
+def block_influence(model: onnx.ModelProto, blocks: list[ResidualBlock], batches
+                    ) -> np.ndarray:
+    """One score per block: the mean over samples of 1 − cos(x, y), each sample's tensors
+    flattened (0 for a block that leaves its input as it is)."""
+    names = [b.skip for b in blocks] + [b.output for b in blocks]
+    sess = session(exposing(model, names))
+    total, count = np.zeros(len(blocks)), 0
+    for feeds in batches:
+        values = dict(zip(names, sess.run(names, feeds)))
+        for k, block in enumerate(blocks):
+            x = values[block.skip].astype(np.float64)
+            y = values[block.output].astype(np.float64)
+            x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+            norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+            cos = np.where(norms > 0, (x * y).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
+            total[k] += float((1.0 - cos).sum())
+        count += len(next(iter(values.values())))
+    return total / max(count, 1)
