@@ -64,6 +64,8 @@ class Analysis:
     hidden_atoms: set = field(default_factory=set)
     strict: bool = field(default_factory=strict_from_environment)
     allow_cache_change: bool = False    # rules may resize a KV cache's inputs and outputs
+    sliced_factors: set = field(default_factory=set)   # computed per-channel factors (see
+    # ``rules.elementwise``): sliced at their constants
     failures: list = field(default_factory=list)    # (node, op, message) of rules that raised
 
     # -- the interface rules use ---------------------------------------------------------
@@ -171,8 +173,10 @@ class Analysis:
             roots = self.space.roots()
             for check in self.deferred:
                 check(roots)
+        resized = {name for note in self.notes.values() for name in note.get("io", {})}
         for name in self.graph.graph_outputs:
-            self.freeze(self.map(name), f"graph output {name}")
+            if name not in resized:     # a KV cache output a rule lets shrink (``io``)
+                self.freeze(self.map(name), f"graph output {name}")
         return self
 
 

@@ -39,7 +39,8 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         model, options.exclude, options.allow_cache_change)
     if options.allow_cache_change and not any(n.get("io") for n in a.analysis.notes.values()):
         raise UserError("--allow-cache-change: the model has no KV cache whose heads pruning "
-                        "could resize (GroupQueryAttention with past/present key and value)")
+                        "could resize (GroupQueryAttention's past/present, or a past input "
+                        "joined to the new keys and values by Concat)")
     # Read first: a check file or calibration data that does not fit fails before any work.
     checked_on = check_feeds(a.model, options) if options.verify else None
     strategy, shapes = options.strategy, options.input_shapes

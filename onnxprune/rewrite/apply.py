@@ -151,24 +151,24 @@ def _zero_point(graph: ModelGraph, node, input_index: int, uses) -> np.ndarray |
     return zero.reshape(shape)
 
 
-def changed_io(analysis: Analysis, removed_atom: np.ndarray) -> dict[str, tuple]:
-    """Graph inputs and outputs that lose positions: {name: (axis, kept positions)}, from the
-    ``io`` a rule notes where an axis of a graph input or output follows channels (a KV
-    cache's heads, see ``rules.gqa``)."""
+def changed_io(analysis: Analysis, removed_atom: np.ndarray) -> dict[str, dict]:
+    """Graph inputs and outputs that lose positions: {name: {axis: kept positions}}, from
+    the ``io`` a rule notes, {name: (axes, labels)}, where axes of a graph input or output
+    follow channels (a KV cache's heads: ``rules.gqa``, ``rules.concat_split``)."""
     out = {}
     for note in analysis.notes.values():
-        for name, (axis, labels) in note.get("io", {}).items():
-            keep = ~removed_atom[labels]
-            if not keep.all():
-                out[name] = (axis, keep)
+        for name, (axes, labels) in note.get("io", {}).items():
+            keeps = dict(zip(axes, project(~removed_atom[labels])))
+            changed = {axis: keep for axis, keep in keeps.items() if not keep.all()}
+            if changed:
+                out[name] = changed
     return out
 
 
-def _resize_io(model: onnx.ModelProto, changed: dict[str, tuple]) -> None:
-    """Give the resized graph inputs and outputs their new size (where it is a number)."""
+def _resize_io(model: onnx.ModelProto, changed: dict[str, dict]) -> None:
+    """Give the resized graph inputs and outputs their new sizes (where they are numbers)."""
     for info in list(model.graph.input) + list(model.graph.output):
-        if info.name in changed:
-            axis, keep = changed[info.name]
+        for axis, keep in changed.get(info.name, {}).items():
             dim = info.type.tensor_type.shape.dim[axis]
             if dim.HasField("dim_value"):
                 dim.dim_value = int(keep.sum())

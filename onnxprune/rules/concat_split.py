@@ -53,15 +53,41 @@ class ConcatRule(Rule):
         base = known[0]
         if axis in base.axes:
             return ctx.barrier(node, "inputs are tracked on different axes")
+        io = {}
         for i, (name, m) in enumerate(zip(names, maps)):
             if m is None and not _slice_expanded_constant(ctx, name, base):
-                return ctx.barrier(node, f"input {i} is untracked but varies along the channels")
+                if not _cache_input(ctx, name, base):
+                    return ctx.barrier(node, f"input {i} is untracked but varies along the "
+                                             f"channels" + _CACHE_HINT * _is_input(ctx, name))
+                io[name] = (base.axes, base.labels)
         for m in known[1:]:
             if m.axes != base.axes or m.labels.shape != base.labels.shape:
                 return ctx.barrier(node, "inputs are tracked on different axes")
             ctx.space.unify(base.labels, m.labels)
-        ctx.set_map(node.proto.output[0], base)
-        ctx.note(node)
+        output = node.proto.output[0]
+        if io and output in ctx.graph.graph_outputs:
+            io[output] = (base.axes, base.labels)      # the present cache
+        ctx.set_map(output, base)
+        ctx.note(node, io=io)
+
+
+_CACHE_HINT = " (a KV cache input: --allow-cache-change lets it lose heads)"
+
+
+def _is_input(ctx, name: str) -> bool:
+    return name in ctx.graph.graph_inputs
+
+
+def _cache_input(ctx, name: str, base: ChannelMap) -> bool:
+    """A graph input joined to tracked tensors on another axis (Optimum's past key/value
+    concatenated with the new tokens on the sequence axis) may lose the channels with them
+    when the user allows the cache to change: the input and the output that carries it out
+    (the present cache) are then resized (``io`` in the note)."""
+    if not (ctx.allow_cache_change and _is_input(ctx, name)):
+        return False
+    shape = ctx.shape(name)
+    return shape is not None and len(shape) == base.rank and all(
+        shape[a] == base.labels.shape[j] for j, a in enumerate(base.axes))
 
 
 def _slice_expanded_constant(ctx, name: str, base: ChannelMap) -> bool:

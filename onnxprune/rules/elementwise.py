@@ -83,7 +83,7 @@ class BroadcastRule(Rule):
             if all(d == 1 for d in along.values()):
                 continue
             if ctx.const(name) is None:
-                if _slice_scaled_constants(ctx, node, name, out_rank, base):
+                if _slice_channel_factor(ctx, node, name, out_rank, base):
                     continue
                 varying = [base.axes.index(o) for o, d in along.items() if d > 1]
                 _require_whole(ctx, node, base.labels, varying, i,
@@ -102,29 +102,66 @@ def _const_axes(rank: int, out_rank: int, base: ChannelMap, along) -> dict[int, 
             if o in base.axes and along[o] > 1}
 
 
-def _slice_scaled_constants(ctx, node, name: str, out_rank: int, base: ChannelMap) -> bool:
-    """A per-channel constant times computed single values (dynamic quantization multiplies
-    by ``x_scale · w_scale``, x_scale found at run time) is sliced where that product is
-    made, if this op alone reads it. False (nothing declared) for anything else."""
-    producer = ctx.graph.producer.get(name)
-    if (producer is None or producer.op not in ("Mul", "Div")
-            or len(ctx.graph.consumers.get(name, [])) != 1):
+# Ops through which a computed per-channel factor is followed back to its constants.
+_FACTOR_OPS = ("Mul", "Div", "Add", "Sub", "Neg", "Reciprocal", "Sqrt", "Cast", "Identity")
+
+
+def _slice_channel_factor(ctx, node, name: str, out_rank: int, base: ChannelMap) -> bool:
+    """A computed input that varies along the channels only through constants is sliced
+    where those constants are: dynamic quantization's ``x_scale · w_scale`` (x_scale found at
+    run time), a LayerNorm that tf2onnx decomposes into ``x · (rsqrt(var + ε) · γ)`` and
+    ``−mean · (rsqrt(var + ε) · γ)``. Every other part must have one value along the
+    channels. Each tensor of that computation must be read only by element-wise ops whose
+    output follows the same channels (checked once all nodes are propagated; otherwise a
+    barrier), so that slicing it changes nothing else. False (nothing declared) otherwise."""
+    plan = _factor_plan(ctx, name, out_rank, base, 0)
+    if not plan or not plan[0]:
         return False
-    sliced = []
+    params, tensors = plan
+    for producer, j, axes in params:
+        ctx.param(producer, j, axes, base.labels, score=False)
+    ctx.sliced_factors.update(tensors)
+    tracked = [n for n in node.proto.input if n and ctx.map(n) is not None]
+
+    def check(roots):
+        for tensor in tensors:
+            for reader in ctx.graph.consumers.get(tensor, []):
+                out = reader.proto.output[0]
+                if reader.op not in _FACTOR_OPS + ("Add", "Sub", "Mul", "Div") or not (
+                        ctx.map(out) is not None or out in ctx.sliced_factors):
+                    ctx.late_barrier(node, f"a per-channel factor it reads ({tensor}) is also "
+                                           f"read by {reader.label}", tracked)
+                    return
+
+    ctx.defer(check)
+    return True
+
+
+def _factor_plan(ctx, name: str, out_rank: int, base: ChannelMap, depth: int):
+    """(constants to slice as (node, input, axes), computed tensors on the way) for the
+    computation of ``name``, or None when some part varies along the channels otherwise."""
+    producer = ctx.graph.producer.get(name)
+    if producer is None or producer.op not in _FACTOR_OPS or depth > 8:
+        return None
+    params, tensors = [], [name]
     for j, part in enumerate(producer.proto.input):
         rank = ctx.rank(part)
-        if ctx.map(part) is not None or rank is None:
-            return False
+        if not part or ctx.map(part) is not None or rank is None:
+            return None
         along = _dims_along(ctx, part, rank, out_rank, base.axes)
         if along is None:
-            return False
-        if any(d > 1 for d in along.values()):
-            if ctx.const(part) is None:
-                return False
-            sliced.append((j, _const_axes(rank, out_rank, base, along)))
-    for j, axes in sliced:
-        ctx.param(producer, j, axes, base.labels, score=False)
-    return bool(sliced)
+            return None
+        if all(d == 1 for d in along.values()):
+            continue
+        if ctx.const(part) is not None:
+            params.append((producer, j, _const_axes(rank, out_rank, base, along)))
+            continue
+        inner = _factor_plan(ctx, part, out_rank, base, depth + 1)
+        if inner is None:
+            return None
+        params += inner[0]
+        tensors += inner[1]
+    return params, tensors
 
 
 def _require_whole(ctx, node, labels, varying, index, tracked_names) -> None:

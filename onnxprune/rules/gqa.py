@@ -52,10 +52,10 @@ class GroupQueryAttentionRule(Rule):
             ctx.space.unify(q[:, 0, 0], v[:, 0])
             for index, labels in ((PAST_KEY, k), (PAST_VALUE, v)):
                 if node.input(index):
-                    io[node.input(index)] = (1, labels[:, 0])
+                    io[node.input(index)] = ((1,), labels[:, 0])
             for index, labels in ((PRESENT_KEY, k), (PRESENT_VALUE, v)):
                 if index < len(node.proto.output) and node.proto.output[index]:
-                    io[node.proto.output[index]] = (1, labels[:, 0])
+                    io[node.proto.output[index]] = ((1,), labels[:, 0])
         else:
             ctx.space.unify_along(q, 0)              # the same query heads in every group
             reason = f"{node.label}: key/value heads are the KV cache's (--allow-cache-change)"

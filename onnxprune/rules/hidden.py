@@ -34,7 +34,7 @@ def mask_reduction(node, ctx, axis: int, rank: int, dtype) -> None:
     keep = keep_vector(ctx, node)
     if keep is None:
         return
-    scale = keep.size / keep.sum() if node.op == "ReduceMean" else 1.0
+    scale = keep.size / keep.sum() if node.op in ("ReduceMean", "GlobalAveragePool") else 1.0
     mask = broadcast_along((keep * scale).astype(dtype), axis, rank)
     name = ctx.add_const(mask, f"{node.label}_kept_mask")
     masked = ctx.add_node(node, "Mul", [node.input(0), name], f"{node.label}_masked_input")

@@ -103,14 +103,14 @@ def _picked_index(ctx, node, length: int) -> int | None:
 
 def shape_source(ctx, name: str) -> str:
     """Look through wrappers that leave a shape vector's dims unchanged: a Reshape of the
-    vector to [-1], and torch's ``Where(v == -1, 1, v)`` written before an Expand (an entry
+    vector to [-1], a Cast, and torch's ``Where(v == -1, 1, v)`` written before an Expand (an entry
     read from a Shape is never negative, so it passes unchanged)."""
-    for _ in range(4):
+    for _ in range(8):
         node = ctx.graph.producer.get(name)
         if node is None or ctx.const(name) is not None:
             return name
-        if node.op == "Reshape" and _is_flat_target(ctx, node.input(1)):
-            name = node.input(0)
+        if node.op == "Reshape" and _is_flat_target(ctx, node.input(1)) or node.op == "Cast":
+            name = node.input(0)      # (tf2onnx casts shape vectors to int32 and back)
         elif node.op == "Where":
             cond = ctx.graph.producer.get(node.input(0))
             if cond is None or cond.op != "Equal":

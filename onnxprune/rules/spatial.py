@@ -20,12 +20,28 @@ def _pass(node, ctx, x):
 @register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
           "GlobalLpPool")
 class PoolRule(InputRule):
+    """Pools over the axes after 1. tf2onnx writes a mean over the last axis of a 3-D
+    [B, T, C] tensor (a Keras LayerNorm's moments) as GlobalAveragePool: with the channels
+    there it is a reduction across them, the hidden size (see ``ReduceRule``)."""
+
     def follow(self, node, ctx, x):
+        if node.op == "GlobalAveragePool" and x.rank == 3 and x.axes == (2,):
+            dtype = ctx.graph.dtypes.get(node.input(0))
+            if dtype is None:
+                return ctx.barrier(node, "averages over the channels (element type unknown)")
+            ctx.mark_hidden(x.labels)
+            ctx.note(node, hidden=(2, 3, helper.tensor_dtype_to_np_dtype(dtype)))
+            return
         if x.axes != (1,):
             return ctx.barrier(node, "channels are not on axis 1")
         if len(node.proto.output) > 1 and node.proto.output[1]:
             return ctx.barrier(node, "MaxPool indices are used")
         _pass(node, ctx, x)
+
+    def mask_rewrite(self, node, ctx):
+        hidden = ctx.note_of(node).get("hidden")
+        if hidden:
+            mask_reduction(node, ctx, *hidden)
 
 
 @register("Resize", "Upsample")

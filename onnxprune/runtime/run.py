@@ -38,13 +38,17 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
 
 
 def sliced(values: dict[str, np.ndarray], io: dict | None) -> dict[str, np.ndarray]:
-    """``values`` with each array that ``io`` names ({name: (axis, kept positions)}) cut to
+    """``values`` with each array that ``io`` names ({name: {axis: kept positions}}) cut to
     its kept positions: the feeds a model whose KV cache lost heads takes, and the outputs of
     its dense or masked original that its own outputs compare with."""
     if not io:
         return values
-    return {k: np.compress(io[k][1], v, axis=io[k][0]) if k in io else v
-            for k, v in values.items()}
+    out = dict(values)
+    for name, axes in io.items():
+        if name in out:
+            for axis, keep in axes.items():
+                out[name] = np.compress(keep, out[name], axis=axis)
+    return out
 
 
 def exposing(model: onnx.ModelProto, names) -> onnx.ModelProto:
