@@ -30,13 +30,13 @@ def fp32(tmp_path_factory):
     return genai_folder(tiny_llama(root / "hf"), root / "fp32")
 
 
-def _prune_cli(folder, out, *flags):
+def _prune_cli(folder, out, *flags, width=("--ratio", "0.5", "--round-to", "1")):
     from onnxprune.cli import main
 
     out.mkdir(exist_ok=True)
     report = out / "report.json"
     assert main(["prune", str(folder / "model.onnx"), "-o", str(out / "model.onnx"),
-                 "--ratio", "0.5", "--round-to", "1", "--report", str(report), *flags]) == 0
+                 *width, "--report", str(report), *flags]) == 0
     return json.loads(report.read_text())
 
 
@@ -163,3 +163,26 @@ def test_the_hidden_size_prunes_through_rms_norms_when_asked(fp32, tmp_path):
     pairs = [(greedy(tmp_path / "pruned", p), greedy(out, p)) for p in PROMPTS]
     same = sum(a == b for got, want in pairs for a, b in zip(got, want))
     assert same >= 0.9 * sum(len(want) for _, want in pairs)
+
+
+def test_blocks_drop_an_mlp_sub_block_of_the_fused_decoder(fp32, tmp_path):
+    """--blocks on the genai decoder: its residuals are fused into
+    SkipSimplifiedLayerNormalization; the attention sub-blocks write the KV cache (graph
+    outputs) so only MLP sub-blocks are candidates. One goes; the folder loads and generates
+    as the original with that branch zeroed does."""
+    from onnxprune.graph import ModelGraph
+    from onnxprune.graph.residual import residual_blocks
+    from onnxprune.rewrite.depth import drop_blocks
+
+    report = _prune_cli(fp32, tmp_path / "pruned", "--blocks", "1", width=())
+    depth = report["depth"]
+    assert depth["candidates"] == 2 and len(depth["removed"]) == 1 and depth["check"]["ok"]
+    dense = analyze_model(str(fp32 / "model.onnx")).model
+    gone = [b for b in residual_blocks(ModelGraph(dense)) if b.label ==
+            depth["removed"][0]["block"]]
+    out = tmp_path / "masked"
+    shutil.copytree(fp32, out, ignore=shutil.ignore_patterns("model.onnx*"))
+    save_model(drop_blocks(dense, gone, "mask"), out / "model.onnx")
+    pairs = [(greedy(tmp_path / "pruned", p), greedy(out, p)) for p in PROMPTS]
+    same = sum(a == b for got, want in pairs for a, b in zip(got, want))
+    assert same >= 0.9 * sum(len(want) for _, want in pairs)    # fused vs unfused norm: 1e-6

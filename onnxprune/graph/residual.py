@@ -1,5 +1,8 @@
 """Residual blocks: ``y = x + f(x)`` written as an ``Add`` whose one input ``x`` (the skip)
-is an ancestor of the other, ``f(x)`` (the branch), both of one shape. Such a block can go
+is an ancestor of the other, ``f(x)`` (the branch), both of one shape; or fused into ONNX
+Runtime's ``SkipSimplifiedLayerNormalization(x, f, γ)`` (onnxruntime-genai's decoders), which
+normalizes the sum and passes it on as its fourth output, the branch starting from the node
+that made ``x`` (a fused norm whose first output the branch reads). Such a block can go
 whole: ``y`` becomes ``x`` and the branch's nodes are dropped, when nothing outside the
 block reads what the branch computes (a KV cache output, say, keeps its block).
 """
@@ -25,14 +28,22 @@ class ResidualBlock:
     dtype: int                  # the element type of x
 
 
+FUSED = "SkipSimplifiedLayerNormalization"
+
+
 def residual_blocks(graph: ModelGraph) -> list[ResidualBlock]:
     """Every removable residual block, in graph order."""
     out = []
     for ref in graph.order:
-        if ref.op != "Add" or len(ref.proto.input) != 2:
+        if ref.op == "Add" and len(ref.proto.input) == 2:
+            a, b = ref.proto.input
+            pairs = ((a, b), (b, a))
+        elif ref.op == FUSED and ref.proto.domain == "com.microsoft" and not (
+                len(ref.proto.input) > 3 and ref.proto.input[3]):
+            pairs = ((ref.proto.input[0], ref.proto.input[1]),)
+        else:
             continue
-        a, b = ref.proto.input
-        for skip, branch in ((a, b), (b, a)):
+        for skip, branch in pairs:
             block = _block(graph, ref, skip, branch)
             if block is not None:
                 out.append(block)
@@ -46,11 +57,14 @@ def _block(graph: ModelGraph, add, skip: str, branch: str) -> ResidualBlock | No
     shape_x, shape_f = graph.shape(skip), graph.shape(branch)
     if shape_x is None or shape_x != shape_f or None in shape_x:
         return None
-    if skip not in graph.dag or branch not in graph.dag or not nx.has_path(graph.dag, skip,
-                                                                          branch):
+    if skip not in graph.dag or branch not in graph.dag:
         return None
-    # The branch: nodes on a path from x to f(x).
-    between = nx.descendants(graph.dag, skip) & nx.ancestors(graph.dag, branch)
+    # The branch: nodes on a path from x (or, fused, from the node that made x) to f(x).
+    start = skip if add.op == "Add" else graph.producer.get(skip)
+    start = start.index if start is not None and not isinstance(start, str) else start
+    if start is None or not nx.has_path(graph.dag, start, branch):
+        return None
+    between = nx.descendants(graph.dag, start) & nx.ancestors(graph.dag, branch)
     nodes = frozenset(n for n in between if isinstance(n, int))
     for index in nodes:
         for name in graph.nodes[index].proto.output:
@@ -61,5 +75,7 @@ def _block(graph: ModelGraph, add, skip: str, branch: str) -> ResidualBlock | No
             readers = {r.index for r in graph.consumers.get(name, [])}
             if not readers <= nodes | {add.index}:
                 return None
+    if not nodes:
+        return None
     dtype = graph.dtypes.get(skip, onnx.TensorProto.FLOAT)
     return ResidualBlock(add.index, skip, branch, add.proto.output[0], nodes, add.label, dtype)

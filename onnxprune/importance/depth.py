@@ -16,14 +16,14 @@ def block_influence(model: onnx.ModelProto, blocks: list[ResidualBlock], batches
                     ) -> np.ndarray:
     """One score per block: the mean over samples of 1 − cos(x, y), each sample's tensors
     flattened (0 for a block that leaves its input as it is)."""
-    names = [b.skip for b in blocks] + [b.output for b in blocks]
+    names = list(dict.fromkeys([b.skip for b in blocks] + [b.branch for b in blocks]))
     sess = session(exposing(model, names))
     total, count = np.zeros(len(blocks)), 0
     for feeds in batches:
         values = dict(zip(names, sess.run(names, feeds)))
         for k, block in enumerate(blocks):
             x = values[block.skip].astype(np.float64)
-            y = values[block.output].astype(np.float64)
+            y = x + values[block.branch].astype(np.float64)     # what the block passes on
             x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
             norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
             cos = np.where(norms > 0, (x * y).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)

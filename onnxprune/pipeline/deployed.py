@@ -29,7 +29,10 @@ def genai_config_for(model_path, pruned: onnx.ModelProto, output) -> dict | None
     source = Path(model_path).parent / GENAI_CONFIG
     if not source.is_file():
         return None
-    config = json.loads(source.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{source} beside the model cannot be read as JSON ({exc})") from None
     decoder = config.get("model", {}).get("decoder")
     if not isinstance(decoder, dict):
         return None

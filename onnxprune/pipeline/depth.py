@@ -15,6 +15,7 @@ from ..graph.residual import residual_blocks
 from ..importance.depth import block_influence
 from ..io import load_model
 from ..progress import task
+from ..runtime.feeds import batch_axes
 from ..rewrite.depth import drop_blocks
 from ..verify import compare_outputs
 from .options import PruneOptions
@@ -35,6 +36,18 @@ def block_count(blocks: float, candidates: int) -> int:
     return count
 
 
+def _one_by_one(model: onnx.ModelProto, batches: list[dict]) -> list[dict]:
+    """The same samples, one per batch (each input split on its batch axis)."""
+    axes = batch_axes(model)
+    out = []
+    for feeds in batches:
+        stacked = [n for n in feeds if axes.get(n) is not None]
+        count = feeds[stacked[0]].shape[axes[stacked[0]]] if stacked else 1
+        out += [{n: v if axes.get(n) is None else np.take(v, [i], axis=axes[n])
+                 for n, v in feeds.items()} for i in range(count)]
+    return out
+
+
 def prune_depth(model, options: PruneOptions, check_feeds, progress=None
                 ) -> tuple[onnx.ModelProto, dict]:
     """The model without its ``options.blocks`` least influential residual blocks, and the
@@ -48,7 +61,10 @@ def prune_depth(model, options: PruneOptions, check_feeds, progress=None
     with task(progress, "scoring residual blocks"):
         batches = [f for s in as_sources(calib)
                    for f in source_batches(s, model, options.input_shapes, options.seed)]
-        scores = block_influence(model, blocks, batches)
+        try:
+            scores = block_influence(model, blocks, batches)
+        except Exception:  # noqa: BLE001 - a model that runs one sample at a time (a KV
+            scores = block_influence(model, blocks, _one_by_one(model, batches))  # cache)
     order = np.argsort(scores, kind="stable")[:count]
     chosen = [blocks[i] for i in sorted(order)]
     pruned, masked = drop_blocks(model, chosen, "prune"), drop_blocks(model, chosen, "mask")

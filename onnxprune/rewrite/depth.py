@@ -1,7 +1,8 @@
 """Depth pruning's rewrite: residual blocks removed whole, or zeroed for the oracle.
 
-``mode="prune"``: each block's Add becomes ``Identity(x)`` (its output keeps its name) and the
-branch's nodes go, with the weights only they read. ``mode="mask"``: the branch is multiplied
+``mode="prune"``: each block's Add becomes ``Identity(x)`` (its output keeps its name), a fused
+SkipSimplifiedLayerNormalization the norm of ``x`` alone, and the branch's nodes go, with the
+weights only they read. ``mode="mask"``: the branch is multiplied
 by 0 before the Add, so the model computes exactly what the pruned one computes, with every
 node in place: the oracle depth pruning is checked against.
 """
@@ -34,9 +35,11 @@ def drop_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], mode: str =
         block = adds.get(ref.index)
         if block is None:
             nodes.append(ref.proto)
-        elif mode == "prune":
+        elif mode == "prune" and ref.op == "Add":
             nodes.append(helper.make_node("Identity", [block.skip], [block.output],
                                           name=ref.proto.name))
+        elif mode == "prune":
+            nodes.extend(_unfused(ref, block))
         else:
             zero = f"{block.label}_zeroed_branch_scale"
             out.graph.initializer.append(numpy_helper.from_array(
@@ -54,6 +57,20 @@ def drop_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], mode: str =
         drop_orphaned_constants(out, before)
         _forget_shapes(out)
     return out
+
+
+def _unfused(ref, block: ResidualBlock) -> list[onnx.NodeProto]:
+    """SkipSimplifiedLayerNormalization(x, f, γ) without its branch: the norm of x alone
+    (SimplifiedLayerNormalization, as onnxruntime-genai writes it) and x passed on as the
+    residual sum."""
+    out = list(ref.proto.output)
+    epsilon = next((a.f for a in ref.proto.attribute if a.name == "epsilon"), 1e-5)
+    nodes = [helper.make_node("SimplifiedLayerNormalization", [block.skip, ref.proto.input[2]],
+                              [out[0]], name=ref.proto.name, axis=-1, epsilon=epsilon)]
+    if len(out) > 3 and out[3]:
+        nodes.append(helper.make_node("Identity", [block.skip], [out[3]],
+                                      name=f"{ref.proto.name}_residual"))
+    return nodes
 
 
 def _forget_shapes(model: onnx.ModelProto) -> None:
