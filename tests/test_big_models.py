@@ -179,3 +179,14 @@ def test_release_weights_frees_the_store_now(tmp_path):
     with pytest.raises(UserError, match="keeps weights in external files: pass its path"):
         pipeline.prune(pruned)
     onnx.checker.check_model(str(out), full_check=True)     # what was saved stays
+
+
+def test_the_users_file_still_loads_with_onnx_while_its_pruned_copy_lives(tmp_path):
+    """A data file under ``LINK_BYTES`` is copied into the weight store, not hard-linked:
+    onnx refuses a data file with two links, which would make the user's own model unloadable
+    for as long as the process that pruned it lives."""
+    path = _external_demo(tmp_path / "in")
+    pruned, _ = pipeline.prune(str(path), ratio=0.5, round_to=1)
+    assert WeightStore.of(pruned) is not None
+    assert (tmp_path / "in" / "model.onnx.data").stat().st_nlink == 1
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)

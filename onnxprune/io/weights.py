@@ -235,13 +235,22 @@ def configure_session(options, model, lean: bool = True) -> None:
         options.add_session_config_entry("session.disable_prepacking", "1")
 
 
+LINK_BYTES = 256 << 20   # data files from this size on are hard-linked rather than copied
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link costs nothing; across file systems (or where links are not allowed) the
-    file is copied, streamed by the kernel, not through memory."""
+    """A big file is hard-linked, which costs nothing; a smaller one (or across file systems,
+    or where links are not allowed) is copied, streamed by the kernel, not through memory.
+    While a link lives, onnx refuses to load the user's own file (a data file with two links
+    looks like a hard-link attack to it), so only files that would be costly to copy are
+    linked."""
     try:
-        os.link(source, target)
+        if source.stat().st_size >= LINK_BYTES:
+            os.link(source, target)
+            return
     except OSError:
-        shutil.copyfile(source, target)
+        pass
+    shutil.copyfile(source, target)
 
 
 def _set_location(tensor: onnx.TensorProto, location: str) -> None:
