@@ -63,8 +63,8 @@ def prune_depth(model, options: PruneOptions, check_feeds, progress=None
                    for f in source_batches(s, model, options.input_shapes, options.seed)]
         try:
             scores = block_influence(model, blocks, batches)
-        except Exception:  # noqa: BLE001 - a model that runs one sample at a time (a KV
-            scores = block_influence(model, blocks, _one_by_one(model, batches))  # cache)
+        except Exception:  # noqa: BLE001 - models that take one sample at a time (a cache)
+            scores = block_influence(model, blocks, _one_by_one(model, batches))
     order = np.argsort(scores, kind="stable")[:count]
     chosen = [blocks[i] for i in sorted(order)]
     pruned, masked = drop_blocks(model, chosen, "prune"), drop_blocks(model, chosen, "mask")

@@ -2,9 +2,9 @@
 
 ``mode="prune"``: each block's Add becomes ``Identity(x)`` (its output keeps its name), a fused
 SkipSimplifiedLayerNormalization the norm of ``x`` alone, and the branch's nodes go, with the
-weights only they read. ``mode="mask"``: the branch is multiplied
-by 0 before the Add, so the model computes exactly what the pruned one computes, with every
-node in place: the oracle depth pruning is checked against.
+weights only they read. ``mode="mask"``: the branch is multiplied by 0 before the Add, so the
+model computes what the pruned one computes, with every node in place: the oracle depth
+pruning is checked against.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def drop_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], mode: str =
         elif mode == "prune":
             nodes.extend(_unfused(ref, block))
         else:
-            zero = f"{block.label}_zeroed_branch_scale"
+            zero = graph._fresh_name(f"{block.label}_zero")
             out.graph.initializer.append(numpy_helper.from_array(
                 np.zeros((), helper.tensor_dtype_to_np_dtype(block.dtype)), zero))
-            zeroed = f"{block.branch}_zeroed"
+            zeroed = graph._fresh_name(f"{block.branch}_zeroed")
             nodes.append(helper.make_node("Mul", [block.branch, zero], [zeroed],
                                           name=f"{block.label}_zero_branch"))
             add = onnx.NodeProto()
