@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,7 +35,7 @@ import onnx
 import onnxprune
 from benchmarks.common import machine
 from onnxprune.io import load_model, save_model
-from onnxprune.pipeline import genai_config_for
+from onnxprune.pipeline import genai_config_for, write_genai_folder
 from onnxprune.runtime import count_cost, make_inputs, run_model
 from onnxprune.verify import check_model
 from tests.genai_models import genai_folder, greedy, tiny_llama
@@ -88,12 +86,10 @@ def _shape(model: onnx.ModelProto) -> str:
 def as_folder(model: onnx.ModelProto, source: Path, out: Path) -> Path:
     """``model`` in a genai folder of its own (config from its head counts, tokenizer)."""
     out.mkdir(parents=True)
-    config = genai_config_for(str(source / "model.onnx"), model, out / "model.onnx")
+    dense = str(source / "model.onnx")
+    config = genai_config_for(dense, model, out / "model.onnx")
     save_model(model, out / "model.onnx")
-    for item in source.iterdir():
-        if item.name.startswith("tokenizer"):
-            shutil.copy2(item, out / item.name)
-    (out / "genai_config.json").write_text(json.dumps(config, indent=4))
+    write_genai_folder(dense, out / "model.onnx", config)
     return out
 
 

@@ -13,7 +13,6 @@ from ..errors import UserError, VerificationError
 from ..graph import ModelGraph
 from ..graph.residual import residual_blocks
 from ..importance.depth import block_influence
-from ..io import load_model
 from ..progress import task
 from ..runtime.feeds import batch_axes
 from ..rewrite.depth import drop_blocks
@@ -48,12 +47,11 @@ def _one_by_one(model: onnx.ModelProto, batches: list[dict]) -> list[dict]:
     return out
 
 
-def prune_depth(model, options: PruneOptions, check_feeds, progress=None
+def prune_depth(model: onnx.ModelProto, options: PruneOptions, check_feeds, progress=None
                 ) -> tuple[onnx.ModelProto, dict]:
-    """The model without its ``options.blocks`` least influential residual blocks, and the
-    report's ``depth`` section. VerificationError when the result differs from the
-    original with those branches zeroed."""
-    model = load_model(model)
+    """The model (loaded: ``io.load_model``) without its ``options.blocks`` least influential
+    residual blocks, and the report's ``depth`` section. VerificationError when the result
+    differs from the original with those branches zeroed."""
     graph = ModelGraph(model)
     blocks = residual_blocks(graph)
     count = block_count(options.blocks, len(blocks))

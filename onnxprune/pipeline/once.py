@@ -33,8 +33,11 @@ from .targets import TargetSearch, meet_latency, ratio_for_target
 
 
 def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
-               progress=None) -> tuple[onnx.ModelProto, PruneReport]:
-    """One step of :func:`prune` (options already checked), with the report as a record."""
+               progress=None, dense: onnx.ModelProto | None = None
+               ) -> tuple[onnx.ModelProto, PruneReport]:
+    """One step of :func:`prune` (options already checked), with the report as a record.
+    ``dense``: the model fidelity is measured against, when ``model`` is already a reduced
+    copy of it (depth pruning ran first); ``model`` itself by default."""
     a = model if isinstance(model, Analyzed) else analyze_model(
         model, options.exclude, options.allow_cache_change)
     if options.allow_cache_change and not any(n.get("io") for n in a.analysis.notes.values()):
@@ -73,7 +76,8 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
     if options.verify:
         report.check = _verify(a, built, options, checked_on, progress)
         with task(progress, "comparing the pruned model with the dense one"):
-            report.fidelity = measure_fidelity(a.model, built.pruned, options, scoring,
+            report.fidelity = measure_fidelity(a.model if dense is None else dense,
+                                               built.pruned, options, scoring,
                                                changed_io(a.analysis, built.removed))
         if report.fidelity is not None and report.fidelity.warning:
             report.warnings.append(report.fidelity.warning)

@@ -3,7 +3,6 @@ step (``once``) or several (``steps``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import onnx
@@ -14,7 +13,7 @@ from ..runtime import count_cost
 from ..verify import input_problem
 from .analyze import Analyzed
 from .depth import prune_depth
-from .once import check_feeds, measure_fidelity, prune_step
+from .once import check_feeds, prune_step
 from .options import PruneOptions
 from .recover import recover_pruned
 from .scoring import Scoring
@@ -74,40 +73,36 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
         fields["ratio"] = 0.0           # depth alone, unless a width ratio is asked for too
     options = options_of(options, fields)
     options.check()
-    kept, depth, dense_model = None, None, model
+    kept, depth, dense = None, None, None
     if options.blocks is not None:
         if scoring is not None or isinstance(model, Analyzed):
             raise UserError("--blocks changes the model before it is analysed: give a path "
                             "or a ModelProto, without scoring")
-        model, depth = prune_depth(model, options, check_feeds, progress)
+        dense = load_model(model)
+        model, depth = prune_depth(dense, options, check_feeds, progress)
     if options.steps != 1:
         if scoring is not None:
             raise UserError("steps re-score the model after each step; drop scoring")
         pruned, report = prune_in_steps(model, options, progress)
     else:
-        pruned, record = prune_step(model, options, scoring, progress)
+        pruned, record = prune_step(model, options, scoring, progress, dense)
         report, kept = record.to_dict(), record.kept_channels
     if depth is not None:
-        _with_depth(report, depth, load_model(dense_model), pruned, options)
+        _with_depth(report, depth, dense, options)
     if options.recover is not None and not report.get("nothing_pruned"):
-        dense = model.model if isinstance(model, Analyzed) else model
+        if dense is None:
+            dense = model.model if isinstance(model, Analyzed) else model
         pruned, report["recovery"] = recover_pruned(dense, pruned, options.calib,
                                                     options.recover, options.input_shapes,
                                                     progress, kept)
     return pruned, report
 
 
-def _with_depth(report: dict, depth: dict, dense: onnx.ModelProto, pruned: onnx.ModelProto,
-                options) -> None:
+def _with_depth(report: dict, depth: dict, dense: onnx.ModelProto, options) -> None:
     """The report of width pruning on the shallower model, told from the dense model: its
-    params and MACs before, the fidelity to it, the blocks removed, and something pruned."""
+    params and MACs before, the blocks removed, and something pruned (the fidelity is
+    already measured against it)."""
     report["depth"] = depth
     before = count_cost(dense, options.input_shapes)
     report["params"]["before"], report["macs"]["before"] = before.params, before.macs
     report["nothing_pruned"] = None
-    if options.verify:
-        fidelity = measure_fidelity(dense, pruned, options)
-        report["fidelity"] = dataclasses.asdict(fidelity) if fidelity is not None else None
-        report["warnings"] = [w for w in report.get("warnings", []) if "far from" not in w]
-        if fidelity is not None and fidelity.warning:
-            report["warnings"].append(fidelity.warning)

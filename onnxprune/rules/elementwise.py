@@ -127,7 +127,7 @@ def _slice_channel_factor(ctx, node, name: str, out_rank: int, base: ChannelMap)
         for tensor in tensors:
             for reader in ctx.graph.consumers.get(tensor, []):
                 out = reader.proto.output[0]
-                if reader.op not in _FACTOR_OPS + ("Add", "Sub", "Mul", "Div") or not (
+                if reader.op not in _FACTOR_OPS or not (
                         ctx.map(out) is not None or out in ctx.sliced_factors):
                     ctx.late_barrier(node, f"a per-channel factor it reads ({tensor}) is also "
                                            f"read by {reader.label}", tracked)

@@ -88,17 +88,26 @@ def requantize(floats: np.ndarray, scale, zero, axis: int, stored: np.ndarray) -
 def scaled_output_add(graph, node, out: int):
     """The bias of an integer op as the quantizer writes it (Cast, Mul by the scales, then an
     Add of a constant per output channel): (Add node, input, +1) for ``LinearView.bias``."""
-    readers = lambda name: graph.consumers.get(name, [])  # noqa: E731 - local shorthand
-    chain = [node]
-    for op in ("Cast", "Mul", "Add"):
-        after = readers(chain[-1].proto.output[0])
-        if len(after) != 1 or after[0].op != op:
-            return None
-        chain.append(after[0])
-    add = chain[-1]
-    other = 1 if add.input(0) == chain[-2].proto.output[0] else 0
+    chain = _quantizer_chain(graph, node, ("Cast", "Mul", "Add"))
+    if chain is None:
+        return None
+    mul, add = chain[1], chain[2]
+    other = 1 if add.input(0) == mul.proto.output[0] else 0
     value = graph.const(add.input(other))
     return (add.index, other, 1.0) if value is not None and value.size == out else None
+
+
+def _quantizer_chain(graph, node, ops: tuple[str, ...]):
+    """The nodes of ``ops`` that follow ``node`` one after the other, each the only reader of
+    the one before (the Cast → Mul → Add the quantizer writes after an integer op), or None."""
+    chain, last = [], node
+    for op in ops:
+        readers = graph.consumers.get(last.proto.output[0], [])
+        if len(readers) != 1 or readers[0].op != op:
+            return None
+        last = readers[0]
+        chain.append(last)
+    return chain
 
 
 def run_time_input(graph, node) -> str | None:
@@ -111,14 +120,10 @@ def run_time_input(graph, node) -> str | None:
 def output_scale(graph, node) -> np.ndarray | None:
     """The constant factor the quantizer multiplies an integer op's output by (Cast, then Mul
     by ``x_scale · w_scale``): ``w_scale``, or None where the pattern is not there."""
-    def only_reader(name, op):
-        readers = graph.consumers.get(name, [])
-        return readers[0] if len(readers) == 1 and readers[0].op == op else None
-
-    cast = only_reader(node.proto.output[0], "Cast")
-    mul = cast and only_reader(cast.proto.output[0], "Mul")
-    if mul is None:
+    chain = _quantizer_chain(graph, node, ("Cast", "Mul"))
+    if chain is None:
         return None
+    cast, mul = chain
     factor = next(n for n in mul.proto.input if n != cast.proto.output[0])
     value = graph.const(factor)
     if value is not None:

@@ -31,8 +31,8 @@ def _hidden_axis(x: ChannelMap) -> bool | None:
 
 
 class _RMSNorm(Rule):
-    scale_input = 1
     gamma, bias, extra_outputs = 1, None, (1, 2)
+    scale_input = gamma         # γ, which the BN-scale criterion reads
 
     def inputs(self, node, ctx) -> list[ChannelMap] | str:
         raise NotImplementedError
@@ -124,6 +124,7 @@ class SkipSimplifiedLayerNormRule(_RMSNorm):
     input + skip + bias)."""
 
     gamma, bias, extra_outputs = 2, 3, (1, 2)
+    scale_input = gamma
 
     def inputs(self, node, ctx):
         if any(ctx.map(node.input(i)) is not None for i in (2, 3) if node.input(i)):
