@@ -4,12 +4,16 @@ output is the present cache, a graph output. The heads stay unless the cache may
 with ``allow_cache_change`` they go, the past inputs and present outputs lose them, and the
 pruned model runs with a past and without one (length 0).
 
-The model is written here in the shape ``optimum-cli export onnx --task
+Two models: one written here in the shape ``optimum-cli export onnx --task
 text-generation-with-past`` gives a decoder (projections, Reshape/Transpose to heads, the
-Concat with the past, attention, output projection, a residual MLP): optimum-onnx cannot be
-installed beside the transformers 5 the genai builder needs."""
+Concat with the past, attention, output projection, a residual MLP), and the real thing: a
+tiny Llama (grouped-query attention, rotary, RMSNorm, SwiGLU) exported by optimum-onnx 0.1.0
+(``models/optimum_exports.py`` made the fixture: optimum-onnx cannot be installed beside the
+transformers 5 the genai builder needs)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -89,3 +93,59 @@ def test_with_allow_cache_change_heads_go_and_the_cache_io_shrinks():
                   for i in pruned.graph.input if i.name.startswith("past")}
         out = run_model(pruned, feeds)
         assert out["present.0.key"].shape == (1, 1, past + 3, 4)
+
+
+OPTIMUM_LLAMA = Path(__file__).parent / "fixtures" / "optimum_tiny_llama.onnx"
+
+
+def _decode(model, ids, past=None, kv_heads=2):
+    """One step of greedy decoding as Optimum's ORTModelForCausalLM feeds it: the mask covers
+    past + new tokens, positions continue after the past."""
+    past_len = 0 if past is None else past["present.0.key"].shape[2]
+    feeds = {"input_ids": ids, "attention_mask": np.ones((1, past_len + ids.shape[1]), np.int64),
+             "position_ids": np.arange(past_len, past_len + ids.shape[1])[None]}
+    for layer in range(2):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{layer}.{kv}"] = (
+                np.zeros((1, kv_heads, 0, 8), np.float32) if past is None
+                else past[f"present.{layer}.{kv}"])
+    return run_model(model, feeds)
+
+
+def _removed(report):
+    """Units removed per kind of group, summed over the layers."""
+    counts = {}
+    for g in report["groups"]:
+        if g["removed"]:
+            counts[g["kind"]] = counts.get(g["kind"], 0) + len(g["removed"])
+    return counts
+
+
+def test_a_real_optimum_llama_prunes_its_mlp_and_keeps_the_cache():
+    model = onnx.load(str(OPTIMUM_LLAMA))
+    assert {"past_key_values.0.key", "attention_mask", "position_ids"} <= {
+        i.name for i in model.graph.input}
+    pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1)
+    assert report["check"]["ok"] and report["check"]["max_rel_error"] == 0.0
+    assert _removed(report) == {"mlp": 64}  # 2 layers × 32
+    assert any("--allow-cache-change" in b["reason"] for b in report["barriers"])
+    assert _dims(pruned, "present") == _dims(model, "present")
+
+
+def test_a_real_optimum_llama_loses_kv_heads_and_decodes_with_its_cache():
+    model = onnx.load(str(OPTIMUM_LLAMA))
+    pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1, allow_cache_change=True)
+    check = report["check"]
+    assert check["ok"] and check["max_rel_error"] == 0.0
+    assert check["inputs"]["past_key_values.0.key"][2] > 0      # checked with a past
+    assert check["inputs"]["attention_mask"][1] == (
+        check["inputs"]["past_key_values.0.key"][2] + check["inputs"]["input_ids"][1])
+    assert _removed(report) == {"heads": 2, "mlp": 64}
+    assert _dims(pruned, "past_key_values") == {
+        ("batch_size", 1, "past_sequence_length", 8)}        # one of two KV heads per layer
+    ids = np.array([[5, 17, 42, 9]], np.int64)
+    whole = _decode(pruned, ids, kv_heads=1)              # no past
+    first = _decode(pruned, ids[:, :3], kv_heads=1)
+    step = _decode(pruned, ids[:, 3:], past=first, kv_heads=1)   # a past of 3
+    np.testing.assert_allclose(step["logits"][0, -1], whole["logits"][0, -1], atol=1e-5)
+    assert step["present.1.value"].shape == (1, 1, 4, 8)

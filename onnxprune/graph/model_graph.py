@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from ..errors import UserError
 from ..io.normalize import subgraphs
 from ..io.weights import WeightStore, is_mapped, new_tensor, tensor_value
-from .stand_ins import with_stand_ins
+from .stand_ins import with_computable_products, with_stand_ins
 
 Dim = int | str | None
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -450,6 +450,7 @@ def infer_static_shapes(model: onnx.ModelProto, dtypes: dict[str, int] | None = 
     """
     light = skeleton(model)
     with_stand_ins(light)
+    with_computable_products(light)
     inferred = _onnx_inference(light)
     shapes = _read_shapes(inferred)
     shapes.update(_long_vectors(model))

@@ -216,7 +216,7 @@ class SliceRule(InputRule):
                 bounds.append(min(int(value.ravel()[0]), width))
                 continue
             expr = trace_dim(ctx, name)
-            if (expr is None or expr.tensor != node.input(0) or expr.axis != axis
+            if (expr is None or not expr.plain or expr.tensor != node.input(0) or expr.axis != axis
                     or not 0 <= expr.add < expr.den or width % expr.den
                     or (parts is not None and parts != expr.den)):
                 return ctx.barrier(node, "slice bounds are not constant")

@@ -48,7 +48,10 @@ class ExpandRule(InputRule):
                 entries[axis] = (owner, index, offset)
             elif value != 1:
                 return ctx.barrier(node, "the target broadcasts a channel axis")
-        if shape_source(ctx, target) != target and entries:
+        if shape_source(ctx, target) != target and any(
+                owner == node.index for owner, _, _ in entries.values()):
+            # a whole constant behind a wrapper: there is no constant to rewrite at input 1
+            # (pieces of a Concat behind a Cast are rewritten where they are)
             return ctx.barrier(node, "constant entries behind a shape wrapper")
         ctx.set_map(out_name, x.with_axes(out_rank, tuple(a + shift for a in x.axes)))
         ctx.note(node, entries=entries, traced=True)

@@ -77,14 +77,19 @@ class GemmRule(Rule):
 @register("MatMul")
 class MatMulRule(Rule):
     """X @ W with W a constant 2-D matrix: X's last axis is consumed, a new last axis made.
-    Between two activations (attention) see ``attention``."""
+    Between two activations (attention) see ``attention``: there heads may be merged with
+    the batch (tiled axes)."""
 
     fully_connected = True
+    follows_tiled = True
 
     def propagate(self, node, ctx):
         weight = ctx.const(node.input(1))
         if weight is None and ctx.const(node.input(0)) is None:
             return activation_matmul(node, ctx)
+        if any(m is not None and m.tiled for m in map(ctx.map, node.proto.input[:2])):
+            return ctx.barrier(node, "channels merged with a dynamic (batch) axis reach an op "
+                                     "that cannot follow them")
         if weight is None or weight.ndim != 2:
             return ctx.barrier(node, "only X @ constant 2-D weight is understood")
         y = self.weight_channels(node, ctx, 1, weight)

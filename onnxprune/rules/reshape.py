@@ -246,7 +246,7 @@ class ReshapeRule(InputRule):
 
 def _evaluate(ctx, expr, fallback):
     """The value of a run-time entry from T's inferred shape (a symbol if it is the dim as is)."""
-    shape = ctx.shape(expr.tensor) if expr is not None else None
+    shape = ctx.shape(expr.tensor) if expr is not None and expr.plain else None
     if shape is None or expr.axis >= len(shape):
         return fallback
     dim = shape[expr.axis]
@@ -270,9 +270,9 @@ def _resolve_target(ctx, node, in_shape, inferred):
             continue
         owner, index, offset = (node.index, 1, t) if loc[0] == "const" else loc[1:]
         value = int(ctx.const(ctx.graph.nodes[owner].input(index))[offset])
-        if value == -1:   # what remains: keep a symbolic size inference found ("12*batch")
-            dims[t] = dims[t] if isinstance(dims[t], str) and not dims[t].startswith(
-                "unk__") else None
+        if value == -1:   # what remains: keep a size inference found (8, "12*batch")
+            dims[t] = dims[t] if isinstance(dims[t], int) or isinstance(dims[t], str) and \
+                not dims[t].startswith("unk__") else None
         else:
             dims[t] = in_shape[t] if value == 0 else value
     if dims.count(None) == 1 and None not in in_shape:

@@ -20,22 +20,35 @@ from .base import normalize_axis
 
 PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Identity"}
 SHAPE_ARITHMETIC = PASS_THROUGH | {"Gather", "Slice", "Div", "Mul", "Add", "Concat", "Equal",
-                                   "Where"}
+                                   "Where", "ReduceProd", "Max", "Min"}
 
 
 @dataclass(frozen=True)
 class DimExpr:
     """((Shape(tensor)[axis] + add) // den) · num, the forms exporters write for
-    ``c // g`` and for ``torch.chunk`` bounds."""
+    ``c // g`` and for ``torch.chunk`` bounds.
+
+    ``times``: dynamic axes of the same tensor multiplied in (tf2onnx's ReduceProd of
+    [batch, heads] for heads merged with the batch; static ones are folded into ``num``).
+    ``peers``: other entries this one is the Max or Min of (tf2onnx broadcasts two operands'
+    batch dims that way); each must follow the channels for the result to.
+    """
 
     tensor: str
     axis: int
     num: int = 1
     den: int = 1
     add: int = 0
+    times: tuple[int, ...] = ()
+    peers: tuple["DimExpr", ...] = ()
 
     def value(self, dim: int) -> int:
         return (dim + self.add) // self.den * self.num
+
+    @property
+    def plain(self) -> bool:
+        """One dim of one tensor, no product or peers: ``value`` gives the entry."""
+        return not self.times and not self.peers
 
 
 def trace_dim(ctx, name: str) -> DimExpr | None:
@@ -68,9 +81,74 @@ def trace_dim(ctx, name: str) -> DimExpr | None:
             if index is None:
                 return None
             return DimExpr(source.input(0), span[0] + index, num, den, add)
+        elif node.op == "ReduceProd" and (den, add) == (1, 0):
+            return _product(ctx, node, num)
+        elif node.op in ("Max", "Min") and (num, den, add) == (1, 1, 0):
+            exprs = [trace_dim(ctx, operand) for operand in node.proto.input]
+            return _with_peers(exprs)
         else:
             return None
     return None
+
+
+def _with_peers(exprs) -> DimExpr | None:
+    if not exprs or any(e is None or e.peers for e in exprs):
+        return None
+    first = exprs[0]
+    return DimExpr(first.tensor, first.axis, first.num, first.den, first.add, first.times,
+                   tuple(exprs[1:]))
+
+
+def _product(ctx, node, num: int) -> DimExpr | None:
+    """A ReduceProd over whole picked dims of one Shape: the tracked dim (if any) times the
+    rest, static ones folded into ``num``."""
+    if node.input(1) or node.attr("axes") not in (None, [0]):
+        return None
+    picked = _picked_axes(ctx, node.input(0))
+    shape = ctx.shape(picked[0]) if picked else None
+    if not picked or shape is None:
+        return None
+    tensor, axes = picked
+    cmap = ctx.map(tensor)
+    tracked = [a for a in axes if cmap is not None and a in cmap.axes]
+    axis = tracked[0] if tracked else axes[0]
+    rest = [a for a in axes if a != axis]
+    static = [shape[a] for a in rest if isinstance(shape[a], int)]
+    times = tuple(a for a in rest if not isinstance(shape[a], int))
+    return DimExpr(tensor, axis, num * int(np.prod(static, dtype=np.int64)), times=times)
+
+
+def _picked_axes(ctx, name: str):
+    """(tensor, axes) when ``name`` is Shape(tensor), or a Gather of constant indices or a
+    Slice (step 1) of it: the axes whose sizes it lists, in order."""
+    node = ctx.graph.producer.get(name)
+    if node is None:
+        return None
+    if node.op == "Shape":
+        span = _shape_span(ctx, node)
+        return None if span is None else (node.input(0), list(range(span[0], sum(span))))
+    source = ctx.graph.producer.get(node.input(0))
+    if source is None or source.op != "Shape" or node.op not in ("Gather", "Slice"):
+        return None
+    span = _shape_span(ctx, source)
+    if span is None:
+        return None
+    start, length = span
+    if node.op == "Gather":
+        index = ctx.const(node.input(1))
+        if int(node.attr("axis", 0)) != 0 or index is None or index.ndim != 1:
+            return None
+        picked = [normalize_axis(int(i), length) for i in index]
+        if any(not 0 <= p < length for p in picked):
+            return None
+    else:
+        starts, ends = ctx.const(node.input(1)), ctx.const(node.input(2))
+        steps = ctx.const(node.input(4)) if node.input(4) else None
+        if starts is None or ends is None or starts.size != 1 or ends.size != 1 or (
+                node.input(4) and (steps is None or int(steps.ravel()[0]) != 1)):
+            return None
+        picked = list(range(length)[slice(int(starts[0]), int(ends[0]))])
+    return source.input(0), [start + p for p in picked]
 
 
 def _shape_span(ctx, shape_node) -> tuple[int, int] | None:
@@ -186,27 +264,15 @@ def locate_entry(ctx, shape_name: str, t: int):
 
 
 def _slice_of_shape(ctx, name: str, k: int) -> DimExpr | None:
-    """Entry ``k`` of ``Shape(T)`` or ``Slice(Shape(T), start, end)`` (step 1), e.g. the
-    [N, C] part of a Resize's sizes."""
+    """Entry ``k`` of ``Shape(T)``, of a Slice (step 1) or Gather of constant indices of it
+    (the [N, C] part of a Resize's sizes), or of the Max or Min of such vectors."""
     node = ctx.graph.producer.get(name)
-    if node is not None and node.op == "Shape":
-        span = _shape_span(ctx, node)
-        return None if span is None else DimExpr(node.input(0), span[0] + k)
-    if node is None or node.op != "Slice":
+    if node is not None and node.op in ("Max", "Min"):
+        return _with_peers([_slice_of_shape(ctx, operand, k) for operand in node.proto.input])
+    picked = _picked_axes(ctx, name)
+    if picked is None or not 0 <= k < len(picked[1]):
         return None
-    source = ctx.graph.producer.get(node.input(0))
-    starts = ctx.const(node.input(1))
-    steps = ctx.const(node.input(4)) if node.input(4) else None
-    if source is None or source.op != "Shape" or starts is None or starts.size != 1 or (
-            steps is not None and int(steps.ravel()[0]) != 1):
-        return None
-    span = _shape_span(ctx, source)
-    if span is None:
-        return None
-    start, length = span
-    first = int(starts[0])
-    first = min(max(first + length if first < 0 else first, 0), length)  # as Slice clamps
-    return DimExpr(source.input(0), start + first + k)
+    return DimExpr(picked[0], picked[1][k])
 
 
 def channel_dim(ctx, expr: DimExpr | None) -> bool:
@@ -214,7 +280,8 @@ def channel_dim(ctx, expr: DimExpr | None) -> bool:
     if expr is None:
         return False
     cmap = ctx.map(expr.tensor)
-    return cmap is not None and expr.axis in cmap.axes
+    reads = cmap is not None and bool({expr.axis, *expr.times} & set(cmap.axes))
+    return reads or any(channel_dim(ctx, peer) for peer in expr.peers)
 
 
 def _slice_roots(roots: np.ndarray, cmap, axis: int) -> list[frozenset]:
@@ -227,29 +294,34 @@ def _slice_roots(roots: np.ndarray, cmap, axis: int) -> list[frozenset]:
 
 def require_proportional(ctx, node, out_name: str, out_axis: int, expr: DimExpr) -> None:
     """After grouping, check kept(out along out_axis) == kept(T along axis) · num / den for
-    every possible removal; freeze both tensors' channels if it cannot be guaranteed."""
+    every possible removal (for each peer of a Max/Min too); freeze the tensors' channels if
+    it cannot be guaranteed."""
 
     def check(roots: np.ndarray) -> None:
-        out_map, src_map = ctx.map(out_name), ctx.map(expr.tensor)
-        ok = (out_map is not None and src_map is not None and expr.axis in src_map.axes
-              and out_axis in out_map.axes and expr.add == 0)
-        if ok:
-            out_sigs = _slice_roots(roots, out_map, out_axis)
-            src_sigs = _slice_roots(roots, src_map, expr.axis)
-            if (expr.num, expr.den) == (1, 1) and Counter(out_sigs) == Counter(src_sigs):
-                pass  # the same units at the same number of positions: counts always agree
-            elif all(len(s) == 1 for s in out_sigs + src_sigs):
-                n_out = Counter(next(iter(s)) for s in out_sigs)
-                n_src = Counter(next(iter(s)) for s in src_sigs)
-                ok = all(n_out.get(r, 0) * expr.den == n_src.get(r, 0) * expr.num
-                         for r in set(n_out) | set(n_src))
-            else:
-                ok = False
-        if not ok:
+        exprs = (expr,) + expr.peers
+        if not all(_proportional(ctx, roots, out_name, out_axis, e) for e in exprs):
             ctx.late_barrier(node, "a run-time shape entry would not follow the pruned channels",
-                             (out_name, expr.tensor))
+                             (out_name,) + tuple(e.tensor for e in exprs))
 
     ctx.defer(check)
+
+
+def _proportional(ctx, roots, out_name: str, out_axis: int, expr: DimExpr) -> bool:
+    out_map, src_map = ctx.map(out_name), ctx.map(expr.tensor)
+    if not (out_map is not None and src_map is not None and expr.axis in src_map.axes
+            and out_axis in out_map.axes and expr.add == 0
+            and not set(expr.times) & set(src_map.axes)):
+        return False
+    out_sigs = _slice_roots(roots, out_map, out_axis)
+    src_sigs = _slice_roots(roots, src_map, expr.axis)
+    if (expr.num, expr.den) == (1, 1) and Counter(out_sigs) == Counter(src_sigs):
+        return True   # the same units at the same number of positions: counts always agree
+    if not all(len(s) == 1 for s in out_sigs + src_sigs):
+        return False
+    n_out = Counter(next(iter(s)) for s in out_sigs)
+    n_src = Counter(next(iter(s)) for s in src_sigs)
+    return all(n_out.get(r, 0) * expr.den == n_src.get(r, 0) * expr.num
+               for r in set(n_out) | set(n_src))
 
 
 def write_kept_counts(ctx, entries: dict, keep: dict) -> None:

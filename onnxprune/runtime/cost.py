@@ -43,11 +43,13 @@ def count_params(model: onnx.ModelProto) -> int:
     filled by ConstantOfShape in structure-only models), of every integer constant a
     DequantizeLinear reads as data or zero point, and of the integer weights quantized ops
     read directly (``_INTEGER_WEIGHTS``): a quantized model's weights, in the main
-    graph and in the bodies of control-flow nodes. Read from dims, not data."""
+    graph and in the bodies of control-flow nodes. Read from dims, not data. A constant only
+    a Shape reads (tf2onnx keeps such copies of weights to size a Reshape) is no parameter."""
     graphs = list(all_graphs(model.graph))
-    tensors = [t for g in graphs for t in g.initializer] + [
-        a.t for g in graphs for n in g.node if n.op_type == "Constant" for a in n.attribute
-        if a.name == "value"]
+    shape_only = _read_by_shape_only(graphs)
+    tensors = [t for g in graphs for t in g.initializer if t.name not in shape_only] + [
+        a.t for g in graphs for n in g.node if n.op_type == "Constant"
+        and n.output[0] not in shape_only for a in n.attribute if a.name == "value"]
     quantized = counted_integers(graphs)
     packed = {n.input[1]: _unpacked(n) for g in graphs for n in g.node
               if n.op_type == "MatMulNBits" and len(n.input) > 1}
@@ -61,6 +63,18 @@ def count_params(model: onnx.ModelProto) -> int:
             if value is not None and np.issubdtype(value.dtype, np.floating):
                 total += int(value.size)
     return total
+
+
+def _read_by_shape_only(graphs) -> set[str]:
+    """Names that Shape nodes read and nothing else does (not a graph output either)."""
+    readers: dict[str, set[str]] = {}
+    for g in graphs:
+        for n in g.node:
+            for name in n.input:
+                readers.setdefault(name, set()).add(n.op_type)
+        for out in g.output:
+            readers.setdefault(out.name, set()).add("output")
+    return {name for name, ops in readers.items() if ops == {"Shape"}}
 
 
 def counted_integers(graphs) -> set[str]:
