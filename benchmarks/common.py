@@ -120,3 +120,22 @@ def torchvision_at(name: str, size: int, exporter: str = "torchscript") -> str:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         os.replace(tmp, path)
     return str(path)
+
+
+def onnxsim_steps(model, steps, ratio: float):
+    """onnxsim 0.8.1's pruning functions ``steps`` one after the other at sparsity ``ratio``;
+    the model, or a line saying why there is none."""
+    import warnings
+
+    try:
+        import onnxsim
+    except ImportError:
+        return "onnxsim not installed"
+    for step in steps:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = getattr(onnxsim, step)(model, sparsity=ratio)
+        except Exception as exc:  # noqa: BLE001 - reported
+            return f"{step} raised {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+    return model

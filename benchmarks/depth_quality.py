@@ -2,7 +2,11 @@
 unpruned model after removing N residual blocks (``--blocks N``: those that change the
 residual stream least on 16 calibration sentences), against width pruning (heads and MLP
 neurons, OBS with the same sentences) at the same params (``target_params``), and against
-removing the N blocks that change it most (a sanity check of the score).
+removing the N blocks that change it most (a sanity check of the score). The same model
+after ONNX Runtime's transformer optimizer (residual Add + LayerNorm fused into
+SkipLayerNormalization) is pruned the same way, and onnxsim 0.8.1's
+``apply_transformer_block_pruning(num_blocks_to_drop=N)`` runs on both forms with the same
+calibration sentences (when onnxsim is installed).
 
 The candidates are MiniLM's residual Adds whose branch nothing else reads. Run from the
 repository root::
@@ -13,6 +17,7 @@ repository root::
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import numpy as np
 
@@ -37,6 +42,7 @@ def main(argv=None) -> None:
     path = str(zoo.ensure("minilm_l6", "torchscript"))
     model = load_model(path)
     dense, dense_params = embed(path, ids, mask), count_params(model)
+    fused = fused_form(path)
     blocks = residual_blocks(ModelGraph(model))
     influence = block_influence(model, blocks, calib)
     print(machine())
@@ -59,6 +65,40 @@ def main(argv=None) -> None:
         width, _ = onnxprune.prune(path, target_params=kept, round_to=1, calib=calib,
                                    strategy=onnxprune.Strategy("obs"), input_shapes=shapes)
         row("-", "width at the same params (heads + MLP, OBS)", width)
+        pruned, _ = onnxprune.prune(fused, blocks=n, calib=calib, input_shapes=shapes)
+        row(n, "depth on the ORT-fused model (SkipLayerNormalization)", pruned)
+        for form, source in (("plain", model), ("ORT-fused", fused)):
+            theirs = onnxsim_blocks(source, n, calib)
+            if isinstance(theirs, str):
+                print(f"| {n} | onnxsim block pruning, {form} | - | {theirs} | - |")
+            else:
+                row(n, f"onnxsim block pruning, {form}", theirs)
+
+
+def fused_form(path: str):
+    """MiniLM through ``onnxruntime.transformers.optimizer`` (model type bert)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    return optimize_model(path, model_type="bert", num_heads=12, hidden_size=384,
+                          opt_level=1, use_gpu=False).model
+
+
+def onnxsim_blocks(model, n: int, calib):
+    """onnxsim's depth pruning, or why it gave nothing."""
+    try:
+        import onnxsim
+    except ImportError:
+        return "onnxsim not installed"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = onnxsim.apply_transformer_block_pruning(model, calibration_data=list(calib),
+                                                          num_blocks_to_drop=n)
+    except Exception as exc:  # noqa: BLE001 - reported
+        return f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+    if count_params(out) == count_params(model):
+        return "removed nothing"
+    return out
 
 
 if __name__ == "__main__":

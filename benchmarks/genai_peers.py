@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import tempfile
-import warnings
 from pathlib import Path
 
 import onnx
 
 import onnxprune
-from benchmarks.common import machine
+from benchmarks.common import machine, onnxsim_steps
 from onnxprune.io import load_model, save_model
 from onnxprune.pipeline import genai_config_for, write_genai_folder
 from onnxprune.runtime import count_cost, make_inputs, run_model
@@ -94,21 +93,9 @@ def as_folder(model: onnx.ModelProto, source: Path, out: Path) -> Path:
 
 
 def onnxsim_prune(model: onnx.ModelProto, precision: str, ratio: float):
-    try:
-        import onnxsim
-    except ImportError:
-        return "onnxsim not installed"
-    steps = ["apply_attention_head_pruning",
-             "apply_structured_pruning" if precision == "fp32"
-             else "apply_structured_pruning_matmul_nbits"]
-    for step in steps:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = getattr(onnxsim, step)(model, sparsity=ratio)
-        except Exception as exc:  # noqa: BLE001 - reported
-            return f"{step} raised {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
-    return model
+    return onnxsim_steps(model, ["apply_attention_head_pruning",
+                                 "apply_structured_pruning" if precision == "fp32"
+                                 else "apply_structured_pruning_matmul_nbits"], ratio)
 
 
 def main(argv=None) -> None:

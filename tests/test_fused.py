@@ -200,12 +200,41 @@ def test_other_fused_ops_are_barriers_with_a_clear_reason():
     g = ms(b, "GroupQueryAttention", [q, k, v], num_heads=H, kv_num_heads=H)
     model = fused_model(b, X, [b.op("MatMul", [g, b.weight(E, E)])])
     reasons = barrier_reasons(model)
-    assert reasons["SkipLayerNormalization"] == (
-        "SkipLayerNormalization normalizes over the hidden size (hidden-size pruning not "
-        "supported on fused ops)")
     assert reasons["GroupQueryAttention"].startswith("separate key and value inputs (only the "
                                                      "packed QKV form is supported)")
     assert not any(g["prunable"] for g in onnxprune.inspect(model)["groups"])
+
+
+def skip_layer_norm_block(bias=True, used_sum=False):
+    """x = x0·W → SkipLayerNormalization(x·W1, x, γ, β[, bias]) → a linear head; with
+    ``used_sum`` its fourth output (the residual sum) feeds the head too."""
+    b = GraphBuilder(seed=2)
+    x = b.op("MatMul", ["x", b.weight(E, E)])
+    h = b.op("MatMul", [x, b.weight(E, E)])
+    inputs = [h, x, b.weight(E), b.weight(E)] + ([b.weight(E)] if bias else [])
+    y, _, _, total = ms(b, "SkipLayerNormalization", inputs, outputs=4, epsilon=1e-5)
+    if not used_sum:
+        b.nodes[-1].output[3] = ""
+    out = b.op("MatMul", [y, b.weight(E, 10)])
+    if used_sum:
+        out = b.op("Add", [out, b.op("MatMul", [total, b.weight(E, 10)])])
+    return fused_model(b, X, [out])
+
+
+@pytest.mark.parametrize("bias, used_sum", [(True, False), (False, False), (True, True)])
+def test_skip_layer_norm_prunes_the_hidden_size_when_asked(bias, used_sum):
+    """ONNX Runtime's SkipLayerNormalization ties input and skip like a residual Add; the
+    hidden size through it is opt-in (the norm then averages over the kept channels), and
+    γ, β and the bias are sliced."""
+    model = skip_layer_norm_block(bias, used_sum)
+    hidden = groups(model, "hidden")
+    assert len(hidden) == 1 and hidden[0]["prunable"]
+    assert_oracle(model, ratio=0.5, by_kind={"hidden": 0.25})
+    pruned, report = onnxprune.prune(model, ratio=0.0, hidden=0.25, round_to=1)
+    assert report["check"]["ok"] and report["changes_function"]
+    norm = next(n for n in pruned.graph.node if n.op_type == "SkipLayerNormalization")
+    sizes = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert all(sizes[name] == [E * 3 // 4] for name in norm.input[2:])
 
 
 # -- a BERT exported from transformers and fused by ORT's optimizer -------------------------
@@ -268,9 +297,10 @@ def test_fused_bert_heads_and_mlp_groups(fused_bert):
     heads = [g for g in info["groups"] if g["kind"] == "heads"]
     assert len(heads) == 2 and all(g["prunable"] and g["units"] == 4 for g in heads)
     assert sum(g["kind"] == "mlp" and g["prunable"] for g in info["groups"]) == 2
-    reasons = {b["op"]: b["reason"] for b in info["barriers"]}
-    assert set(reasons) == {"SkipLayerNormalization"}
-    assert "normalizes over the hidden size" in reasons["SkipLayerNormalization"]
+    reasons = [b["reason"] for b in info["barriers"]]
+    assert {b["op"] for b in info["barriers"]} == {"SkipLayerNormalization"}
+    assert reasons[0] == ("skip is not tracked (made by EmbedLayerNormalization_0, "
+                          "EmbedLayerNormalization)")   # the embeddings' fused op: a barrier
 
     pruned, report = onnxprune.prune(fused_bert, ratio=0.0, heads=0.5, mlp=0.25, round_to=1,
                                      input_shapes=BERT_SHAPES)
@@ -302,3 +332,12 @@ def test_multi_head_attention_counts_its_macs():
     model = mha_block()
     index = next(i for i, n in enumerate(model.graph.node) if n.op_type == "MultiHeadAttention")
     assert node_macs(model)[index] == S * S * (E + E)
+
+
+def test_fused_bert_loses_a_block_through_its_skip_layer_norms(fused_bert):
+    pruned, report = onnxprune.prune(fused_bert, ratio=0.0, blocks=1, input_shapes=BERT_SHAPES)
+    depth = report["depth"]
+    assert len(depth["removed"]) == 1 and depth["check"]["ok"] and report["check"]["ok"]
+    norms = [n for n in pruned.graph.node if n.op_type == "SkipLayerNormalization"]
+    assert len(norms) == 3 and any(n.op_type == "LayerNormalization" and n.domain == ""
+                                   for n in pruned.graph.node)

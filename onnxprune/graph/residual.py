@@ -1,10 +1,12 @@
 """Residual blocks: ``y = x + f(x)`` written as an ``Add`` whose one input ``x`` (the skip)
 is an ancestor of the other, ``f(x)`` (the branch), both of one shape; or fused into ONNX
-Runtime's ``SkipSimplifiedLayerNormalization(x, f, γ)`` (onnxruntime-genai's decoders), which
-normalizes the sum and passes it on as its fourth output, the branch starting from the node
-that made ``x`` (a fused norm whose first output the branch reads). Such a block can go
-whole: ``y`` becomes ``x`` and the branch's nodes are dropped, when nothing outside the
-block reads what the branch computes (a KV cache output, say, keeps its block).
+Runtime's ``SkipSimplifiedLayerNormalization(x, f, γ)`` (onnxruntime-genai's decoders) or
+``SkipLayerNormalization(f, x, γ, β, bias)`` (its transformer optimizer on BERT-like
+encoders), which normalize the sum and may pass it on as their fourth output, the branch
+starting from the node that made ``x`` (a fused norm whose first output the branch reads).
+A fused ``bias`` belongs to the branch (it is the branch's last projection's). Such a block
+can go whole: ``y`` becomes ``x`` and the branch's nodes are dropped, when nothing outside
+the block reads what the branch computes (a KV cache output, say, keeps its block).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ class ResidualBlock:
     nodes: frozenset[int]       # the branch's nodes (what goes with the block)
     label: str                  # the Add's name, to name the block by
     dtype: int                  # the element type of x
+    bias: str = ""              # a fused norm's bias input (part of the branch), if any
 
 
-FUSED = "SkipSimplifiedLayerNormalization"
+# Fused residual norms (com.microsoft): the input index of their bias.
+FUSED = {"SkipSimplifiedLayerNormalization": 3, "SkipLayerNormalization": 4}
 
 
 def residual_blocks(graph: ModelGraph) -> list[ResidualBlock]:
@@ -38,9 +42,9 @@ def residual_blocks(graph: ModelGraph) -> list[ResidualBlock]:
         if ref.op == "Add" and len(ref.proto.input) == 2:
             a, b = ref.proto.input
             pairs = ((a, b), (b, a))
-        elif ref.op == FUSED and ref.proto.domain == "com.microsoft" and not (
-                len(ref.proto.input) > 3 and ref.proto.input[3]):
-            pairs = ((ref.proto.input[0], ref.proto.input[1]),)
+        elif ref.op in FUSED and ref.proto.domain == "com.microsoft":
+            a, b = ref.proto.input[:2]
+            pairs = ((a, b), (b, a))
         else:
             continue
         for skip, branch in pairs:
@@ -78,4 +82,8 @@ def _block(graph: ModelGraph, add, skip: str, branch: str) -> ResidualBlock | No
     if not nodes:
         return None
     dtype = graph.dtypes.get(skip, onnx.TensorProto.FLOAT)
-    return ResidualBlock(add.index, skip, branch, add.proto.output[0], nodes, add.label, dtype)
+    bias = ""
+    if add.op in FUSED and len(add.proto.input) > FUSED[add.op]:
+        bias = add.proto.input[FUSED[add.op]]
+    return ResidualBlock(add.index, skip, branch, add.proto.output[0], nodes, add.label, dtype,
+                         bias)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..graph import ModelGraph
 from ..graph.residual import ResidualBlock
 from ..runtime import session
 from ..runtime.run import exposing
@@ -17,6 +18,8 @@ def block_influence(model: onnx.ModelProto, blocks: list[ResidualBlock], batches
     """One score per block: the mean over samples of 1 − cos(x, y), each sample's tensors
     flattened (0 for a block that leaves its input as it is)."""
     names = list(dict.fromkeys([b.skip for b in blocks] + [b.branch for b in blocks]))
+    graph = ModelGraph(model, infer_shapes=False)
+    biases = [graph.const(b.bias) if b.bias else None for b in blocks]  # a fused norm's
     sess = session(exposing(model, names))
     total, count = np.zeros(len(blocks)), 0
     for feeds in batches:
@@ -24,6 +27,8 @@ def block_influence(model: onnx.ModelProto, blocks: list[ResidualBlock], batches
         for k, block in enumerate(blocks):
             x = values[block.skip].astype(np.float64)
             y = x + values[block.branch].astype(np.float64)     # what the block passes on
+            if biases[k] is not None:
+                y = y + biases[k].astype(np.float64)
             x, y = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
             norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
             cos = np.where(norms > 0, (x * y).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)

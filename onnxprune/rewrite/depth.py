@@ -1,10 +1,10 @@
 """Depth pruning's rewrite: residual blocks removed whole, or zeroed for the oracle.
 
 ``mode="prune"``: each block's Add becomes ``Identity(x)`` (its output keeps its name), a fused
-SkipSimplifiedLayerNormalization the norm of ``x`` alone, and the branch's nodes go, with the
-weights only they read. ``mode="mask"``: the branch is multiplied by 0 before the Add, so the
-model computes what the pruned one computes, with every node in place: the oracle depth
-pruning is checked against.
+Skip(Simplified)LayerNormalization the norm of ``x`` alone, and the branch's nodes go (a fused
+norm's bias with them), with the weights only they read. ``mode="mask"``: the branch (and
+that bias) is multiplied by 0 before the Add, so the model computes what the pruned one
+computes, with every node in place: the oracle depth pruning is checked against.
 """
 
 from __future__ import annotations
@@ -44,12 +44,15 @@ def drop_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], mode: str =
             zero = graph._fresh_name(f"{block.label}_zero")
             out.graph.initializer.append(numpy_helper.from_array(
                 np.zeros((), helper.tensor_dtype_to_np_dtype(block.dtype)), zero))
-            zeroed = graph._fresh_name(f"{block.branch}_zeroed")
-            nodes.append(helper.make_node("Mul", [block.branch, zero], [zeroed],
-                                          name=f"{block.label}_zero_branch"))
             add = onnx.NodeProto()
             add.CopyFrom(ref.proto)
-            add.input[list(add.input).index(block.branch)] = zeroed
+            for k, name in enumerate(add.input):
+                if name and name in (block.branch, block.bias):
+                    part = "branch" if name == block.branch else "bias"
+                    zeroed = graph._fresh_name(f"{name}_zeroed")
+                    nodes.append(helper.make_node("Mul", [name, zero], [zeroed],
+                                                  name=f"{block.label}_zero_{part}"))
+                    add.input[k] = zeroed
             nodes.append(add)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
@@ -60,13 +63,18 @@ def drop_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], mode: str =
 
 
 def _unfused(ref, block: ResidualBlock) -> list[onnx.NodeProto]:
-    """SkipSimplifiedLayerNormalization(x, f, γ) without its branch: the norm of x alone
-    (SimplifiedLayerNormalization, as onnxruntime-genai writes it) and x passed on as the
-    residual sum."""
-    out = list(ref.proto.output)
-    epsilon = next((a.f for a in ref.proto.attribute if a.name == "epsilon"), 1e-5)
-    nodes = [helper.make_node("SimplifiedLayerNormalization", [block.skip, ref.proto.input[2]],
-                              [out[0]], name=ref.proto.name, axis=-1, epsilon=epsilon)]
+    """A fused Skip(Simplified)LayerNormalization without its branch: the norm of x alone
+    (SimplifiedLayerNormalization, as onnxruntime-genai writes it, or LayerNormalization with
+    γ and β) and x passed on as the residual sum."""
+    out, inputs = list(ref.proto.output), list(ref.proto.input)
+    epsilon = next((a.f for a in ref.proto.attribute if a.name == "epsilon"), 1e-12)
+    if ref.op == "SkipLayerNormalization":
+        norm = helper.make_node("LayerNormalization", [block.skip] + inputs[2:4], [out[0]],
+                                name=ref.proto.name, axis=-1, epsilon=epsilon)
+    else:
+        norm = helper.make_node("SimplifiedLayerNormalization", [block.skip, inputs[2]],
+                                [out[0]], name=ref.proto.name, axis=-1, epsilon=epsilon)
+    nodes = [norm]
     if len(out) > 3 and out[3]:
         nodes.append(helper.make_node("Identity", [block.skip], [out[3]],
                                       name=f"{ref.proto.name}_residual"))

@@ -18,6 +18,7 @@ from . import (  # noqa: F401 - importing a module registers its rules
     rmsnorm,
     reshape,
     shape_of,
+    skip_layernorm,
     spatial,
 )
 from .base import RULES, LinearView, Rule, TimedLayer, counts_macs, register, rule_for

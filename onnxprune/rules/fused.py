@@ -73,7 +73,6 @@ class _Barrier(Rule):
 
 _HIDDEN = "(hidden-size pruning not supported on fused ops)"
 _BARRIERS = {
-    "SkipLayerNormalization": f"normalizes over the hidden size {_HIDDEN}",
     "EmbedLayerNormalization": ("adds embedding tables and normalizes over the hidden size "
                                 f"{_HIDDEN}"),
     "PackedAttention": ("works on packed (padding-free) tokens (pruning its heads is not "

@@ -43,23 +43,32 @@ def mask_reduction(node, ctx, axis: int, rank: int, dtype) -> None:
 
 def mask_layer_norm(node, ctx, dtype, epsilon: float) -> None:
     """Replace a last-axis LayerNormalization by the same normalization over the kept
-    channels: mean and variance are averages over the kept ones (a MatMul with 1/k at kept
-    positions), removed positions are zeroed before the variance."""
+    channels (``layer_norm_over_kept``)."""
     keep = keep_vector(ctx, node)
     if keep is None:
         return
+    layer_norm_over_kept(node, ctx, node.input(0), keep, dtype, epsilon, node.input(1),
+                         node.input(2), node.proto.output[0])
+    ctx.drop_node(node)
+
+
+def layer_norm_over_kept(node, ctx, x: str, keep: np.ndarray, dtype, epsilon: float,
+                         gamma: str, beta: str, output: str) -> None:
+    """Write ``output`` = the last-axis layer norm of ``x`` over the kept channels: mean and
+    variance are averages over the kept ones (a MatMul with 1/k at kept positions), removed
+    positions are zeroed before the variance. What the pruned op computes, in standard ops,
+    for the masked original."""
     k = int(keep.sum())
     avg = ctx.add_const((keep / k).astype(dtype).reshape(-1, 1), f"{node.label}_kept_mean")
     mask = ctx.add_const(keep.astype(dtype), f"{node.label}_kept_mask")
     eps = ctx.add_const(np.array(epsilon, dtype=dtype), f"{node.label}_epsilon")
-    x, hint = node.input(0), node.label
+    hint = node.label
 
     def op(kind, *inputs):
         return ctx.add_node(node, kind, list(inputs), f"{hint}_{kind.lower()}")
 
     centred = op("Mul", op("Sub", x, op("MatMul", x, avg)), mask)
     std = op("Sqrt", op("Add", op("MatMul", op("Mul", centred, centred), avg), eps))
-    y = op("Mul", op("Div", centred, std), node.input(1))
-    ctx.add_node(node, "Add" if node.input(2) else "Identity",
-                 [y, node.input(2)] if node.input(2) else [y], hint, output=node.proto.output[0])
-    ctx.drop_node(node)
+    y = op("Mul", op("Div", centred, std), gamma)
+    ctx.add_node(node, "Add" if beta else "Identity", [y, beta] if beta else [y], hint,
+                 output=output)

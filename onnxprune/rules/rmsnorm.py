@@ -30,9 +30,14 @@ def _hidden_axis(x: ChannelMap) -> bool | None:
     return True if x.axes == (x.rank - 1,) else None
 
 
-class _RMSNorm(Rule):
-    gamma, bias, extra_outputs = 1, None, (1, 2)
-    scale_input = gamma         # γ, which the BN-scale criterion reads
+class FusedNorm(Rule):
+    """A fused last-axis norm: ``gamma`` (γ, which the BN-scale criterion reads) and the other
+    per-channel inputs in ``per_channel`` are sliced with the hidden size; ``extra_outputs``
+    (statistics) must be unused; ``normalized`` writes the masked original's op."""
+
+    gamma, per_channel, extra_outputs = 1, (1,), (1, 2)
+    scale_input = gamma
+    epsilon_default = 1e-5      # ONNX Runtime's schema defaults: 1e-5, 1e-12 for Skip*
 
     def inputs(self, node, ctx) -> list[ChannelMap] | str:
         raise NotImplementedError
@@ -54,11 +59,11 @@ class _RMSNorm(Rule):
         if hidden:
             if int(node.attr("axis", -1)) not in (-1, x.rank - 1):
                 return ctx.barrier(node, "normalizes over more than the last axis")
-            if any(i < len(node.proto.output) and node.proto.output[i]
+            if any(i < len(node.proto.output) and _read(ctx, node.proto.output[i])
                    for i in self.extra_outputs):
                 return ctx.barrier(node, "its mean or inverse std-dev output is used")
-            for i in (self.gamma, self.bias):
-                if i is None or not node.input(i):
+            for i in self.per_channel:
+                if not node.input(i):
                     continue
                 value = ctx.const(node.input(i))
                 if value is None or value.shape != (x.labels.size,):
@@ -80,12 +85,21 @@ class _RMSNorm(Rule):
         if keep is None:
             return
         x = self.masked_sum(node, ctx)
-        rms_over_kept(node, ctx, x, keep, note["dtype"], float(node.attr("epsilon", 1e-5)),
-                      node.input(self.gamma), node.proto.output[0])
+        epsilon = float(node.attr("epsilon", self.epsilon_default))
+        self.normalized(node, ctx, x, keep, note["dtype"], epsilon, node.proto.output[0])
         ctx.drop_node(node)
 
     def masked_sum(self, node, ctx) -> str:
         return node.input(0)
+
+    def normalized(self, node, ctx, x: str, keep, dtype, epsilon: float, output: str) -> None:
+        rms_over_kept(node, ctx, x, keep, dtype, epsilon, node.input(self.gamma), output)
+
+
+def _read(ctx, name: str) -> bool:
+    """Does anything read this output (a node or the graph's outputs)?"""
+    return bool(name) and (bool(ctx.graph.consumers.get(name))
+                           or name in ctx.graph.graph_outputs)
 
 
 def rms_over_kept(node, ctx, x: str, keep: np.ndarray, dtype, epsilon: float, gamma: str,
@@ -106,7 +120,7 @@ def rms_over_kept(node, ctx, x: str, keep: np.ndarray, dtype, epsilon: float, ga
 
 
 @register("SimplifiedLayerNormalization", MS + "SimplifiedLayerNormalization")
-class SimplifiedLayerNormRule(_RMSNorm):
+class SimplifiedLayerNormRule(FusedNorm):
     """SimplifiedLayerNormalization(X, scale) → (Y, inv_std_var)."""
 
     extra_outputs = (1,)
@@ -119,19 +133,26 @@ class SimplifiedLayerNormRule(_RMSNorm):
 
 
 @register(MS + "SkipSimplifiedLayerNormalization")
-class SkipSimplifiedLayerNormRule(_RMSNorm):
+class SkipSimplifiedLayerNormRule(FusedNorm):
     """SkipSimplifiedLayerNormalization(input, skip, gamma, bias) → (output, mean, inv_std_var,
     input + skip + bias)."""
 
-    gamma, bias, extra_outputs = 2, 3, (1, 2)
+    gamma, per_channel, extra_outputs = 2, (2, 3), (1, 2)
+    sum_bias = 3                # the bias added into the residual sum
     scale_input = gamma
+    epsilon_default = 1e-12
 
     def inputs(self, node, ctx):
-        if any(ctx.map(node.input(i)) is not None for i in (2, 3) if node.input(i)):
-            return "gamma or bias carries tracked channels"
+        if any(ctx.map(node.input(i)) is not None for i in self.per_channel if node.input(i)):
+            return "a scale, shift or bias carries tracked channels"
         maps = [ctx.map(node.input(i)) for i in (0, 1)]
-        if any(m is None for m in maps):
-            return [] if all(m is None for m in maps) else "input or skip is not tracked"
+        if all(m is None for m in maps):
+            return []
+        for i, m in enumerate(maps):
+            if m is None:     # like an Add with one side the tool does not follow
+                maker = ctx.graph.producer.get(node.input(i))
+                made = f" (made by {maker.label}, {maker.op})" if maker is not None else ""
+                return f"{('input', 'skip')[i]} is not tracked{made}"
         return maps
 
     def outputs(self, node):
@@ -141,8 +162,9 @@ class SkipSimplifiedLayerNormRule(_RMSNorm):
     def masked_sum(self, node, ctx):
         total = ctx.add_node(node, "Add", [node.input(0), node.input(1)],
                              f"{node.label}_sum")
-        if node.input(3):
-            total = ctx.add_node(node, "Add", [total, node.input(3)], f"{node.label}_biased")
+        if node.input(self.sum_bias):
+            total = ctx.add_node(node, "Add", [total, node.input(self.sum_bias)],
+                                 f"{node.label}_biased")
         out = node.proto.output
         if len(out) > 3 and out[3]:
             ctx.add_node(node, "Identity", [total], f"{node.label}_residual", output=out[3])
