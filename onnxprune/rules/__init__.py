@@ -3,6 +3,7 @@
 from . import (  # noqa: F401 - importing a module registers its rules
     concat_split,
     conv,
+    einsum,
     elementwise,
     expand,
     fused,

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..graph import ChannelMap
 from .base import InputRule, normalize_axis, register
-from .shape_values import channel_dim, locate_entry, require_proportional, write_kept_counts
+from .shape_values import (channel_dim, locate_entry, require_fixed, require_proportional,
+                           write_kept_counts)
 
 
 def _static(dims) -> bool:
@@ -171,7 +172,7 @@ def _volume(dims):
     return static, tuple(sorted(d for d in dims if isinstance(d, str)))
 
 
-def _rectangular(ctx, labels) -> None:
+def rectangular(ctx, labels) -> None:
     """A channel axis split into a grid must stay rectangular after pruning. If later nodes
     made every row one unit (attention heads) whole rows go; otherwise every row keeps the same
     positions (channel shuffle: the group count stays, the groups shrink)."""
@@ -198,7 +199,7 @@ def _carry(ctx, node, x, in_shape, out_shape):
         return None
     axes, labels = moved
     if labels.ndim > 1:
-        ctx.defer_shaping(lambda: _rectangular(ctx, labels))
+        ctx.defer_shaping(lambda: rectangular(ctx, labels))
     y = ChannelMap(len(out_shape), axes, labels, tiled)
     ctx.set_map(node.proto.output[0], y)
     return y
@@ -227,6 +228,8 @@ class ReshapeRule(InputRule):
                 expr = loc[1] if loc else None
                 if channel_dim(ctx, expr) and tracked:
                     require_proportional(ctx, node, node.proto.output[0], t, expr)
+                elif tracked and _fixed(ctx, expr, out_shape[t]):
+                    require_fixed(ctx, node, node.proto.output[0], t)
                 elif channel_dim(ctx, expr) or tracked:
                     return ctx.barrier(node, "target shape of the channel axis is not constant")
                 continue
@@ -242,6 +245,16 @@ class ReshapeRule(InputRule):
 
     def rewrite(self, node, ctx):
         write_kept_counts(ctx, ctx.note_of(node)["entries"], ctx.axis_keep(node.proto.output[0]))
+
+
+def _fixed(ctx, expr, size) -> bool:
+    """Is the entry read from a static dim of a tensor without channels there (so pruning
+    never changes it), with the value the axis has now?"""
+    if expr is None or not expr.plain or channel_dim(ctx, expr):
+        return False
+    shape = ctx.shape(expr.tensor)
+    dim = shape[expr.axis] if shape is not None and expr.axis < len(shape) else None
+    return isinstance(dim, int) and isinstance(size, int) and expr.value(dim) == size
 
 
 def _evaluate(ctx, expr, fallback):

@@ -306,6 +306,22 @@ def require_proportional(ctx, node, out_name: str, out_axis: int, expr: DimExpr)
     ctx.defer(check)
 
 
+def require_fixed(ctx, node, out_name: str, out_axis: int) -> None:
+    """A run-time entry read from a dim no pruning changes (torch's ``d // heads`` with ``d``
+    from an untracked input) sizes a tracked axis: after grouping, check that every unit
+    spans that whole axis (whole heads go, head_dim stays), so its count never changes."""
+
+    def check(roots: np.ndarray) -> None:
+        out_map = ctx.map(out_name)
+        sigs = (_slice_roots(roots, out_map, out_axis)
+                if out_map is not None and out_axis in out_map.axes else [])
+        if not sigs or len(set(sigs)) != 1:
+            ctx.late_barrier(node, "a run-time shape entry is fixed but its channels may go",
+                             (out_name,))
+
+    ctx.defer(check)
+
+
 def _proportional(ctx, roots, out_name: str, out_axis: int, expr: DimExpr) -> bool:
     out_map, src_map = ctx.map(out_name), ctx.map(expr.tensor)
     if not (out_map is not None and src_map is not None and expr.axis in src_map.axes
