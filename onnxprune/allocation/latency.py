@@ -13,15 +13,18 @@ from __future__ import annotations
 import onnx
 
 from ..runtime import LayerLatencyTable, measure_latency
+from ..runtime.latency_store import LatencyStore, place
 
 MEASURE_BUDGET_S = 1.0      # seconds of timed runs per whole-model measurement
 
 
 class LatencyPredictor:
     def __init__(self, model: onnx.ModelProto, input_shapes=None, threads: int = 1,
-                 progress=None):
+                 progress=None, table_path=None):
         self.threads, self.input_shapes = threads, input_shapes
-        self.table = LayerLatencyTable(model, input_shapes, threads)
+        store = (LatencyStore(table_path, place("CPUExecutionProvider", threads))
+                 if table_path is not None else None)
+        self.table = LayerLatencyTable(model, input_shapes, threads, store=store)
         self.dense_layers = self.table.dense_total(progress)
         self.dense = self.measure(model)
 
@@ -41,3 +44,11 @@ class LatencyPredictor:
         """The fastest of many timed runs (the most repeatable figure on a shared machine)."""
         return measure_latency(model, threads=self.threads, input_shapes=self.input_shapes,
                                budget_s=MEASURE_BUDGET_S).min
+
+    def save(self) -> tuple[int, int]:
+        """Keep what was timed (with ``table_path``); returns the layer timings read from the
+        file and those timed in this run."""
+        if self.table.store is not None:
+            self.table.store.save()
+        reused = self.table.reused
+        return reused, self.table.measurements - reused

@@ -15,6 +15,7 @@ from math import gcd
 import numpy as np
 
 from ..groups import Analysis, Group
+from .latency_aware import latency_allocation
 
 # Kinds pruned only when asked for by name: removing hidden-size channels changes the
 # statistics of every normalization that reads them, so the model computes something else.
@@ -51,14 +52,14 @@ def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
     return int(min(size, max(step, keep, 1)))
 
 
-ALLOCATIONS = ("uniform", "global", "adaptive")
+ALLOCATIONS = ("uniform", "global", "adaptive", "latency")
 
 
 def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores: np.ndarray,
              ratio: float, round_to: int = 1, by_kind: dict[str, float] | None = None,
              allocation: str = "uniform", max_ratio: float = 0.9,
              ranking: np.ndarray | None = None,
-             weights: dict[int, float] | None = None) -> Plan:
+             weights: dict[int, float] | None = None, latency=None) -> Plan:
     """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels");
     "hidden" groups are pruned only at their own ratio in ``by_kind``.
 
@@ -68,7 +69,9 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
     reached, no group losing more than ``max_ratio``; each group's share is then rounded to
     ``round_to`` like a uniform ratio. ``adaptive``: each group's ratio is its kind's ratio
     times ``weights[group]`` (from measured sensitivity: below 1 where pruning hurts more),
-    capped at ``max_ratio``. Within a group the lowest ``scores`` go.
+    capped at ``max_ratio``. ``latency``: ``ratio`` is the share of the predicted latency to
+    remove, spent where it loses the least ``ranking`` per second saved (``latency_aware``;
+    ``latency`` prices a removal). Within a group the lowest ``scores`` go.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r} (one of {ALLOCATIONS})")
@@ -77,6 +80,12 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
     if allocation == "global":
         ratios = _global_ratios(groups, ratios, scores if ranking is None else ranking,
                                 max_ratio)
+    elif allocation == "latency":
+        if latency is None:
+            raise ValueError("latency allocation needs a latency model")
+        taken = latency_allocation(groups, scores if ranking is None else ranking, ratio,
+                                   round_to, ratios, max_ratio, latency)
+        ratios = {g.id: taken.get(g.id, 0) / g.size for g in groups}
     elif allocation == "adaptive":
         if weights is None:
             raise ValueError("adaptive allocation needs per-group weights")
@@ -88,6 +97,8 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
         group_ratio = ratios[group.id]
         if group_ratio <= 0:
             keep = len(comps)
+        elif allocation == "latency":     # the greedy's own steps, already rounded
+            keep = len(comps) - int(round(group_ratio * len(comps)))
         else:
             keep = kept_count(len(comps), group.width, group_ratio, round_to)
         order = np.argsort(-scores[comps], kind="stable")

@@ -117,13 +117,16 @@ def _strategy_options(f):
                      default="mean", show_default=True,
                      help="Make groups comparable for --allocation global."),
         click.option("--allocation", type=choice(ALLOCATIONS), default="uniform",
-                     show_default=True, help="Spread the ratio over groups."),
+                     show_default=True,
+                     help="Spread the ratio over groups ('latency': spend --target-latency "
+                          "where it loses the least importance per second saved, by the "
+                          "per-layer table)."),
         click.option("--rank-by", type=choice(RANKINGS), default="score", show_default=True,
                      help="Global allocation ranks components by their normalized 'score', "
                           "or by 'score-per-mac' (importance against the MACs each costs)."),
         click.option("--max-ratio", type=float, default=0.9, show_default=True,
-                     help="Most of one group that --allocation global or adaptive may "
-                          "remove."),
+                     help="Most of one group that --allocation global, adaptive or latency "
+                          "may remove."),
         click.option("--compensate", type=choice(METHODS), default=None,
                      help="Re-fit the layers that read removed channels (default: obs for "
                           "--criterion obs and obspa, else none). Needs --calib, except with "
@@ -211,6 +214,11 @@ def pruning_options(sweep: bool = False):
                              help="Keep this fraction of the dense model's latency on ONNX "
                                   "Runtime CPU here: searched on a per-layer latency table, "
                                   "then the result is timed."),
+                click.option("--latency-table", type=click.Path(dir_okay=False),
+                             default=None,
+                             help="A JSON file of per-layer timings for --target-latency: read "
+                                  "where it has this machine's (CPU, ONNX Runtime version, "
+                                  "threads), extended with what this run times."),
                 click.option("--latency-threads", type=int, default=1, show_default=True,
                              help="Intra-op threads ONNX Runtime uses when timing for "
                                   "--target-latency."),
@@ -232,7 +240,8 @@ _STRATEGY = ("criterion", "group_reduction", "normalization", "allocation", "max
              "compensate", "obs_damping", "rank_by")
 _OPTIONS = ("ratio", "heads", "mlp", "hidden", "round_to", "exclude", "input_shape",
             "tolerance", "seed", "target_macs", "target_params", "target_latency",
-            "latency_threads", "steps", "check_data", "allow_cache_change", "blocks")
+            "latency_threads", "latency_table", "steps", "check_data", "allow_cache_change",
+            "blocks")
 
 
 def prune_options_from(params: dict, calib=None) -> tuple[PruneOptions, set[str]]:

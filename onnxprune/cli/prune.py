@@ -198,6 +198,9 @@ def _print_extras(report: dict) -> None:
                  f"{target['pruned_seconds'] * 1e3:.2f} ms ({target['measured']:.1%}, table "
                  f"predicted {target['planned']:.1%}; "
                  f"{'met' if target['met'] else 'MISSED'}{fixes})")
+            if target.get("table_reused"):
+                echo(f"  layer timings: {target['table_reused']} read from --latency-table, "
+                     f"{target['table_timed']} timed now")
     for step in report.get("steps") or []:
         check = {True: "OK", False: "FAIL", None: "not run"}[step["check_ok"]]
         echo(f"  step {step['step']}: ratio {step['ratio']:.3f}, params {fmt(step['params'])}, "

@@ -37,9 +37,9 @@ class Built:
 
 
 def build(a: Analyzed, ratio: float, round_to: int, by_kind, strategy: Strategy, stats,
-          scored: GroupScores, seed: int = 0, progress=None) -> Built:
-    """Plan, compensate and prune at one ratio."""
-    planned = make_plan(a, ratio, round_to, by_kind, strategy, scored)
+          scored: GroupScores, seed: int = 0, progress=None, latency=None) -> Built:
+    """Plan, compensate and prune at one ratio (``latency``: see ``make_plan``)."""
+    planned = make_plan(a, ratio, round_to, by_kind, strategy, scored, latency)
     base, more = compensated(a, planned.removed, stats, strategy, progress)
     pruned, bodies, params_inside = rewrite(
         base, a, planned.removed, "prune",

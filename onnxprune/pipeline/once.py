@@ -29,6 +29,7 @@ from .recover import kept_channels
 from .report import (CheckSection, CostSection, PruneReport, TargetSection, barriers,
                      group_entry, why_nothing_pruned)
 from .scoring import Scoring, check_scoring, describe, score_model
+from .latency_cost import PlanLatency
 from .targets import TargetSearch, meet_latency, ratio_for_target
 
 
@@ -58,15 +59,18 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         kind, fraction = options.target
         if kind == "latency":
             search.predictor = LatencyPredictor(a.model, shapes, options.latency_threads,
-                                                progress)
+                                                progress, options.latency_table)
+            if strategy.allocation == "latency":
+                search.latency = PlanLatency(a, search.predictor)
         with task(progress, f"searching the ratio for --target-{kind}"):
             ratio, planned = ratio_for_target(search, kind, fraction)
         target = TargetSection(kind, fraction, ratio, planned)
     built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
-                  scoring.scored, options.seed, progress)
+                  scoring.scored, options.seed, progress, search.latency)
     if search.predictor is not None:
         with task(progress, "timing the pruned model against the target"):
             built = _timed_to_target(search, target, scoring.stats, built)
+        target.table_reused, target.table_timed = search.predictor.save()
     report = _report(a, built, options, search.macs, scoring, target)
     report.warnings.extend(scoring.warnings)
     report.kept_channels = kept_channels(a, built.removed)

@@ -92,14 +92,15 @@ class Strategy:
         self._check_effects(self.given() if given is None else given)
 
     def _check_effects(self, given: set[str]) -> None:
-        global_only = {"normalization": "--normalize", "rank_by": "--rank-by"}
-        for name, flag in global_only.items():
-            if name in given and self.allocation != "global":
-                raise UserError(f"{flag} ranks groups against each other: it needs "
-                                f"--allocation global")
+        if "normalization" in given and self.allocation not in ("global", "latency"):
+            raise UserError("--normalize ranks groups against each other: it needs "
+                            "--allocation global or latency")
+        if "rank_by" in given and self.allocation != "global":
+            raise UserError("--rank-by ranks groups against each other: it needs "
+                            "--allocation global")
         if "max_ratio" in given and self.allocation == "uniform":
-            raise UserError("--max-ratio caps what one group loses under --allocation global "
-                            "or adaptive; with uniform every group loses the same ratio")
+            raise UserError("--max-ratio caps what one group loses under --allocation global, "
+                            "adaptive or latency; with uniform every group loses the same ratio")
         if "damping" in given and self.compensation not in ("obs", "sequential"):
             raise UserError("--obs-damping regularizes the re-fit: it needs --compensate obs "
                             "(the default for --criterion obs and obspa) or sequential")
@@ -121,7 +122,8 @@ class PruneOptions:
     are), the ones that change their input least (see ``depth``). ``input_shapes``: sizes for dynamic dims. ``strategy``: how
     channels are chosen; ``calib``: calibration data for the strategies that read some.
     ``target_macs`` / ``target_params`` / ``target_latency``: a fraction of the dense model to
-    keep, which replaces ``ratio`` by a search (``latency_threads``: ONNX Runtime threads
+    keep, which replaces ``ratio`` by a search (``latency_table``: a JSON file the per-layer
+    timings are read from and added to; ``latency_threads``: ONNX Runtime threads
     when timing). ``steps``: prune in that many smaller steps. ``seed``: every random draw
     (check inputs, random calibration inputs, the random criterion). ``verify`` with
     ``tolerance``: the checks every pruned model must pass; ``check_data``: an ``.npz`` with
@@ -145,6 +147,7 @@ class PruneOptions:
     target_params: float | None = None
     target_latency: float | None = None
     latency_threads: int = 1
+    latency_table: str | None = None
     steps: int = 1
     seed: int = 0
     tolerance: float = DEFAULT_TOLERANCE
@@ -200,6 +203,12 @@ class PruneOptions:
         if self.steps != 1 and self.target_latency is not None:
             raise UserError("--target-latency prunes in one step (it times the result); drop "
                             "--steps")
+        if self.strategy.allocation == "latency" and self.target_latency is None:
+            raise UserError("--allocation latency spends a latency budget: give "
+                            "--target-latency F (the fraction of the dense latency to keep)")
+        if self.latency_table is not None and self.target_latency is None:
+            raise UserError("--latency-table keeps the layer timings of --target-latency: it "
+                            "needs --target-latency")
         if "latency_threads" in given and self.target_latency is None:
             raise UserError("--latency-threads sets the threads --target-latency times with: "
                             "it needs --target-latency")

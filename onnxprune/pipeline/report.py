@@ -54,12 +54,14 @@ class TargetSection:
     dense_seconds: float | None = None
     pruned_seconds: float | None = None
     threads: int | None = None
+    table_reused: int | None = None     # layer timings read from --latency-table
+    table_timed: int | None = None      # ... and timed in this run
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         if self.kind != "latency":
             for key in ("measured", "met", "corrections", "dense_seconds", "pruned_seconds",
-                        "threads"):
+                        "threads", "table_reused", "table_timed"):
                 del out[key]
         return out
 

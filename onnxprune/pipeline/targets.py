@@ -33,6 +33,7 @@ class TargetSearch:
     macs: MacCounter | None = None
     predictor: LatencyPredictor | None = None
     seed: int = 0
+    latency: object = None      # a PlanLatency when the allocation is latency-aware
 
     def __post_init__(self):
         self.dense_params = count_params(self.a.model)
@@ -40,7 +41,7 @@ class TargetSearch:
     def kept(self, kind: str, ratio: float) -> float:
         """The fraction of the dense model's ``kind`` the plan at ``ratio`` keeps."""
         removed = make_plan(self.a, ratio, self.round_to, self.by_kind, self.strategy,
-                            self.scored).removed
+                            self.scored, self.latency).removed
         if kind == "latency":
             return self.predictor.fraction(sliced_dims(self.a, removed))
         if kind == "macs":
@@ -118,7 +119,7 @@ def meet_latency(search: TargetSearch, fraction: float, stats, first: Built,
         if any(abs(ratio - t.ratio) < 1e-6 for t in timed):
             break       # the search came back to a ratio already timed
         built = build(search.a, ratio, search.round_to, search.by_kind, search.strategy, stats,
-                      search.scored, search.seed)
+                      search.scored, search.seed, latency=search.latency)
         planned = predictor.fraction(sliced_dims(search.a, built.removed))
     met = [t for t in timed if t.measured <= fraction]
     return (max(met, key=lambda t: t.measured) if met else timed[-1]), timed

@@ -30,17 +30,20 @@ class LayerLatencyTable:
     median). Compare
     ``latency(i, c_in, c_out)`` with ``latency(i, *dense)`` to predict how a width change moves
     a layer's share. Measurements are cached by signature (op, attributes, input shape, weight
-    shape, bias shape), so repeated blocks are timed once.
+    shape, bias shape), so repeated blocks are timed once; with a ``store``
+    (``latency_store.LatencyStore``) they are kept on disk for the next run on this machine.
     """
 
     def __init__(self, model: onnx.ModelProto, input_shapes=None, threads: int = 1,
-                 budget_s: float = 0.05, warmup: int = 3):
+                 budget_s: float = 0.05, warmup: int = 3, store=None):
         self.threads = threads
         self.budget_s = budget_s
         self.warmup = warmup
         self.opset = _default_opset(model)
         self._layers = _find_layers(model, input_shapes)
         self._cache: dict[tuple, float] = {}
+        self.store = store          # a LatencyStore: timings read from and kept on disk
+        self.reused = 0
 
     def layers(self) -> dict[int, tuple[int, int]]:
         """Node index → dense (c_in, c_out) for every node this table can time."""
@@ -60,10 +63,17 @@ class LayerLatencyTable:
         shapes = RULES[layer.op].narrowed(layer, c_in, c_out)
         key = _signature(layer, *shapes)
         if key not in self._cache:
+            stored = self.store.get(key) if self.store is not None else None
+            if stored is not None:
+                self.reused += 1
+                self._cache[key] = stored
+                return stored
             model = _single_node_model(layer, *shapes, self.opset)
             timing = measure_latency(model, threads=self.threads, warmup=self.warmup,
                                      budget_s=self.budget_s)
             self._cache[key] = timing.median
+            if self.store is not None:
+                self.store.put(key, timing.median)
         return self._cache[key]
 
     def widths(self, node_index: int, weight_shape) -> tuple[int, int]:

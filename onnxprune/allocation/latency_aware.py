@@ -1,0 +1,100 @@
+"""Latency-aware allocation (after HALP): how many components every group loses, chosen to
+keep as much importance as possible while the predicted latency falls to a budget.
+
+A greedy over steps: each group can lose its lowest-ranked components a step at a time (a
+step keeps the kept channels a multiple of ``round_to``); the next move taken is the one (some
+steps of one group) that loses the least importance per second it saves, as the latency
+model (``cost``) predicts with every other group at its current width. After a move only
+that group and its ``neighbours`` are re-priced. Groups whose steps save no time are left
+alone, which is the point: on depthwise and grouped nets much of what costs MACs does not
+cost time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, gcd
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..groups import Group
+
+MAX_STEPS = 16      # a group is priced in at most this many steps (a finer grid costs timings)
+
+
+class LatencyCost(Protocol):
+    def fraction(self, removed_roots: set[int]) -> float:
+        """Predicted latency over the dense model's with these components removed."""
+
+    def neighbours(self, group: int) -> set[int]:
+        """Groups whose latency price moves when this one's width does."""
+
+
+@dataclass
+class _Step:
+    group: Group
+    step: int           # components per step
+    cap: int            # most components it may lose
+    taken: int = 0
+
+
+def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, round_to: int,
+                       ratios: dict[int, float], max_ratio: float, cost: LatencyCost,
+                       progress: Callable[[], None] | None = None) -> dict[int, int]:
+    """Components each group loses (lowest ``ranking`` first) so that the predicted latency
+    is at most ``1 − ratio`` of the dense model's, or as close as the groups allow. Groups
+    whose ``ratios`` entry is 0 (frozen, excluded, opt-in kinds not asked for) stay whole."""
+    order = {g.id: g.components[np.argsort(ranking[g.components], kind="stable")]
+             for g in groups}
+    steps = {}
+    for g in groups:
+        if ratios.get(g.id, 0.0) <= 0 or g.size < 2:
+            continue
+        unit = max(1, round_to // gcd(round_to, g.width))
+        step = unit * max(1, ceil(g.size / MAX_STEPS / unit))
+        cap = min(int(np.floor(max_ratio * g.size)), g.size - unit)
+        if cap >= step:
+            steps[g.id] = _Step(g, step, cap)
+    removed: set[int] = set()
+    current = cost.fraction(removed)
+    prices: dict[int, tuple[float, float] | None] = {}
+
+    def price(gid: int):
+        """The cheapest move of this group: k more steps for the k with the least importance
+        lost per second saved (latency is not monotone in width: a width off the hardware's
+        block can be slower, so one step may save nothing where two save much)."""
+        s, best = steps[gid], None
+        for k in range(1, (s.cap - s.taken) // s.step + 1):
+            nxt = order[gid][s.taken:s.taken + k * s.step]
+            saved = current - cost.fraction(removed | set(nxt.tolist()))
+            if saved > 0:
+                move = (float(ranking[nxt].sum()), saved, k)
+                if best is None or move[0] / move[1] < best[0] / best[1]:
+                    best = move
+        return best
+
+    stale = set(steps)
+    while current > 1.0 - ratio:
+        for gid in stale:
+            prices[gid] = price(gid)
+        stale = set()
+        best, best_rate = None, np.inf
+        for gid, p in prices.items():
+            if p is not None and p[0] / p[1] < best_rate:
+                best, best_rate = gid, p[0] / p[1]
+        if best is None:
+            break                       # nothing left that saves time
+        s, k = steps[best], prices[best][2]
+        for fewer in range(1, k):       # no further than the budget needs
+            part = set(order[best][s.taken:s.taken + fewer * s.step].tolist())
+            if cost.fraction(removed | part) <= 1.0 - ratio:
+                k = fewer
+                break
+        removed |= set(order[best][s.taken:s.taken + k * s.step].tolist())
+        s.taken += k * s.step
+        current = cost.fraction(removed)
+        stale = {best} | (cost.neighbours(best) & set(steps))
+        if progress is not None:
+            progress()
+    return {gid: s.taken for gid, s in steps.items()}

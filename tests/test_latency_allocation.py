@@ -1,0 +1,157 @@
+"""Latency-aware allocation (issue 17): the latency budget goes where the least importance is
+lost per second saved, priced on the per-layer table. The greedy is checked on latency models
+written here (so that what saves time is known), then end to end through
+``--target-latency`` with a modelled predictor and with the real table; and the table kept
+on disk (``--latency-table``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnxprune
+from onnxprune.allocation.latency_aware import latency_allocation
+from onnxprune.errors import UserError
+from onnxprune.groups import Group
+
+from .test_steps_and_costs import conv_stack
+
+
+def group(gid: int, start: int, size: int) -> Group:
+    return Group(gid, np.arange(start, start + size), 1, [], [], True)
+
+
+class Additive:
+    """Latency = 1 − Σ over removed components of their group's seconds per component;
+    ``plateau``: a group saves nothing until ``k`` of its components are gone (a width off
+    the hardware's block)."""
+
+    def __init__(self, groups, per_component, plateau=None):
+        self.owner = {int(c): g.id for g in groups for c in g.components}
+        self.per = per_component
+        self.plateau = plateau or {}
+
+    def fraction(self, removed):
+        gone = {}
+        for c in removed:
+            gone[self.owner[c]] = gone.get(self.owner[c], 0) + 1
+        saved = sum(n * self.per[g] for g, n in gone.items() if n >= self.plateau.get(g, 0))
+        return 1.0 - saved
+
+    def neighbours(self, gid):
+        return set()
+
+
+def test_time_is_taken_where_it_costs_least_importance():
+    groups = [group(0, 0, 32), group(1, 32, 32)]
+    ranking = np.ones(64)
+    cost = Additive(groups, {0: 0.02, 1: 0.0})      # group 1 costs no time at all
+    taken = latency_allocation(groups, ranking, 0.3, 1, {0: 0.5, 1: 0.5}, 0.9, cost)
+    assert taken[1] == 0 and 0.3 <= taken[0] * 0.02 < 0.3 + 0.02 * 2
+
+
+def test_importance_per_second_decides_between_groups():
+    groups = [group(0, 0, 32), group(1, 32, 32)]
+    ranking = np.concatenate([np.full(32, 1.0), np.full(32, 4.0)])   # group 1 matters more
+    cost = Additive(groups, {0: 0.01, 1: 0.02})     # ... but saves only twice the time
+    taken = latency_allocation(groups, ranking, 0.2, 1, {0: 0.5, 1: 0.5}, 0.9, cost)
+    assert taken[0] >= 20 and taken[1] == 0
+
+
+def test_a_width_that_saves_nothing_is_looked_past():
+    groups = [group(0, 0, 32)]
+    cost = Additive(groups, {0: 0.02}, plateau={0: 16})     # nothing until 16 go
+    taken = latency_allocation(groups, np.ones(32), 0.3, 1, {0: 0.5}, 0.9, cost)
+    assert taken[0] >= 16 and cost.fraction(set(range(taken[0]))) <= 0.7
+
+
+def test_frozen_or_unasked_groups_stay_whole():
+    groups = [group(0, 0, 32), group(1, 32, 32)]
+    cost = Additive(groups, {0: 0.01, 1: 0.01})
+    taken = latency_allocation(groups, np.ones(64), 0.5, 1, {0: 0.5, 1: 0.0}, 0.9, cost)
+    assert taken.get(1, 0) == 0 and taken[0] <= int(0.9 * 32)
+
+
+class OneLayerCounts:
+    """A predictor whose latency is the first conv's output width alone (``layers`` of the
+    real table): only the first group's channels cost time."""
+
+    def __init__(self, model, input_shapes=None, threads=1, progress=None, table_path=None):
+        from onnxprune.runtime import LayerLatencyTable
+
+        self.threads, self.table = threads, LayerLatencyTable(model, input_shapes)
+        self.first = min(self.table.layers())
+        self.dense_out = self.table.layers()[self.first][1]
+        self.dense = 1.0
+
+    def fraction(self, dims):
+        shape = dims.get((self.first, 1))
+        return 1.0 if shape is None else shape[0] / self.dense_out
+
+    def measure(self, model):
+        conv = next(n for n in model.graph.node if n.op_type == "Conv")
+        weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+        return weight.dims[0] / self.dense_out
+
+    def save(self):
+        return 0, 0
+
+
+def test_latency_allocation_spends_the_target_where_time_goes(monkeypatch):
+    from onnxprune.pipeline import once
+
+    monkeypatch.setattr(once, "LatencyPredictor", OneLayerCounts)
+    model = conv_stack()
+    strategy = onnxprune.Strategy("l2", allocation="latency")
+    pruned, report = onnxprune.prune(model, round_to=8, target_latency=0.5, strategy=strategy)
+    assert report["check"]["ok"] and report["target"]["met"]
+    removed = [len(g["removed"]) for g in report["groups"]]
+    assert removed[0] == 32 and removed[1] == 0     # the free group keeps all it has
+    _, uniform = onnxprune.prune(model, round_to=8, target_latency=0.5)
+    assert [len(g["removed"]) for g in uniform["groups"]][1] > 0
+    assert report["macs"]["after"] > uniform["macs"]["after"]   # same time, more compute
+
+
+def test_latency_allocation_on_real_timings_meets_the_target_and_the_oracle():
+    model = conv_stack()
+    strategy = onnxprune.Strategy("l2", allocation="latency")
+    pruned, report = onnxprune.prune(model, round_to=8, target_latency=0.6, strategy=strategy)
+    assert report["check"]["ok"] and report["target"]["kind"] == "latency"
+    assert report["target"]["measured"] < 1.0 and report["check"]["max_rel_error"] < 1e-4
+
+
+def test_latency_allocation_needs_a_latency_target():
+    with pytest.raises(UserError, match="--target-latency"):
+        onnxprune.prune(conv_stack(), ratio=0.5,
+                        strategy=onnxprune.Strategy("l2", allocation="latency"))
+
+
+def test_a_latency_table_is_kept_on_disk_and_read_again(tmp_path):
+    import json
+
+    from onnxprune.runtime.latency_store import place
+
+    path = tmp_path / "table.json"
+    elsewhere = {"another CPU | onnxruntime 0 | CPUExecutionProvider | 1 threads": {"k": 1.0}}
+    path.write_text(json.dumps({"format": 1, "sections": elsewhere}))
+    model = conv_stack()
+    _, first = onnxprune.prune(model, round_to=8, target_latency=0.6, latency_table=str(path))
+    assert first["target"]["table_timed"] > 0 and first["target"]["table_reused"] == 0
+    sections = json.loads(path.read_text())["sections"]
+    assert set(sections) == set(elsewhere) | {place("CPUExecutionProvider", 1)}
+    assert sections[next(iter(elsewhere))] == {"k": 1.0}        # kept as it was
+    timed = len(sections[place("CPUExecutionProvider", 1)])
+    _, second = onnxprune.prune(model, round_to=8, target_latency=0.6, latency_table=str(path))
+    assert second["target"]["table_reused"] >= first["target"]["table_timed"] // 2
+    assert len(json.loads(path.read_text())["sections"][place("CPUExecutionProvider", 1)]) \
+        == timed + second["target"]["table_timed"]
+
+
+def test_a_latency_table_that_is_not_one_is_a_clear_error(tmp_path):
+    path = tmp_path / "table.json"
+    path.write_text("not json")
+    with pytest.raises(UserError, match="--latency-table .*cannot read it"):
+        onnxprune.prune(conv_stack(), target_latency=0.6, latency_table=str(path))
+    assert path.read_text() == "not json"
+    with pytest.raises(UserError, match="needs --target-latency"):
+        onnxprune.prune(conv_stack(), ratio=0.5, latency_table=str(path))
