@@ -37,6 +37,9 @@ def _one_line_error(capsys) -> str:
     (["--ratio", "0.3", "--target-macs", "0.5"], "drop --ratio"),
     (["--ratio", "0.5", "--target-params", "0.5"], "drop --ratio"),
     (["--steps", "2", "--target-latency", "0.5"], "drop --steps"),
+    (["--allocation", "latency"], "give --target-latency"),
+    (["--latency-table", "t.json"], "it needs --target-latency"),
+    (["--round-to", "x"], "is not a whole number or 'auto'"),
 ])
 def test_an_option_without_effect_is_refused(args, says, tmp_path, capsys):
     out = tmp_path / "out.onnx"
@@ -51,6 +54,7 @@ def test_an_option_without_effect_is_refused(args, says, tmp_path, capsys):
     ["--obs-damping", "1.0", "--criterion", "obspa"],
     ["--calib", "random", "--criterion", "wanda"],
     ["--group-reduction", "max"],
+    ["--round-to", "auto"],
 ])
 def test_the_same_options_with_an_effect_are_taken(args, tmp_path):
     assert main(["prune", DEMO, "-o", str(tmp_path / "o.onnx"), "--round-to", "1"] + args) == 0
@@ -121,3 +125,15 @@ def test_compare_samples_limits_an_npz(tmp_path, capsys):
     assert main(["compare", DEMO, DEMO, "--data", str(tmp_path / "data.npz"), "--samples", "5",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 5
+
+
+def test_round_to_auto_is_the_cpu_block(monkeypatch):
+    from onnxprune.runtime import hardware
+
+    assert hardware.round_to_for("cpu", {"avx2", "avx512f"}) in (16, 8)   # 16 on x86-64
+    assert hardware.round_to_for("cpu", {"avx2"}) == 8
+    assert hardware.round_to_for("cuda") == 8
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})     # an AVX2 machine
+    assert PruneOptions(round_to="auto").round_to == 8
+    _, report = onnxprune.prune(DEMO, ratio=0.5, round_to="auto")
+    assert report["round_to"] == 8 and report["check"]["ok"]

@@ -161,8 +161,10 @@ def pruning_options(sweep: bool = False):
                          help="Fraction of the hidden size (channels a LayerNorm/RMSNorm reads "
                               "across) to remove. Off by default: it changes what the norms "
                               "compute."),
-            click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
-                         help="Keep channel counts that are multiples of N."),
+            click.option("--round-to", type=RoundTo(), default=DEFAULT_ROUND_TO,
+                         show_default=True,
+                         help="Keep channel counts that are multiples of N ('auto': 16 on an "
+                              "AVX-512 CPU, else 8)."),
             click.option("--exclude", multiple=True, metavar="NODE",
                          help="Node name (or glob) whose channels must not be pruned; "
                               "repeatable."),
@@ -231,6 +233,20 @@ def pruning_options(sweep: bool = False):
             f = decorator(f)
         return f
     return wrap
+
+
+class RoundTo(click.ParamType):
+    """A positive integer, or "auto" (resolved by ``PruneOptions``)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number or 'auto'", param, ctx)
 
 
 # CLI parameter → PruneOptions / Strategy field

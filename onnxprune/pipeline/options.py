@@ -18,6 +18,7 @@ from ..compensation import METHODS
 from ..errors import UserError
 from ..importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from ..recovery import RecoverOptions
+from ..runtime.hardware import round_to_for
 
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
 DEFAULT_TOLERANCE = 1e-4
@@ -115,7 +116,8 @@ class PruneOptions:
 
     ``ratio``: the share of channels every prunable group loses; ``heads``, ``mlp``,
     ``hidden``: a ratio of their own for attention heads, MLP neurons and (opt-in) the hidden
-    size. ``round_to``: kept channel counts are multiples of it. ``exclude``: node names or
+    size. ``round_to``: kept channel counts are multiples of it ("auto": the block this
+    machine's CPU runs fastest on, ``runtime.hardware``). ``exclude``: node names or
     globs whose channels stay. ``allow_cache_change``: key/value heads may go although they
     reach a KV cache, whose inputs and outputs then lose them (see ``rules.gqa``).
     ``blocks``: remove that many residual blocks first (a fraction below 1: of those there
@@ -136,7 +138,7 @@ class PruneOptions:
     heads: float | None = None
     mlp: float | None = None
     hidden: float | None = None
-    round_to: int = DEFAULT_ROUND_TO
+    round_to: int | str = DEFAULT_ROUND_TO     # or "auto": see runtime.hardware
     exclude: tuple[str, ...] = ()
     allow_cache_change: bool = False
     blocks: float | None = None
@@ -171,6 +173,10 @@ class PruneOptions:
                  if getattr(self, f"target_{k}") is not None]
         return given[0] if given else None
 
+    def __post_init__(self):
+        if self.round_to == "auto":     # the block this machine's CPU runs fastest on
+            object.__setattr__(self, "round_to", round_to_for("cpu"))
+
     def given(self) -> set[str]:
         """The fields that differ from their defaults, the strategy's among them."""
         return _changed(self, PruneOptions()) - {"strategy"} | self.strategy.given()
@@ -184,7 +190,8 @@ class PruneOptions:
             if not 0.0 <= value < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {value}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise UserError(f"round-to must be a positive integer, got {self.round_to}")
+            raise UserError(f"round-to must be a positive integer or auto, got "
+                            f"{self.round_to}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise UserError(f"--steps must be a positive integer, got {self.steps}")
         if self.latency_threads < 1:
