@@ -1,9 +1,10 @@
 """Latency-aware allocation against a uniform ratio at the same latency target (issue 17).
 
 For each model, ``--target-latency F`` is met twice on ONNX Runtime CPU (1 thread): with a
-uniform ratio (the bisection over one ratio) and with ``--allocation latency --max-ratio 0.5
---normalize none`` (the per-layer table prices each group's steps; the greedy spends the
-budget where the least importance goes per second saved). Both are timed for real by the
+uniform ratio (the bisection over one ratio) and with ``--allocation latency`` (the per-layer
+table prices each group's steps; the greedy spends the budget where the least importance goes
+per second saved; by default no group loses more than half and scores are compared as they
+are, ``--max-ratio 0.5 --normalize none``). Both are timed for real by the
 target's correction loop; the per-layer table is kept in
 ``~/.cache/onnxprune/latency_table.json`` between runs. Reported: the measured latency and
 MACs kept, the speedup ÷ MAC reduction ((dense / pruned latency) over
@@ -38,15 +39,8 @@ LATENCY_ONLY = ("resnet50", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf",
                 "densenet121", "vit_b_16")
 
 
-# The latency rows: each group loses at most half of its channels and the scores are compared
-# as they are (not normalized per group): measured better than the defaults (0.9, mean), see
-# RESULTS.md.
-LATENCY = {"max_ratio": 0.5, "normalization": "none"}
-
-
 def run(path, shapes, target: float, allocation: str, strategy_args, calib):
-    extra = LATENCY if allocation == "latency" else {}
-    strategy = onnxprune.Strategy(*strategy_args, allocation=allocation, **extra)
+    strategy = onnxprune.Strategy(*strategy_args, allocation=allocation)
     start = time.perf_counter()
     pruned, report = onnxprune.prune(path, target_latency=target, strategy=strategy,
                                      calib=calib, input_shapes=shapes, round_to=16,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import ceil, gcd
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -40,8 +40,8 @@ class _Step:
 
 
 def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, round_to: int,
-                       ratios: dict[int, float], max_ratio: float, cost: LatencyCost,
-                       progress: Callable[[], None] | None = None) -> dict[int, int]:
+                       ratios: dict[int, float], max_ratio: float, cost: LatencyCost
+                       ) -> dict[int, int]:
     """Components each group loses (lowest ``ranking`` first) so that the predicted latency
     is at most ``1 − ratio`` of the dense model's, or as close as the groups allow. Groups
     whose ``ratios`` entry is 0 (frozen, excluded, opt-in kinds not asked for) stay whole."""
@@ -95,6 +95,4 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
         s.taken += k * s.step
         current = cost.fraction(removed)
         stale = {best} | (cost.neighbours(best) & set(steps))
-        if progress is not None:
-            progress()
     return {gid: s.taken for gid, s in steps.items()}

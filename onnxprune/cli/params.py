@@ -114,8 +114,9 @@ def _strategy_options(f):
         click.option("--group-reduction", type=choice(REDUCTIONS), default="sum",
                      show_default=True, help="Combine a group's member scores."),
         click.option("--normalize", "normalization", type=choice(NORMALIZATIONS),
-                     default="mean", show_default=True,
-                     help="Make groups comparable for --allocation global."),
+                     default=None,
+                     help="Make groups comparable for --allocation global (default: mean) "
+                          "or latency (default: none)."),
         click.option("--allocation", type=choice(ALLOCATIONS), default="uniform",
                      show_default=True,
                      help="Spread the ratio over groups ('latency': spend --target-latency "
@@ -124,9 +125,9 @@ def _strategy_options(f):
         click.option("--rank-by", type=choice(RANKINGS), default="score", show_default=True,
                      help="Global allocation ranks components by their normalized 'score', "
                           "or by 'score-per-mac' (importance against the MACs each costs)."),
-        click.option("--max-ratio", type=float, default=0.9, show_default=True,
-                     help="Most of one group that --allocation global, adaptive or latency "
-                          "may remove."),
+        click.option("--max-ratio", type=float, default=None,
+                     help="Most of one group that --allocation global or adaptive (default "
+                          "0.9) or latency (default 0.5) may remove."),
         click.option("--compensate", type=choice(METHODS), default=None,
                      help="Re-fit the layers that read removed channels (default: obs for "
                           "--criterion obs and obspa, else none). Needs --calib, except with "

@@ -245,7 +245,7 @@ def _describe(options: PruneOptions) -> dict:
             "heads": options.heads, "mlp": options.mlp, "hidden": options.hidden,
             "calib": None if calib is None else [_source(c) for c in _as_list(calib)],
             "exclude": list(options.exclude), "reduction": strategy.reduction,
-            "normalization": strategy.normalization, "max_ratio": strategy.max_ratio,
+            "normalization": strategy.normalize_by, "max_ratio": strategy.group_cap,
             "rank_by": strategy.rank_by, "damping": strategy.damping, "seed": options.seed}
 
 

@@ -23,13 +23,13 @@ from .analyze import Analyzed, analyze_model
 from .build import Built, build, masked_of
 from .diagnose import dense_failure, first_divergence
 from .fidelity import fidelity_to_dense
+from .latency_cost import PlanLatency
 from .options import PruneOptions
 from .plan import MacCounter, planned_params
 from .recover import kept_channels
 from .report import (CheckSection, CostSection, PruneReport, TargetSection, barriers,
                      group_entry, why_nothing_pruned)
 from .scoring import Scoring, check_scoring, describe, score_model
-from .latency_cost import PlanLatency
 from .targets import TargetSearch, meet_latency, ratio_for_target
 
 
@@ -186,6 +186,7 @@ def _report(a: Analyzed, built: Built, options: PruneOptions, macs: MacCounter,
         groups=groups, barriers=barriers(a), bodies=built.bodies,
         strategy={**dataclasses.asdict(strategy), "seed": options.seed,
                   "compensate": strategy.compensation,
+                  "normalization": strategy.normalize_by, "max_ratio": strategy.group_cap,
                   "calibration": describe(scoring.calib, scoring.stats),
                   "notes": built.notes},
         ratios_by_kind=options.by_kind, target=target,

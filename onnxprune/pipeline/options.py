@@ -29,21 +29,39 @@ TARGETS = ("macs", "params", "latency")
 @dataclass(frozen=True)
 class Strategy:
     """How channels are chosen: the criterion, how member scores combine into a group score
-    (``reduction``), how groups are made comparable (``normalization``, for global
+    (``reduction``), how groups are made comparable (``normalization``, for global or latency
     allocation), how the ratio is spread over groups (``allocation``), and the most a single
-    group may lose under global or adaptive allocation (``max_ratio``); ``rank_by=
+    group may lose under global, adaptive or latency allocation (``max_ratio``; defaults that
+    depend on the allocation: ``normalize_by``, ``group_cap``); ``rank_by=
     "score-per-mac"`` makes the global ranking weigh each component's normalized score against
     the MACs it costs. All but the criterion are given by keyword."""
 
     criterion: str = "l2"
     _: KW_ONLY
     reduction: str = "sum"
-    normalization: str = "mean"    # measured at equal MACs: benchmarks/RESULTS.md (issue 4)
+    normalization: str | None = None    # default: see ``normalize_by``
     allocation: str = "uniform"
-    max_ratio: float = 0.9
+    max_ratio: float | None = None      # default: see ``group_cap``
     compensate: str | None = None   # none, bias, obs, sequential; default: obs for obspa, else none
     damping: float = DAMPING        # λ of the OBS update, relative to mean(diag H)
     rank_by: str = "score"          # global ranking: "score", or "score-per-mac" (cost-aware)
+
+    @property
+    def normalize_by(self) -> str:
+        """``normalization``, by default "mean" (best at equal MACs for global allocation,
+        RESULTS.md issue 4), "none" for latency allocation (scores compared as they are:
+        measured better there, RESULTS.md issue 17)."""
+        if self.normalization is not None:
+            return self.normalization
+        return "none" if self.allocation == "latency" else "mean"
+
+    @property
+    def group_cap(self) -> float:
+        """``max_ratio``, by default 0.9, or 0.5 for latency allocation (deeper cuts lost task
+        quality there: RESULTS.md issue 17)."""
+        if self.max_ratio is not None:
+            return self.max_ratio
+        return 0.5 if self.allocation == "latency" else 0.9
 
     @property
     def compensation(self) -> str:
@@ -75,7 +93,7 @@ class Strategy:
         fields the user set; default: those that differ from their defaults)."""
         for name, value, allowed in (("criterion", self.criterion, tuple(CRITERIA)),
                                      ("group reduction", self.reduction, REDUCTIONS),
-                                     ("normalization", self.normalization, NORMALIZATIONS),
+                                     ("normalization", self.normalize_by, NORMALIZATIONS),
                                      ("allocation", self.allocation, ALLOCATIONS),
                                      ("compensation", self.compensation, METHODS),
                                      ("ranking", self.rank_by, RANKINGS)):
@@ -88,8 +106,8 @@ class Strategy:
                             f"random)")
         if not self.damping > 0.0:
             raise UserError(f"--obs-damping must be positive, got {self.damping}")
-        if not 0.0 < self.max_ratio < 1.0:
-            raise UserError(f"max-ratio must be in (0, 1), got {self.max_ratio}")
+        if not 0.0 < self.group_cap < 1.0:
+            raise UserError(f"max-ratio must be in (0, 1), got {self.group_cap}")
         self._check_effects(self.given() if given is None else given)
 
     def _check_effects(self, given: set[str]) -> None:

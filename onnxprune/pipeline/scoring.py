@@ -91,7 +91,7 @@ def group_scores(a: Analyzed, strategy: Strategy, stats=None, input_shapes=None,
     ctx = ScoringContext(a.analysis, a.roots, a.groups, strategy.reduction, seed, stats,
                          input_shapes=input_shapes, progress=progress)
     scores = score(strategy.criterion, ctx)
-    ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalization)
+    ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalize_by)
     if strategy.rank_by == "score-per-mac":
         costs, unit = component_costs(a.analysis, a.roots, node_macs(a.model, input_shapes))
         ranking = ranking / np.maximum(costs, 1e-12)
