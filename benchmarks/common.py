@@ -14,13 +14,9 @@ def machine() -> str:
     import onnx
     import onnxruntime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
+    from onnxprune.runtime.hardware import cpu_model
+
+    return (f"{cpu_model()}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
             f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")
 
 

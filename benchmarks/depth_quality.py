@@ -43,8 +43,9 @@ def main(argv=None) -> None:
     model = load_model(path)
     dense, dense_params = embed(path, ids, mask), count_params(model)
     fused = fused_form(path)
-    blocks = residual_blocks(ModelGraph(model))
-    influence = block_influence(model, blocks, calib)
+    graph = ModelGraph(model)
+    blocks = residual_blocks(graph)
+    influence = block_influence(model, blocks, calib, graph)
     print(machine())
     print(f"Command: `python -m benchmarks.depth_quality --blocks "
           f"{' '.join(map(str, args.blocks))}`; {len(blocks)} candidate blocks")

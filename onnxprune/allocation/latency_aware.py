@@ -33,7 +33,6 @@ class LatencyCost(Protocol):
 
 @dataclass
 class _Step:
-    group: Group
     step: int           # components per step
     cap: int            # most components it may lose
     taken: int = 0
@@ -55,7 +54,7 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
         step = unit * max(1, ceil(g.size / MAX_STEPS / unit))
         cap = min(int(np.floor(max_ratio * g.size)), g.size - unit)
         if cap >= step:
-            steps[g.id] = _Step(g, step, cap)
+            steps[g.id] = _Step(step, cap)
     removed: set[int] = set()
     current = cost.fraction(removed)
     prices: dict[int, tuple[float, float] | None] = {}

@@ -34,6 +34,7 @@ from ..io.external import external_bytes
 from ..io.weights import WeightStore, configure_session, inline_weights
 from ..progress import task
 from ..runtime import count_cost, input_shapes, make_inputs
+from ..runtime.hardware import cpu_model
 from ..runtime.timing import MAX_RUNS, MIN_RUNS, Timing, latency_session, timed_calls
 
 CUDA = "CUDAExecutionProvider"
@@ -426,7 +427,7 @@ def _settings(options: BenchOptions, batches) -> dict:
 
 def machine_info(options: BenchOptions, sess: ort.InferenceSession | None = None) -> dict:
     """What the numbers were measured on, so they can be compared honestly with others'."""
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "onnxruntime": ort.__version__,
             "provider": PROVIDERS[options.provider], "threads": options.threads}
     if options.provider == "cuda":
@@ -438,17 +439,6 @@ def machine_info(options: BenchOptions, sess: ort.InferenceSession | None = None
                         "cudnn_conv_algo_search": value["cudnn_conv_algo_search"],
                         "device_id": int(value["device_id"]), "io_binding": True}
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def _gpu_name(device_id: int) -> str | None:

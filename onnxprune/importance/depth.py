@@ -13,12 +13,12 @@ from ..runtime import session
 from ..runtime.run import exposing
 
 
-def block_influence(model: onnx.ModelProto, blocks: list[ResidualBlock], batches
-                    ) -> np.ndarray:
+def block_influence(model: onnx.ModelProto, blocks: list[ResidualBlock], batches,
+                    graph: ModelGraph | None = None) -> np.ndarray:
     """One score per block: the mean over samples of 1 − cos(x, y), each sample's tensors
     flattened (0 for a block that leaves its input as it is)."""
     names = list(dict.fromkeys([b.skip for b in blocks] + [b.branch for b in blocks]))
-    graph = ModelGraph(model, infer_shapes=False)
+    graph = graph or ModelGraph(model, infer_shapes=False)     # the one blocks came from
     biases = [graph.const(b.bias) if b.bias else None for b in blocks]  # a fused norm's
     sess = session(exposing(model, names))
     total, count = np.zeros(len(blocks)), 0

@@ -60,9 +60,9 @@ def prune_depth(model: onnx.ModelProto, options: PruneOptions, check_feeds, prog
         batches = [f for s in as_sources(calib)
                    for f in source_batches(s, model, options.input_shapes, options.seed)]
         try:
-            scores = block_influence(model, blocks, batches)
+            scores = block_influence(model, blocks, batches, graph)
         except Exception:  # noqa: BLE001 - models that take one sample at a time (a cache)
-            scores = block_influence(model, blocks, _one_by_one(model, batches))
+            scores = block_influence(model, blocks, _one_by_one(model, batches), graph)
     order = np.argsort(scores, kind="stable")[:count]
     chosen = [blocks[i] for i in sorted(order)]
     pruned, masked = drop_blocks(model, chosen, "prune"), drop_blocks(model, chosen, "mask")

@@ -75,12 +75,10 @@ def trace_dim(ctx, name: str) -> DimExpr | None:
                 num *= value
             name = node.input(0)
         elif node.op in ("Gather", "Slice"):
-            source = ctx.graph.producer.get(node.input(0))
-            span = _shape_span(ctx, source) if source is not None and source.op == "Shape" else None
-            index = _picked_index(ctx, node, span[1]) if span else None
-            if index is None:
+            picked = _picked_axes(ctx, name)
+            if picked is None or len(picked[1]) != 1:
                 return None
-            return DimExpr(source.input(0), span[0] + index, num, den, add)
+            return DimExpr(picked[0], picked[1][0], num, den, add)
         elif node.op == "ReduceProd" and (den, add) == (1, 0):
             return _product(ctx, node, num)
         elif node.op in ("Max", "Min") and (num, den, add) == (1, 1, 0):
@@ -136,9 +134,9 @@ def _picked_axes(ctx, name: str):
     start, length = span
     if node.op == "Gather":
         index = ctx.const(node.input(1))
-        if int(node.attr("axis", 0)) != 0 or index is None or index.ndim != 1:
+        if int(node.attr("axis", 0)) != 0 or index is None or index.ndim > 1:
             return None
-        picked = [normalize_axis(int(i), length) for i in index]
+        picked = [normalize_axis(int(i), length) for i in index.ravel()]
         if any(not 0 <= p < length for p in picked):
             return None
     else:
@@ -160,23 +158,6 @@ def _shape_span(ctx, shape_node) -> tuple[int, int] | None:
     end = shape_node.attr("end")
     end = rank if end is None else min(max(normalize_axis(int(end), rank), 0), rank)
     return start, max(end - start, 0)
-
-
-def _picked_index(ctx, node, length: int) -> int | None:
-    """The one entry of a ``length``-long shape that a Gather or Slice picks, else None."""
-    if node.op == "Gather":
-        index = ctx.const(node.input(1))
-        if int(node.attr("axis", 0)) != 0 or index is None or index.size != 1:
-            return None
-        picked = normalize_axis(int(index.ravel()[0]), length)
-        return picked if 0 <= picked < length else None
-    starts, ends = ctx.const(node.input(1)), ctx.const(node.input(2))
-    steps = ctx.const(node.input(4)) if node.input(4) else None
-    if starts is None or ends is None or starts.size != 1 or ends.size != 1 or (
-            node.input(4) and (steps is None or int(steps.ravel()[0]) != 1)):
-        return None
-    picked = range(length)[slice(int(starts[0]), int(ends[0]))]
-    return picked[0] if len(picked) == 1 else None
 
 
 def shape_source(ctx, name: str) -> str:

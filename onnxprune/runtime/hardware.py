@@ -11,6 +11,18 @@ from __future__ import annotations
 import platform
 
 
+def cpu_model() -> str:
+    """The CPU's model name (what timings are valid for)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def cpu_flags() -> set[str]:
     """The instruction-set flags the CPU reports (empty where it cannot be read)."""
     try:

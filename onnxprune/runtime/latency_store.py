@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
 from ..errors import UserError
+from .hardware import cpu_model
 
 FORMAT = 1
 
@@ -26,14 +26,7 @@ def place(provider: str = "CPUExecutionProvider", threads: int = 1) -> str:
     """The section name of timings taken here with this provider and thread count."""
     import onnxruntime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu} | onnxruntime {onnxruntime.__version__} | {provider} | {threads} threads"
+    return f"{cpu_model()} | onnxruntime {onnxruntime.__version__} | {provider} | {threads} threads"
 
 
 def signature_key(signature: tuple) -> str:
