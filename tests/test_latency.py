@@ -94,9 +94,10 @@ def test_same_signature_is_measured_once(monkeypatch):
     assert table.layers() == {0: (16, 16), 1: (16, 16)}
     first = table.latency(0, 16, 16)
     assert table.latency(1, 16, 16) == first and len(calls) == 1
-    assert table.dense_total() == 2 * first and len(calls) == 1
-    assert table.latency(1, 16, 8) != first and len(calls) == 2
-    assert table.measurements == 2
+    assert table.dense_total() == 2 * table.cost(0, 16, 16)
+    assert len(calls) == 2            # and the empty run once, for the floor
+    assert table.latency(1, 16, 8) != first and len(calls) == 3
+    assert table.measurements == 3
 
 
 def test_narrower_conv_is_faster():
@@ -107,3 +108,69 @@ def test_narrower_conv_is_faster():
     table = LayerLatencyTable(model, budget_s=0.3)
     dense, narrow = table.latency(0, 256, 256), table.latency(0, 256, 64)
     assert narrow < 0.6 * dense   # 4x fewer MACs; a generous margin for noise
+
+
+def stream_model():
+    """The weightless nodes of a depthwise net around three convs: a ReLU ONNX Runtime folds
+    into its Conv, a SiLU (x·sigmoid(x), folded into one kernel), a squeeze-excitation gate,
+    a Concat, a BatchNormalization after it (no Conv to fold into) and integer shape
+    arithmetic, which is no data stream."""
+    b = GraphBuilder()
+    a = b.op("Relu", [b.conv("x", 8, 16)])                         # 0 Conv, 1 Relu (folds)
+    c = b.conv(a, 16, 16, group=16)                                # 2
+    s = b.op("Mul", [c, b.op("Sigmoid", [c])])                     # 3 Sigmoid, 4 Mul
+    g = b.op("Sigmoid", [b.conv(b.op("GlobalAveragePool", [s]), 16, 16, k=1)])  # 5, 6, 7 folds
+    s = b.op("Mul", [s, g])                                        # 8 SE gate
+    y = b.bn(b.op("Concat", [a, s], axis=1), 32)                   # 9 Concat, 10 BN
+    y = b.conv(y, 32, 4)                                           # 11
+    shape = b.op("Shape", [y])                                     # 12
+    b.op("Add", [shape, shape])                                    # 13: integers
+    return b.model({"x": [1, 8, 12, 12]}, [y])
+
+
+def test_stream_nodes_are_the_unfolded_weightless_ones():
+    table = LayerLatencyTable(stream_model(), streams=True)
+    ops = {i: layer.op for i, layer in table.streams().items()}
+    assert ops == {4: "Mul", 5: "GlobalAveragePool", 8: "Mul", 9: "Concat",
+                   10: "BatchNormalization"}    # the gate's Sigmoid folds into its Conv
+    assert LayerLatencyTable(stream_model()).streams() == {}      # opt-in
+
+
+def test_a_stream_node_is_timed_at_the_shapes_given_and_pays_no_run_of_its_own(monkeypatch):
+    calls = []
+
+    def fake(model, *args, **kwargs):
+        calls.append(model)
+        inputs = len(model.graph.input)
+        elements = sum(int(np.prod([d.dim_value for d in i.type.tensor_type.shape.dim]))
+                       for i in model.graph.input)
+        return Timing(median=1e-6 * inputs + 1e-9 * elements, p90=1.0, min=0.0, runs=10)
+
+    monkeypatch.setattr(layer_table, "measure_latency", fake)
+    table = LayerLatencyTable(stream_model(), streams=True)
+    concat = table.streams()[9]
+    assert concat.shapes == ((1, 16, 12, 12), (1, 16, 12, 12)) and concat.data_inputs == 2
+    dense = table.stream_latency(9, concat.shapes)
+    half = table.stream_latency(9, ((1, 8, 12, 12), (1, 8, 12, 12)))
+    floor = 2e-6 + 2e-9           # the empty run that binds two one-value inputs
+    assert dense == pytest.approx(2e-6 + 1e-9 * 2 * 16 * 144 - floor, rel=1e-6)
+    assert half == pytest.approx(2e-6 + 1e-9 * 2 * 8 * 144 - floor, rel=1e-6)
+    bn = table.streams()[10]                                       # constants cut to size
+    narrow = bn.model(((1, 24, 12, 12),) + ((24,),) * 4, 17)
+    assert [list(t.dims) for t in narrow.graph.initializer] == [[24]] * 4
+    assert [i.name for i in narrow.graph.input] == ["x0"]
+
+
+def test_the_plan_narrows_what_stream_nodes_read():
+    from onnxprune.allocation.latency import LatencyPredictor
+    from onnxprune.pipeline import analyze_model
+    from onnxprune.pipeline.latency_cost import PlanLatency
+    from onnxprune.pipeline.plan import plan_for
+
+    a = analyze_model(stream_model())
+    priced = PlanLatency(a, LatencyPredictor(a.model))
+    removed = plan_for(a, 0.5, 8).removed
+    concat = priced._stream_input(9, 0, (1, 16, 12, 12), removed)
+    bn_scale = priced._stream_input(10, 1, (32,), removed)
+    assert concat == (1, 8, 12, 12) and bn_scale == (16,)
+    assert priced.fraction_of(removed) < 1.0 == pytest.approx(priced.fraction(set()))

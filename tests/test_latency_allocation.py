@@ -65,6 +65,22 @@ def test_a_width_that_saves_nothing_is_looked_past():
     assert taken[0] >= 16 and cost.fraction(set(range(taken[0]))) <= 0.7
 
 
+def test_the_cap_is_lifted_only_where_the_target_needs_it():
+    groups = [group(0, 0, 32), group(1, 32, 32)]
+    ranking = np.concatenate([np.full(32, 1.0), np.full(32, 2.0)])
+    cost = Additive(groups, {0: 0.01, 1: 0.01})
+    reach = latency_allocation(groups, ranking, 0.2, 1, {0: 0.5, 1: 0.5}, 0.5, cost, 0.9)
+    assert reach == {0: 16, 1: 4}                   # within the cap: it stays
+    capped = latency_allocation(groups, ranking, 0.5, 1, {0: 0.5, 1: 0.5}, 0.5, cost)
+    assert capped == {0: 16, 1: 16}                 # out of reach: as close as the cap allows
+    lifted = latency_allocation(groups, ranking, 0.5, 1, {0: 0.5, 1: 0.5}, 0.5, cost, 0.9)
+    assert lifted == {0: 28, 1: 22}                 # the cheaper group first, to 0.9
+    assert onnxprune.Strategy(allocation="latency").cap_relaxes_to == 0.9
+    assert onnxprune.Strategy(allocation="latency", max_ratio=0.5).cap_relaxes_to is None
+    assert onnxprune.Strategy(allocation="global").cap_relaxes_to is None
+    assert cost.fraction(set(range(lifted[0])) | set(range(32, 32 + lifted[1]))) <= 0.5 + 1e-9
+
+
 def test_frozen_or_unasked_groups_stay_whole():
     groups = [group(0, 0, 32), group(1, 32, 32)]
     cost = Additive(groups, {0: 0.01, 1: 0.01})
@@ -76,7 +92,9 @@ class OneLayerCounts:
     """A predictor whose latency is the first conv's output width alone (``layers`` of the
     real table): only the first group's channels cost time."""
 
-    def __init__(self, model, input_shapes=None, threads=1, progress=None, table_path=None):
+    def __init__(self, model, input_shapes=None, threads=1, progress=None, table_path=None,
+                 device=None):
+        self.device = device
         from onnxprune.runtime import LayerLatencyTable
 
         self.threads, self.table = threads, LayerLatencyTable(model, input_shapes)
@@ -84,7 +102,7 @@ class OneLayerCounts:
         self.dense_out = self.table.layers()[self.first][1]
         self.dense = 1.0
 
-    def fraction(self, dims):
+    def fraction(self, dims, stream_shapes=None):
         shape = dims.get((self.first, 1))
         return 1.0 if shape is None else shape[0] / self.dense_out
 

@@ -4,6 +4,8 @@ compensation."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -122,19 +124,23 @@ class ModelledTiming:
     OVERHEAD = 0.2      # share of the dense latency that no pruning removes
     SECONDS = 1e-3      # the dense model's latency
 
-    def __init__(self, model, input_shapes=None, threads=1, progress=None, table_path=None):
+    def __init__(self, model, input_shapes=None, threads=1, progress=None, table_path=None,
+                 device=None):
+        self.device = device
         self.threads, self.per_node = threads, node_macs(model, input_shapes)
         self.dense_macs = sum(self.per_node)
         weights = {t.name: t.dims for t in model.graph.initializer}
         self.sizes = {k: int(np.prod(weights[n.input[1]])) for k, n in
                       enumerate(model.graph.node) if len(n.input) > 1 and n.input[1] in weights}
         self.dense = self.measure(model)
+        # what PlanLatency reads: every weighted node, no stream node
+        self.table = SimpleNamespace(layers=lambda: dict.fromkeys(self.sizes), streams=dict)
 
     def measure(self, model) -> float:
         share = count_cost(model).macs / self.dense_macs
         return self.SECONDS * (self.OVERHEAD + (1 - self.OVERHEAD) * share)
 
-    def fraction(self, weight_dims) -> float:
+    def fraction(self, weight_dims, stream_shapes=None) -> float:
         kept = sum(macs * (np.prod(weight_dims[(k, 1)]) / self.sizes[k]
                            if (k, 1) in weight_dims else 1.0)
                    for k, macs in enumerate(self.per_node))

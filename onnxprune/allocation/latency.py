@@ -2,14 +2,17 @@
 
 The dense model is timed whole; each Conv/Gemm/MatMul layer is timed alone at the widths a plan
 gives it (multiples of ``round_to``, so the table is measured at the hardware-friendly widths
-the plan will actually use). A plan's latency is predicted as the dense latency scaled by the
-layers' summed latency at the plan's widths over their summed dense latency, the rest of the
-model being assumed to follow in proportion. The pruned model is then timed for real, and the
-report gives both numbers.
+the plan will actually use), and so is each weightless node whose time follows what it reads
+(activations, pools, concats, norms; see ``runtime.layer_table``) at the shapes the plan gives
+its inputs. A plan's latency is predicted as the dense latency scaled by the timed nodes'
+summed latency at the plan's shapes over their summed dense latency, what was not timed being
+assumed to follow in proportion. The pruned model is then timed for real, and the report gives
+both numbers.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..runtime import LayerLatencyTable, measure_latency
@@ -19,29 +22,47 @@ MEASURE_BUDGET_S = 1.0      # seconds of timed runs per whole-model measurement
 
 
 class LatencyPredictor:
-    def __init__(self, model: onnx.ModelProto, input_shapes=None, threads: int = 1,
-                 progress=None, table_path=None):
-        self.threads, self.input_shapes = threads, input_shapes
-        store = (LatencyStore(table_path, place("CPUExecutionProvider", threads))
-                 if table_path is not None else None)
-        self.table = LayerLatencyTable(model, input_shapes, threads, store=store)
-        self.dense_layers = self.table.dense_total(progress)
-        self.dense = self.measure(model)
+    """``device``: predict from the timings a deployment device took (a section of the table
+    at ``table_path`` that ``runtime.device_timer`` wrote); nothing is timed here then, and
+    ``dense`` is None."""
 
-    def fraction(self, weight_dims: dict[tuple[int, int], list[int]]) -> float:
+    def __init__(self, model: onnx.ModelProto, input_shapes=None, threads: int = 1,
+                 progress=None, table_path=None, streams: bool = True,
+                 device: str | None = None):
+        self.threads, self.input_shapes = threads, input_shapes
+        store = (LatencyStore(table_path, place("CPUExecutionProvider", threads), device)
+                 if table_path is not None else None)
+        self.device = store.section if device is not None else None
+        self.table = LayerLatencyTable(model, input_shapes, threads, store=store,
+                                       streams=streams)
+        self.dense_layers = self.table.dense_total(progress)
+        self.dense = self.measure(model) if self.device is None else None
+
+    def fraction(self, weight_dims: dict[tuple[int, int], list[int]],
+                 stream_shapes: dict[int, list] | None = None) -> float:
         """Predicted latency of a plan over the dense latency; ``weight_dims`` maps (node,
-        input index) to the sliced weight's dims."""
+        input index) to the sliced weight's dims, ``stream_shapes`` a stream node to its
+        inputs' shapes (dense where absent)."""
         if self.dense_layers <= 0:
             return 1.0
         total = 0.0
         for node, dense in self.table.layers().items():
             dims = weight_dims.get((node, 1))
             widths = self.table.widths(node, dims) if dims is not None else dense
-            total += self.table.latency(node, *widths)
+            total += self.table.cost(node, *widths)
+        for node, layer in self.table.streams().items():
+            shapes = (stream_shapes or {}).get(node, layer.shapes)
+            try:
+                total += self.table.stream_latency(node, shapes)
+            except Exception:  # noqa: BLE001 - ORT refuses this shape: scale the dense time
+                total += self.table.stream_latency(node, layer.shapes) * _size_ratio(
+                    shapes, layer.shapes)
         return total / self.dense_layers
 
     def measure(self, model: onnx.ModelProto) -> float:
         """The fastest of many timed runs (the most repeatable figure on a shared machine)."""
+        if self.device is not None:
+            raise RuntimeError("a device's table predicts; the model is not timed here")
         return measure_latency(model, threads=self.threads, input_shapes=self.input_shapes,
                                budget_s=MEASURE_BUDGET_S).min
 
@@ -50,5 +71,10 @@ class LatencyPredictor:
         file and those timed in this run."""
         if self.table.store is not None:
             self.table.store.save()
-        reused = self.table.reused
-        return reused, self.table.measurements - reused
+        return self.table.reused, self.table.timed
+
+
+def _size_ratio(shapes, dense) -> float:
+    """Elements of the inputs at ``shapes`` over those at ``dense``."""
+    count = (lambda ss: sum(int(np.prod(s)) for s in ss if s is not None))
+    return count(shapes) / max(count(dense), 1)

@@ -35,15 +35,19 @@ class LatencyCost(Protocol):
 class _Step:
     step: int           # components per step
     cap: int            # most components it may lose
+    relaxed: int        # ... where the budget cannot be met under ``cap``
     taken: int = 0
 
 
 def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, round_to: int,
-                       ratios: dict[int, float], max_ratio: float, cost: LatencyCost
-                       ) -> dict[int, int]:
+                       ratios: dict[int, float], max_ratio: float, cost: LatencyCost,
+                       relax_to: float | None = None) -> dict[int, int]:
     """Components each group loses (lowest ``ranking`` first) so that the predicted latency
     is at most ``1 − ratio`` of the dense model's, or as close as the groups allow. Groups
-    whose ``ratios`` entry is 0 (frozen, excluded, opt-in kinds not asked for) stay whole."""
+    whose ``ratios`` entry is 0 (frozen, excluded, opt-in kinds not asked for) stay whole. No
+    group loses more than ``max_ratio`` of its components while the budget can be met that
+    way; when it cannot, every group may go on to ``relax_to`` (the greedy then continues
+    from where it stood, so the groups that pay for the rest are still the cheapest)."""
     order = {g.id: g.components[np.argsort(ranking[g.components], kind="stable")]
              for g in groups}
     steps = {}
@@ -52,9 +56,10 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
             continue
         unit = max(1, round_to // gcd(round_to, g.width))
         step = unit * max(1, ceil(g.size / MAX_STEPS / unit))
-        cap = min(int(np.floor(max_ratio * g.size)), g.size - unit)
-        if cap >= step:
-            steps[g.id] = _Step(step, cap)
+        caps = [min(int(np.floor(r * g.size)), g.size - unit)
+                for r in (max_ratio, max(max_ratio, relax_to or 0.0))]
+        if caps[1] >= step:
+            steps[g.id] = _Step(step, caps[0], relaxed=caps[1])
     removed: set[int] = set()
     current = cost.fraction(removed)
     prices: dict[int, tuple[float, float] | None] = {}
@@ -83,6 +88,11 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
             if p is not None and p[0] / p[1] < best_rate:
                 best, best_rate = gid, p[0] / p[1]
         if best is None:
+            if any(s.cap < s.relaxed for s in steps.values()):
+                for s in steps.values():    # out of reach under the cap: lift it
+                    s.cap = s.relaxed
+                stale = set(steps)
+                continue
             break                       # nothing left that saves time
         s, k = steps[best], prices[best][2]
         for fewer in range(1, k):       # no further than the budget needs

@@ -59,7 +59,8 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
              ratio: float, round_to: int = 1, by_kind: dict[str, float] | None = None,
              allocation: str = "uniform", max_ratio: float = 0.9,
              ranking: np.ndarray | None = None,
-             weights: dict[int, float] | None = None, latency=None) -> Plan:
+             weights: dict[int, float] | None = None, latency=None,
+             relax_to: float | None = None) -> Plan:
     """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels");
     "hidden" groups are pruned only at their own ratio in ``by_kind``.
 
@@ -71,7 +72,8 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
     times ``weights[group]`` (from measured sensitivity: below 1 where pruning hurts more),
     capped at ``max_ratio``. ``latency``: ``ratio`` is the share of the predicted latency to
     remove, spent where it loses the least ``ranking`` per second saved (``latency_aware``;
-    ``latency`` prices a removal). Within a group the lowest ``scores`` go.
+    ``latency`` prices a removal; where ``max_ratio`` leaves the target out of reach, groups
+    may go on to ``relax_to``). Within a group the lowest ``scores`` go.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r} (one of {ALLOCATIONS})")
@@ -84,7 +86,7 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
         if latency is None:
             raise ValueError("latency allocation needs a latency model")
         taken = latency_allocation(groups, scores if ranking is None else ranking, ratio,
-                                   round_to, ratios, max_ratio, latency)
+                                   round_to, ratios, max_ratio, latency, relax_to)
         ratios = {g.id: taken.get(g.id, 0) / g.size for g in groups}
     elif allocation == "adaptive":
         if weights is None:

@@ -14,6 +14,7 @@ from ..errors import EXIT_INTERNAL, OnnxPruneError, one_line
 from .bench import bench, compare
 from .console import error
 from .inspect import inspect, sensitivity
+from .latency import latency_bundle
 from .prune import demo, prune
 from .recover import recover
 from .sweep import sweep
@@ -27,7 +28,8 @@ def cli():
     """Structural pruning of ONNX models: find coupled channels, remove them, prove it."""
 
 
-for command in (inspect, prune, recover, sensitivity, demo, bench, compare, sweep):
+for command in (inspect, prune, recover, sensitivity, demo, bench, compare, sweep,
+                latency_bundle):
     cli.add_command(command)
 
 

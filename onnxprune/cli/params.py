@@ -222,6 +222,11 @@ def pruning_options(sweep: bool = False):
                              help="A JSON file of per-layer timings for --target-latency: read "
                                   "where it has this machine's (CPU, ONNX Runtime version, "
                                   "threads), extended with what this run times."),
+                click.option("--latency-device", default=None, metavar="NAME",
+                             help="Predict --target-latency from the timings a deployment "
+                                  "device took (a section of --latency-table written by "
+                                  "device_timer.py from `onnxprune latency-bundle`; any part "
+                                  "of its name): nothing is timed here."),
                 click.option("--latency-threads", type=int, default=1, show_default=True,
                              help="Intra-op threads ONNX Runtime uses when timing for "
                                   "--target-latency."),
@@ -257,7 +262,7 @@ _STRATEGY = ("criterion", "group_reduction", "normalization", "allocation", "max
              "compensate", "obs_damping", "rank_by")
 _OPTIONS = ("ratio", "heads", "mlp", "hidden", "round_to", "exclude", "input_shape",
             "tolerance", "seed", "target_macs", "target_params", "target_latency",
-            "latency_threads", "latency_table", "steps", "check_data", "allow_cache_change",
+            "latency_threads", "latency_table", "latency_device", "steps", "check_data", "allow_cache_change",
             "blocks")
 
 

@@ -190,7 +190,11 @@ def _print_extras(report: dict) -> None:
                else f"{len(report['steps'])} steps")
         echo(f"target: keep {target['fraction']:.1%} of the {target['kind']} -> {how} "
              f"(keeps {target['planned']:.1%})")
-        if target["kind"] == "latency":
+        if target["kind"] == "latency" and target.get("device"):
+            echo(f"  latency predicted from the timings of {target['device']}: "
+                 f"{target['planned']:.1%} of the dense model's "
+                 f"({'met' if target['met'] else 'MISSED'}; not timed here)")
+        elif target["kind"] == "latency":
             fixes = (f", after {target['corrections']} correction(s)"
                      if target["corrections"] else "")
             echo(f"  latency on ORT CPU ({target['threads']} thread(s), fastest run): "

@@ -59,17 +59,22 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         kind, fraction = options.target
         if kind == "latency":
             search.predictor = LatencyPredictor(a.model, shapes, options.latency_threads,
-                                                progress, options.latency_table)
+                                                progress, options.latency_table,
+                                                device=options.latency_device)
+            search.priced = PlanLatency(a, search.predictor)
             if strategy.allocation == "latency":
-                search.latency = PlanLatency(a, search.predictor)
+                search.latency = search.priced
         with task(progress, f"searching the ratio for --target-{kind}"):
             ratio, planned = ratio_for_target(search, kind, fraction)
         target = TargetSection(kind, fraction, ratio, planned)
     built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
                   scoring.scored, options.seed, progress, search.latency)
-    if search.predictor is not None:
+    if search.predictor is not None and search.predictor.device is not None:
+        target.device, target.met = search.predictor.device, target.planned <= target.fraction
+    elif search.predictor is not None:
         with task(progress, "timing the pruned model against the target"):
             built = _timed_to_target(search, target, scoring.stats, built)
+    if search.predictor is not None:
         target.table_reused, target.table_timed = search.predictor.save()
     report = _report(a, built, options, search.macs, scoring, target)
     report.warnings.extend(scoring.warnings)
@@ -187,6 +192,7 @@ def _report(a: Analyzed, built: Built, options: PruneOptions, macs: MacCounter,
         strategy={**dataclasses.asdict(strategy), "seed": options.seed,
                   "compensate": strategy.compensation,
                   "normalization": strategy.normalize_by, "max_ratio": strategy.group_cap,
+                  "max_ratio_relaxes_to": strategy.cap_relaxes_to,
                   "calibration": describe(scoring.calib, scoring.stats),
                   "notes": built.notes},
         ratios_by_kind=options.by_kind, target=target,

@@ -64,6 +64,13 @@ class Strategy:
         return 0.5 if self.allocation == "latency" else 0.9
 
     @property
+    def cap_relaxes_to(self) -> float | None:
+        """How far latency allocation may go past its default cap of one half where the
+        target cannot be reached under it (ViT-B/16, RegNetY at 0.6: RESULTS.md issue 17):
+        0.9; None where ``max_ratio`` was given (a cap asked for is kept)."""
+        return 0.9 if self.max_ratio is None and self.allocation == "latency" else None
+
+    @property
     def compensation(self) -> str:
         if self.compensate is not None:
             return self.compensate
@@ -143,7 +150,8 @@ class PruneOptions:
     channels are chosen; ``calib``: calibration data for the strategies that read some.
     ``target_macs`` / ``target_params`` / ``target_latency``: a fraction of the dense model to
     keep, which replaces ``ratio`` by a search (``latency_table``: a JSON file the per-layer
-    timings are read from and added to; ``latency_threads``: ONNX Runtime threads
+    timings are read from and added to; ``latency_device``: predict from the section of it a
+    deployment device timed, timing nothing here; ``latency_threads``: ONNX Runtime threads
     when timing). ``steps``: prune in that many smaller steps. ``seed``: every random draw
     (check inputs, random calibration inputs, the random criterion). ``verify`` with
     ``tolerance``: the checks every pruned model must pass; ``check_data``: an ``.npz`` with
@@ -168,6 +176,7 @@ class PruneOptions:
     target_latency: float | None = None
     latency_threads: int = 1
     latency_table: str | None = None
+    latency_device: str | None = None
     steps: int = 1
     seed: int = 0
     tolerance: float = DEFAULT_TOLERANCE
@@ -234,6 +243,9 @@ class PruneOptions:
         if self.latency_table is not None and self.target_latency is None:
             raise UserError("--latency-table keeps the layer timings of --target-latency: it "
                             "needs --target-latency")
+        if self.latency_device is not None and self.latency_table is None:
+            raise UserError("--latency-device names a device section of --latency-table: "
+                            "give --latency-table too")
         if "latency_threads" in given and self.target_latency is None:
             raise UserError("--latency-threads sets the threads --target-latency times with: "
                             "it needs --target-latency")

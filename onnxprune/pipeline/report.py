@@ -56,12 +56,13 @@ class TargetSection:
     threads: int | None = None
     table_reused: int | None = None     # layer timings read from --latency-table
     table_timed: int | None = None      # ... and timed in this run
+    device: str | None = None           # predicted from this device's table, not timed here
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         if self.kind != "latency":
             for key in ("measured", "met", "corrections", "dense_seconds", "pruned_seconds",
-                        "threads", "table_reused", "table_timed"):
+                        "threads", "table_reused", "table_timed", "device"):
                 del out[key]
         return out
 

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..runtime import count_params
 from .analyze import Analyzed
 from .build import Built, build
-from .plan import MacCounter, make_plan, planned_params, sliced_dims
+from .plan import MacCounter, make_plan, planned_params
 from .scoring import GroupScores
 
 MAX_TARGET_RATIO = 0.95
@@ -33,7 +33,8 @@ class TargetSearch:
     macs: MacCounter | None = None
     predictor: LatencyPredictor | None = None
     seed: int = 0
-    latency: object = None      # a PlanLatency when the allocation is latency-aware
+    priced: object = None       # a PlanLatency: a plan's predicted latency (latency targets)
+    latency: object = None      # the same, when the allocation is latency-aware
 
     def __post_init__(self):
         self.dense_params = count_params(self.a.model)
@@ -43,7 +44,7 @@ class TargetSearch:
         removed = make_plan(self.a, ratio, self.round_to, self.by_kind, self.strategy,
                             self.scored, self.latency).removed
         if kind == "latency":
-            return self.predictor.fraction(sliced_dims(self.a, removed))
+            return self.priced.fraction_of(removed)
         if kind == "macs":
             return self.macs.planned(removed) / self.macs.total()
         return planned_params(self.a, removed, self.dense_params) / self.dense_params
@@ -120,7 +121,7 @@ def meet_latency(search: TargetSearch, fraction: float, stats, first: Built,
             break       # the search came back to a ratio already timed
         built = build(search.a, ratio, search.round_to, search.by_kind, search.strategy, stats,
                       search.scored, search.seed, latency=search.latency)
-        planned = predictor.fraction(sliced_dims(search.a, built.removed))
+        planned = search.priced.fraction_of(built.removed)
     met = [t for t in timed if t.measured <= fraction]
     return (max(met, key=lambda t: t.measured) if met else timed[-1]), timed
 

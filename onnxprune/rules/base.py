@@ -23,6 +23,9 @@ The other layers ask a rule, never an op name, for the rest:
   compensation; None for ops that do not read channels linearly.
 * ``timed_widths`` / ``widths_after`` / ``narrowed``: how the per-layer latency table builds a
   one-node copy of the op at other channel widths (see ``runtime.layer_table``).
+* ``streams`` / ``fuses_after`` / ``fuses_before``: an op without weights whose time follows the tensors it reads
+  (activations, pools, concats, norms): the latency table times it alone at the plan's shapes,
+  unless ONNX Runtime folds it into the op before or after it (Conv+Relu, x·sigmoid(x)).
 * ``fully_connected``: the op makes features that the next such op reads (an MLP's neurons).
 * ``scale_input``: the input holding a per-channel scale γ (the BN-scale criterion).
 * ``param_value(node, i, graph)``: the float value a sliced constant stands for (an integer
@@ -120,6 +123,7 @@ class Rule:
     fully_connected = False
     opaque = False          # the rule only stops channels (a fused op not supported yet)
     scale_input: int | None = None
+    streams = False         # its time follows what it reads: the latency table times it alone
 
     def propagate(self, node, ctx) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -156,6 +160,17 @@ class Rule:
     def narrowed(self, layer: TimedLayer, c_in: int, c_out: int):
         """(input shape, weight shape, bias shape, attributes) at (c_in, c_out)."""
         raise NotImplementedError
+
+    def fuses_after(self, node, producer: str, constant_inputs: set[int]) -> bool:
+        """Does ONNX Runtime fold this node into the ``producer`` op that alone reads its
+        input 0 (``constant_inputs``: which of its inputs are constants)? Such a node costs
+        nothing of its own, and the latency table leaves it out."""
+        return False
+
+    def fuses_before(self, node, consumer: str, shares_input: bool) -> bool:
+        """Does ONNX Runtime fold this node into the ``consumer`` op that alone reads its
+        output (``shares_input``: the consumer also reads this node's input 0)?"""
+        return False
 
 
 class InputRule(Rule):

@@ -17,6 +17,8 @@ class ConcatRule(Rule):
     sit side by side on the same channels, so they are unified like a residual Add.
     """
 
+    streams = True
+
     def parts(self, node) -> list[str]:
         """The inputs that are concatenated (QLinearConcat interleaves scales with them)."""
         return list(node.proto.input)

@@ -14,10 +14,21 @@ UNARY = (
     "Dropout", "Cast", "Not", "IsNaN", "IsInf", "Shrink",
 )
 
+# Activations ONNX Runtime's ConvActivationFusion folds into the Conv before them.
+CONV_ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh")
+
 
 @register(*UNARY)
 class UnaryRule(InputRule):
     """Applied to each element alone: output 0 carries the input's channels unchanged."""
+
+    streams = True
+
+    def fuses_after(self, node, producer, constant_inputs):
+        return producer == "Conv" and node.op in CONV_ACTIVATIONS
+
+    def fuses_before(self, node, consumer, shares_input):
+        return node.op == "Sigmoid" and consumer == "Mul" and shares_input   # QuickGelu
 
     def follow(self, node, ctx, x):
         ctx.set_map(node.proto.output[0], x)
@@ -27,6 +38,11 @@ class UnaryRule(InputRule):
 @register("Clip")
 class ClipRule(InputRule):
     """Clip's min/max are scalars: a pass-through like any activation."""
+
+    streams = True
+
+    def fuses_after(self, node, producer, constant_inputs):
+        return producer == "Conv"
 
     def follow(self, node, ctx, x):
         for i in (1, 2):
@@ -46,7 +62,16 @@ class BroadcastRule(Rule):
     with them. A computed input that varies along a tracked axis (rotary cos/sin tables along
     head_dim) cannot be sliced: it is allowed only where the units span that whole axis, so
     the axis never shrinks (checked once grouping is final); otherwise it is a barrier.
+
+    ONNX Runtime folds an Add after a Conv into it (a constant into the bias, a tensor as the
+    NCHWc kernel's sum input), and a per-channel constant Mul or Div into its weights.
     """
+
+    streams = True
+
+    def fuses_after(self, node, producer, constant_inputs):
+        return producer == "Conv" and (node.op == "Add" or (
+            node.op in ("Mul", "Div") and constant_inputs == {1}))
 
     def propagate(self, node, ctx):
         names = [n for n in node.proto.input]

@@ -82,6 +82,7 @@ class MatMulRule(Rule):
 
     fully_connected = True
     follows_tiled = True
+    streams = True          # between two activations (a constant weight: a timed layer)
 
     def propagate(self, node, ctx):
         weight = ctx.const(node.input(1))

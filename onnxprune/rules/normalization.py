@@ -11,6 +11,10 @@ class PerChannelNormRule(InputRule):
     """Statistics are per channel, so channels pass through; slice scale, bias, mean, var."""
 
     scale_input = 1
+    streams = True
+
+    def fuses_after(self, node, producer, constant_inputs):
+        return producer == "Conv" and node.op == "BatchNormalization"
 
     def follow(self, node, ctx, x):
         if x.axes != (1,):
@@ -34,6 +38,7 @@ class GroupNormRule(InputRule):
     """
 
     scale_input = 1
+    streams = True
 
     def follow(self, node, ctx, x):
         groups = int(node.attr("num_groups"))
@@ -66,6 +71,7 @@ class LayerNormRule(InputRule):
     """
 
     scale_input = 1
+    streams = True
 
     def follow(self, node, ctx, x):
         axis = int(node.attr("axis", -1))

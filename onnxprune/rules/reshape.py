@@ -321,6 +321,7 @@ class FlattenRule(InputRule):
 @register("Transpose")
 class TransposeRule(InputRule):
     follows_tiled = True
+    streams = True
 
     def follow(self, node, ctx, x):
         perm = list(node.attr("perm", list(range(x.rank))[::-1]))

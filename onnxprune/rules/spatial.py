@@ -24,6 +24,8 @@ class PoolRule(InputRule):
     [B, T, C] tensor (a Keras LayerNorm's moments) as GlobalAveragePool: with the channels
     there it is a reduction across them, the hidden size (see ``ReduceRule``)."""
 
+    streams = True
+
     def follow(self, node, ctx, x):
         if node.op == "GlobalAveragePool" and x.rank == 3 and x.axes == (2,):
             dtype = ctx.graph.dtypes.get(node.input(0))
@@ -116,6 +118,8 @@ class ReduceRule(InputRule):
     reduction then runs over the kept ones. Any other reduction over them is a barrier.
     """
 
+    streams = True
+
     def follow(self, node, ctx, x):
         if node.input(1):
             value = ctx.const(node.input(1))
@@ -151,6 +155,8 @@ class ReduceRule(InputRule):
 @register("Softmax", "LogSoftmax", "Hardmax")
 class SoftmaxRule(InputRule):
     """Normalizes along one axis (or, before opset 13, every axis from ``axis`` on)."""
+
+    streams = True
 
     def follow(self, node, ctx, x):
         if ctx.graph.opset >= 13:

@@ -10,17 +10,9 @@ from __future__ import annotations
 
 import platform
 
+from .device_timer import cpu_model
 
-def cpu_model() -> str:
-    """The CPU's model name (what timings are valid for)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+__all__ = ["cpu_flags", "cpu_model", "round_to_for"]
 
 
 def cpu_flags() -> set[str]:

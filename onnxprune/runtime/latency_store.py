@@ -1,11 +1,14 @@
 """Per-layer timings kept on disk (``--latency-table PATH``), so that a model pruned again (a
-sweep, another target, a CI job on the same machine) reuses what was timed.
+sweep, another target, a CI job on the same machine) reuses what was timed, and so that a
+table timed on a deployment device (``device_timer``) can be predicted from elsewhere.
 
 A file holds one section per place the timings were taken on: machine (CPU model), ONNX
 Runtime version, execution provider and thread count. Within a section a timing is keyed by
 the timed layer's signature (op, attributes, input, weight and bias shapes, element type:
 batch and input size are in the shapes). A run reads and extends its own section only;
-sections measured elsewhere are kept as they are when the file is written again.
+sections measured elsewhere are kept as they are when the file is written again. A section a
+device timed from a bundle also has its grids (``devices``): for each layer at its dense
+shapes, the points timed (widths or sizes, and their keys), which a run reads between.
 """
 
 from __future__ import annotations
@@ -17,16 +20,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UserError
-from .hardware import cpu_model
+from .device_timer import FORMAT, section as place
 
-FORMAT = 1
-
-
-def place(provider: str = "CPUExecutionProvider", threads: int = 1) -> str:
-    """The section name of timings taken here with this provider and thread count."""
-    import onnxruntime
-
-    return f"{cpu_model()} | onnxruntime {onnxruntime.__version__} | {provider} | {threads} threads"
+__all__ = ["LatencyStore", "place", "signature_key"]
 
 
 def signature_key(signature: tuple) -> str:
@@ -35,11 +31,13 @@ def signature_key(signature: tuple) -> str:
 
 class LatencyStore:
     """One file's timings: ``get``/``put`` for this run's section, ``save`` writes the file
-    (atomically, every section kept)."""
+    (atomically, every section kept). With ``device`` (a part of a device section's name),
+    that section is read instead, with its ``grids``, and nothing is added to it."""
 
-    def __init__(self, path: str | os.PathLike, section: str):
+    def __init__(self, path: str | os.PathLike, section: str, device: str | None = None):
         self.path, self.section = Path(path), section
         self.sections: dict[str, dict[str, float]] = {}
+        self.devices: dict[str, dict] = {}
         if self.path.exists():
             try:
                 data = json.loads(self.path.read_text())
@@ -47,10 +45,23 @@ class LatencyStore:
                     raise ValueError("not a latency table of this version")
                 self.sections = {k: {s: float(v) for s, v in d.items()}
                                  for k, d in data["sections"].items()}
+                self.devices = dict(data.get("devices", {}))
             except (ValueError, OSError, AttributeError, TypeError) as exc:
                 raise UserError(f"--latency-table {self.path}: cannot read it ({exc})") from exc
-        self.timings = self.sections.setdefault(section, {})
+        self.grids = None
+        if device is not None:
+            self.section = self._device_section(device)
+            self.grids = self.devices[self.section]["grids"]
+        self.timings = self.sections.setdefault(self.section, {})
         self.added = 0
+
+    def _device_section(self, device: str) -> str:
+        found = [name for name in self.devices if device in name]
+        if len(found) != 1:
+            known = "; ".join(self.devices) or "none"
+            raise UserError(f"--latency-device {device!r}: {len(found)} device sections of "
+                            f"{self.path} match (device sections: {known})")
+        return found[0]
 
     def get(self, signature: tuple) -> float | None:
         return self.timings.get(signature_key(signature))
@@ -63,8 +74,10 @@ class LatencyStore:
         if not self.added:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"format": FORMAT, "sections": self.sections}, indent=1,
-                          sort_keys=True)
+        data = {"format": FORMAT, "sections": self.sections}
+        if self.devices:
+            data["devices"] = self.devices
+        text = json.dumps(data, indent=1, sort_keys=True)
         with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False,
                                          suffix=".tmp") as tmp:
             tmp.write(text)

@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from ..io.weights import configure_session
+from .device_timer import timing_options
 from .feeds import make_inputs
 
 MIN_RUNS, MAX_RUNS = 10, 1000   # bounds on the timed runs of a budgeted measurement
@@ -41,14 +42,8 @@ class Timing:
 
 
 def latency_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session set up for timing: optimizations ALL, ``threads`` intra-op threads, one
-    inter-op thread, sequential execution (so the thread count is the one that is measured)."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
+    """A CPU session set up for timing (``device_timer.timing_options``)."""
+    opts = timing_options(threads)
     configure_session(opts, model, lean=False)
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
