@@ -81,6 +81,16 @@ def test_the_cap_is_lifted_only_where_the_target_needs_it():
     assert cost.fraction(set(range(lifted[0])) | set(range(32, 32 + lifted[1]))) <= 0.5 + 1e-9
 
 
+def test_a_group_too_small_for_the_multiple_steps_by_half_of_it():
+    from onnxprune.allocation.rounding import component_step
+
+    assert component_step(32, 1, 16) == 16 and component_step(8, 6, 16) == 4
+    grouped = Group(0, np.arange(8), 6, [], [], True)   # RegNet: 8 components of 6 channels
+    cost = Additive([grouped], {0: 0.05})
+    taken = latency_allocation([grouped], np.ones(8), 0.2, 16, {0: 0.5}, 0.5, cost)
+    assert taken == {0: 4}              # 24 channels of 48 go (a multiple of 8, not of 16)
+
+
 def test_frozen_or_unasked_groups_stay_whole():
     groups = [group(0, 0, 32), group(1, 32, 32)]
     cost = Additive(groups, {0: 0.01, 1: 0.01})

@@ -13,12 +13,13 @@ cost time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, gcd
+from math import ceil
 from typing import Protocol
 
 import numpy as np
 
 from ..groups import Group
+from .rounding import component_step
 
 MAX_STEPS = 16      # a group is priced in at most this many steps (a finer grid costs timings)
 
@@ -54,7 +55,7 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
     for g in groups:
         if ratios.get(g.id, 0.0) <= 0 or g.size < 2:
             continue
-        unit = max(1, round_to // gcd(round_to, g.width))
+        unit = component_step(g.size, g.width, round_to)
         step = unit * max(1, ceil(g.size / MAX_STEPS / unit))
         caps = [min(int(np.floor(r * g.size)), g.size - unit)
                 for r in (max_ratio, max(max_ratio, relax_to or 0.0))]

@@ -10,12 +10,12 @@ loses all of its channels (a Split output fed by one group could otherwise be em
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import gcd
 
 import numpy as np
 
 from ..groups import Analysis, Group
 from .latency_aware import latency_allocation
+from .rounding import component_step
 
 # Kinds pruned only when asked for by name: removing hidden-size channels changes the
 # statistics of every normalization that reads them, so the model computes something else.
@@ -44,10 +44,7 @@ class Plan:
 def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
     """Components to keep so that kept channels are a multiple of ``round_to`` where possible."""
     target = size * (1.0 - ratio)
-    step = max(1, round_to // gcd(round_to, width))
-    while step >= size and round_to > 1:  # too few units for this multiple: relax it
-        round_to //= 2
-        step = max(1, round_to // gcd(round_to, width))
+    step = component_step(size, width, round_to)
     keep = int(round(target / step)) * step
     return int(min(size, max(step, keep, 1)))
 

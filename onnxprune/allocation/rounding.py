@@ -1,0 +1,17 @@
+"""How many components a group loses at a time so that its kept channels stay a multiple of
+``round_to``: shared by every allocation."""
+
+from __future__ import annotations
+
+from math import gcd
+
+
+def component_step(size: int, width: int, round_to: int) -> int:
+    """Components per step for a group of ``size`` components of ``width`` channels each. A
+    group too small for the multiple (RegNet's grouped convs: 8 components of 6 channels,
+    round_to 16 would need 8 at a time) is given half the multiple, and so on."""
+    step = max(1, round_to // gcd(round_to, width))
+    while step >= size and round_to > 1:
+        round_to //= 2
+        step = max(1, round_to // gcd(round_to, width))
+    return step
