@@ -8,7 +8,7 @@ weights (torchvision at 224×224); latency does not depend on the values. Run fr
 repository root::
 
     python -m benchmarks.bench_latency_target [--models resnet50 mobilenet_v2]
-        [--targets 0.7 0.5]
+        [--targets 0.7 0.5] [--allocation uniform|latency]
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2"])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--allocation", choices=["uniform", "latency"], default="uniform")
     args = parser.parse_args(argv)
     print(machine())
-    print(f"ORT CPU, {args.threads} thread(s), batch 1, 224×224, round_to 16, l2 uniform")
+    print(f"ORT CPU, {args.threads} thread(s), batch 1, 224×224, round_to 16, l2, "
+          f"allocation {args.allocation}")
     print("| model | target | ratio | table predicted | measured | dense ms | pruned ms | "
           "MACs kept | corrections | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -36,8 +38,9 @@ def main(argv=None) -> None:
         analyzed = onnxprune.pipeline.analyze_model(path)
         for fraction in args.targets:
             start = time.perf_counter()
-            _, report = onnxprune.prune(analyzed, target_latency=fraction,
-                                        latency_threads=args.threads)
+            _, report = onnxprune.prune(
+                analyzed, target_latency=fraction, latency_threads=args.threads,
+                strategy=onnxprune.Strategy("l2", allocation=args.allocation))
             took = time.perf_counter() - start
             t, m = report["target"], report["macs"]
             print(f"| {name} | {fraction:.0%} | {t['ratio']:.3f} | {t['planned']:.1%} | "
