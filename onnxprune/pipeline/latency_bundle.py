@@ -53,6 +53,7 @@ def write_bundle(model, folder: str, input_shapes=None, round_to: int = 16,
     a = analyze_model(model)
     table = LayerLatencyTable(a.model, input_shapes, streams=True)
     entries: dict[str, onnx.ModelProto] = {}
+    need: dict[str, int] = {}       # weights file → elements it must hold
     grids: dict[str, list] = {}
     layers, streams = table.layers(), table.streams()
     with task(progress, "building the one-node models", len(layers) + len(streams)) as step:
@@ -64,7 +65,7 @@ def write_bundle(model, folder: str, input_shapes=None, round_to: int = 16,
                         key, build = table.layer_entry(node, ci, co)
                     except ValueError:
                         continue        # widths the layer's groups cannot take
-                    points.append([ci, co, _add(entries, key, build)])
+                    points.append([ci, co, _add(entries, need, key, build)])
             grids[signature_key(table.dense_key(node))] = points
             step()
         for node, layer in streams.items():
@@ -76,20 +77,22 @@ def write_bundle(model, folder: str, input_shapes=None, round_to: int = 16,
                 key, build = table.stream_entry(node, shapes)
                 size = sum(int(np.prod(s)) for k, s in enumerate(shapes)
                            if s is not None and k not in layer.constants)
-                points.append([size, _add(entries, key, build)])
+                points.append([size, _add(entries, need, key, build)])
             grids[signature_key(table.dense_key(node))] = points
             for inputs in {layer.data_inputs, 1}:
-                _add(entries, *table.floor_entry(inputs))
+                _add(entries, need, *table.floor_entry(inputs))
             step()
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent) as tmp:
         staging = Path(tmp) / "bundle"
         staging.mkdir()
-        weights = _write_models(entries, staging)
+        for i, entry in enumerate(entries.values()):
+            (staging / f"{i:05d}.onnx").write_bytes(entry.SerializeToString())
         manifest = {"format": device_timer.FORMAT,
                     "model": a.model.graph.name or "model",
-                    "weights": weights,
+                    "weights": {file: [file[len("weights_"):-len(".bin")], count]
+                                for file, count in need.items()},
                     "entries": [{"key": k, "file": f"{i:05d}.onnx"}
                                 for i, k in enumerate(entries)],
                     "grids": grids}
@@ -100,10 +103,13 @@ def write_bundle(model, folder: str, input_shapes=None, round_to: int = 16,
                          sum(len(p) for p in grids.values()))
 
 
-def _add(entries: dict, key: tuple, build) -> str:
+def _add(entries: dict, need: dict, key: tuple, build) -> str:
+    """Build the model of ``key`` once, its large constants moved out at once (``need``: the
+    elements each weights file must hold), so that a bundle of thousands of layers never
+    holds their weights in memory."""
     name = signature_key(key)
     if name not in entries:
-        entries[name] = build()
+        entries[name] = _external(build(), need)
     return name
 
 
@@ -138,21 +144,18 @@ def _scaled(shape: tuple, axes: tuple[int, ...], fraction: float) -> tuple:
     return tuple(dims)
 
 
-def _write_models(entries: dict[str, onnx.ModelProto], folder: Path) -> dict:
-    """Save every model, its large constants moved to external data in one (unwritten) file
-    per element type; returns {file: [dtype, elements]} for the timer to fill."""
-    need: dict[str, int] = {}
-    for i, model in enumerate(entries.values()):
-        for tensor in model.graph.initializer:
-            if len(tensor.raw_data) > INLINE_BYTES:
-                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-                file = f"weights_{dtype.name}.bin"
-                length = len(tensor.raw_data)
-                tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                del tensor.external_data[:]
-                for k, v in (("location", file), ("offset", "0"), ("length", str(length))):
-                    tensor.external_data.add(key=k, value=v)
-                need[file] = max(need.get(file, 0), length // dtype.itemsize)
-        (folder / f"{i:05d}.onnx").write_bytes(model.SerializeToString())
-    return {file: [file[len("weights_"):-len(".bin")], count] for file, count in need.items()}
+def _external(model: onnx.ModelProto, need: dict[str, int]) -> onnx.ModelProto:
+    """The model with every constant over ``INLINE_BYTES`` in external data, pointing at the
+    start of one (not yet written) file per element type, which the timer fills."""
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) > INLINE_BYTES:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+            file = f"weights_{dtype.name}.bin"
+            length = len(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for k, v in (("location", file), ("offset", "0"), ("length", str(length))):
+                tensor.external_data.add(key=k, value=v)
+            need[file] = max(need.get(file, 0), length // dtype.itemsize)
+    return model

@@ -3,8 +3,9 @@ caller can predict how a width change moves the latency. Which ops are timed, an
 narrower copy of one is built, is asked of the op's rule (``timed_widths``, ``widths_after``,
 ``narrowed``). Ops without weights whose time follows what they read (activations, pools,
 concats, norms, attention's products: the rule's ``streams``) are timed alone too, at the
-shapes a plan gives their inputs, except where ONNX Runtime folds them into the Conv before
-them (the rule's ``fuses_after``).
+shapes a plan gives their inputs, except where ONNX Runtime folds them into a neighbour (the
+rule's ``fuses_after`` / ``fuses_before``). From a table a deployment device timed
+(``device_timer``), nothing is timed: signatures off its grid are read between grid points.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from onnx import helper, numpy_helper
 from ..graph import ModelGraph
 from ..graph.model_graph import NodeRef
 from ..progress import task
+from ..errors import UserError
 from ..rules import RULES, rule_for
 from ..rules.base import Rule, TimedLayer, known
-from ..errors import UserError
 from .cost import measure_node_shapes, value_shapes
 from .latency_store import signature_key
 from .timing import measure_latency
@@ -37,7 +38,8 @@ class LayerLatencyTable:
     is not the model's latency (ResNet-50: the layers' sum came out 0.99-1.26x the model's
     median). Compare
     ``latency(i, c_in, c_out)`` with ``latency(i, *dense)`` to predict how a width change moves
-    a layer's share. Measurements are cached by signature (op, attributes, input shape, weight
+    a layer's share; ``cost`` and ``stream_latency`` subtract what an empty run costs (a node
+    inside a model pays no ``session.run`` of its own). Measurements are cached by signature (op, attributes, input shape, weight
     shape, bias shape), so repeated blocks are timed once; with a ``store``
     (``latency_store.LatencyStore``) they are kept on disk for the next run on this machine.
     """
