@@ -127,16 +127,17 @@ class LayerLatencyTable:
 
     def _between(self, key: tuple, grid_point) -> float:
         """Seconds read between a device table's grid points (see ``grid_between``)."""
-        points = None
+        points = []
         if grid_point is not None:
-            points = self.store.grids.get(signature_key(self.dense_key(grid_point[0])))
+            grid = self.store.grids.get(signature_key(self.dense_key(grid_point[0]))) or []
+            points = [(tuple(p[:-1]), self.store.timings[p[-1]]) for p in grid
+                      if p[-1] in self.store.timings]   # the device may not run them all
         if not points:
             raise UserError(
                 f"the device table {self.store.path} has no timing for {key[0]} "
                 f"{'' if grid_point is None else f'node {grid_point[0]} '}at these shapes: "
                 "build the bundle from this model with these --input-shape")
-        return grid_between([(tuple(p[:-1]), self.store.timings[p[-1]]) for p in points
-                             if p[-1] in self.store.timings], tuple(grid_point[1]))
+        return grid_between(points, tuple(grid_point[1]))
 
     def streams(self) -> dict[int, "StreamLayer"]:
         """Node index → the weightless node the table times at its inputs' shapes."""
