@@ -12,7 +12,6 @@ both numbers.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
 from ..runtime import LayerLatencyTable, measure_latency
@@ -55,8 +54,8 @@ class LatencyPredictor:
             try:
                 total += self.table.stream_latency(node, shapes)
             except Exception:  # noqa: BLE001 - ORT refuses this shape: scale the dense time
-                total += self.table.stream_latency(node, layer.shapes) * _size_ratio(
-                    shapes, layer.shapes)
+                total += (self.table.stream_latency(node, layer.shapes) *
+                          layer.size(shapes) / max(layer.size(layer.shapes), 1))
         return total / self.dense_layers
 
     def measure(self, model: onnx.ModelProto) -> float:
@@ -73,8 +72,3 @@ class LatencyPredictor:
             self.table.store.save()
         return self.table.reused, self.table.timed
 
-
-def _size_ratio(shapes, dense) -> float:
-    """Elements of the inputs at ``shapes`` over those at ``dense``."""
-    count = (lambda ss: sum(int(np.prod(s)) for s in ss if s is not None))
-    return count(shapes) / max(count(dense), 1)

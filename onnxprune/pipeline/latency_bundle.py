@@ -75,9 +75,7 @@ def write_bundle(model, folder: str, input_shapes=None, round_to: int = 16,
                 shapes = tuple(None if s is None else _scaled(s, axes.get(k, ()), j / levels)
                                for k, s in enumerate(layer.shapes))
                 key, build = table.stream_entry(node, shapes)
-                size = sum(int(np.prod(s)) for k, s in enumerate(shapes)
-                           if s is not None and k not in layer.constants)
-                points.append([size, _add(entries, need, key, build)])
+                points.append([layer.size(shapes), _add(entries, need, key, build)])
             grids[signature_key(table.dense_key(node))] = points
             for inputs in {layer.data_inputs, 1}:
                 _add(entries, need, *table.floor_entry(inputs))

@@ -150,9 +150,7 @@ class LayerLatencyTable:
         own."""
         layer = self._streams[node_index]
         key, build = self.stream_entry(node_index, shapes)
-        size = sum(int(np.prod(s)) for k, s in enumerate(shapes)
-                   if s is not None and k not in layer.constants)
-        seconds = self._timed(key, build, (node_index, (size,)))
+        seconds = self._timed(key, build, (node_index, (layer.size(shapes),)))
         return max(0.0, seconds - self.floor_of(layer.data_inputs))
 
     @property
@@ -313,6 +311,12 @@ class StreamLayer:
     def data_inputs(self) -> int:
         """How many inputs a one-node copy takes as graph inputs (not constants)."""
         return sum(1 for k, s in enumerate(self.shapes) if s is not None and k not in self.constants)
+
+    def size(self, shapes) -> int:
+        """Elements of the data inputs (not the constants) at ``shapes``: what a stream
+        node's time follows, and its coordinate on a device table's grid."""
+        return sum(int(np.prod(s)) for k, s in enumerate(shapes)
+                   if s is not None and k not in self.constants)
 
     @property
     def attrs_key(self) -> tuple:
