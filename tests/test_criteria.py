@@ -94,6 +94,52 @@ def test_lamp_normalization_by_hand():
     np.testing.assert_allclose(normalize(s, [g], "mean"), s / 2)
 
 
+def test_energy_normalization_is_the_share_of_the_readers_output_lost():
+    """A group's scores over E‖W₂h‖², the energy of conv2's outputs per position, computed
+    here from h itself: scaling conv2 up scales OBS scores and energy alike and leaves the
+    normalized scores where they were."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from onnxprune.importance import group_output_energy
+    from onnxprune.pipeline.scoring import calibration_stats
+    from onnxprune.runtime import session
+
+    x = np.random.default_rng(0).standard_normal((8, C_IN, 5, 5)).astype(np.float32)
+    normalized = []
+    for scale in (1.0, 10.0):
+        model, w = conv_bn_conv()
+        w2 = next(t for t in model.graph.initializer
+                  if numpy_helper.to_array(t).shape == (C_OUT, C, 1, 1))
+        w2.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w2) * np.float32(scale),
+                                            w2.name))
+        a = analyze_model(model)
+        ctx = ScoringContext(a.analysis, a.roots, a.groups, "sum",
+                             calibration=calibration_stats(a, [{"x": x}]))
+        (group,) = [g for g in a.groups if g.prunable and g.size == C]
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        relu = next(n for n in probe.graph.node if n.op_type == "Relu").output[0]
+        probe.graph.output.append(helper.make_tensor_value_info(relu, onnx.TensorProto.FLOAT,
+                                                                None))
+        h = session(probe).run([relu], {"x": x})[0].transpose(0, 2, 3, 1).reshape(-1, C)
+        want = np.mean(np.sum((h @ w["w2"].reshape(C_OUT, C).T * scale) ** 2, axis=1))
+        energy = group_output_energy(ctx)
+        assert energy[group.id] == pytest.approx(want, rel=1e-5)
+        scores = score("obs", ctx)
+        ranked = normalize(scores, [group], "energy", energy)[group.components]
+        np.testing.assert_allclose(ranked, scores[group.components] / want, rtol=1e-6)
+        normalized.append(ranked)
+    np.testing.assert_allclose(normalized[0], normalized[1], rtol=1e-4)
+
+
+def test_energy_normalization_is_the_latency_default_where_statistics_exist():
+    assert Strategy("obs", allocation="latency").normalize_by == "energy"
+    assert Strategy("l2", allocation="latency", compensate="obs").normalize_by == "energy"
+    assert Strategy("l2", allocation="latency").normalize_by == "none"
+    assert Strategy("obs", allocation="global").normalize_by == "mean"
+
+
 def test_global_allocation_takes_the_lowest_across_groups():
     from onnxprune.groups.grouping import Group
 

@@ -28,6 +28,7 @@ def _one_line_error(capsys) -> str:
 
 @pytest.mark.parametrize("args, says", [
     (["--normalize", "lamp"], "--normalize ranks groups against each other"),
+    (["--normalize", "energy", "--allocation", "global"], "reads calibration statistics"),
     (["--rank-by", "score-per-mac"], "--rank-by ranks groups against each other"),
     (["--max-ratio", "0.5"], "--max-ratio caps what one group loses"),
     (["--obs-damping", "1.0"], "--obs-damping regularizes the re-fit"),
@@ -50,6 +51,8 @@ def test_an_option_without_effect_is_refused(args, says, tmp_path, capsys):
 
 @pytest.mark.parametrize("args", [
     ["--normalize", "lamp", "--allocation", "global"],
+    ["--normalize", "energy", "--allocation", "global", "--criterion", "wanda",
+     "--calib", "random"],
     ["--max-ratio", "0.5", "--allocation", "global"],
     ["--obs-damping", "1.0", "--criterion", "obspa"],
     ["--calib", "random", "--criterion", "wanda"],

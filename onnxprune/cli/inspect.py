@@ -12,8 +12,8 @@ from ..errors import UserError
 from ..pipeline import Strategy
 from .console import echo, fmt, progress_for, show, table
 from ..importance import CRITERIA
-from .params import (NumberListType, choice, calib_sources, preprocess_option, shape_option,
-                     shapes_of)
+from .params import (NumberListType, choice, calib_sources, executor_from, executor_options,
+                     preprocess_option, shape_option, shapes_of)
 
 SHOWN_DEAD = 10
 
@@ -60,15 +60,18 @@ def inspect(model, as_json, exclude, input_shape):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--plot", type=click.Path(), default=None,
               help="Write a PNG of distortion against ratio per group (needs matplotlib).")
+@executor_options
 def sensitivity(model, calib, preprocess, ratios, criterion, exclude, seed, input_shape,
-                as_json, plot):
+                as_json, plot, **params):
     """How much each group hurts MODEL's outputs when pruned alone, and its dead channels."""
+    executor = executor_from(params)[0]
     calib = calib_sources(calib, preprocess)
     if plot and not plot.lower().endswith(".png"):
         raise UserError("--plot writes a PNG: give a path ending in .png")
     info = pipeline.sensitivity(model, calib, ratios, Strategy(criterion),
                                 shapes_of(input_shape), tuple(exclude),
-                                progress=progress_for(as_json), seed=seed)
+                                progress=progress_for(as_json), seed=seed,
+                                executor=executor)
     if plot:
         _plot_sensitivity(info, plot)
     if as_json:

@@ -16,6 +16,7 @@ from ..compensation import METHODS
 from ..errors import UserError
 from ..evaluate.sweep import parse_ratios
 from ..importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
+from ..parallel import EXECUTORS, make_executor
 from ..pipeline import DEFAULT_ROUND_TO, PruneOptions, Strategy
 from ..pipeline.options import DEFAULT_TOLERANCE, RANKINGS
 
@@ -106,6 +107,37 @@ def preprocess_option(what: str = "a --calib folder"):
              "mean, std, color, layout), or a .json file with those keys.")
 
 
+def executor_options(f):
+    """Where one-per-item measurements run (``onnxprune.parallel``)."""
+    decorators = [
+        click.option("--executor", type=choice(EXECUTORS), default="local",
+                     show_default=True,
+                     help="Run the many independent measurements (distortion scores, "
+                          "sensitivity, a sweep's ratios) in local worker processes or as "
+                          "Ray tasks (needs the distributed extra)."),
+        click.option("--workers", type=int, default=1, show_default=True,
+                     help="Workers side by side (1, local: all in this process)."),
+        click.option("--ray-address", default=None, metavar="ADDRESS",
+                     help="Join the Ray cluster there (ray://host:10001, or host:6379 on a "
+                          "node of it); default RAY_ADDRESS, else a Ray instance started "
+                          "here."),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def executor_from(params: dict):
+    """The executor the command's ``--executor/--workers/--ray-address`` ask for (removed
+    from ``params``), and whether any of them was given."""
+    ctx = click.get_current_context()
+    given = any(ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+                for name in ("executor", "workers", "ray_address") if name in params)
+    executor = make_executor(params.pop("executor", "local"), params.pop("workers", 1),
+                             params.pop("ray_address", None))
+    return executor, given
+
+
 def _strategy_options(f):
     """How channels are chosen (a Strategy's fields)."""
     decorators = [
@@ -116,7 +148,8 @@ def _strategy_options(f):
         click.option("--normalize", "normalization", type=choice(NORMALIZATIONS),
                      default=None,
                      help="Make groups comparable for --allocation global (default: mean) "
-                          "or latency (default: none)."),
+                          "or latency (default: energy, the share of the reading layers' "
+                          "output lost, where calibration statistics exist; else none)."),
         click.option("--allocation", type=choice(ALLOCATIONS), default="uniform",
                      show_default=True,
                      help="Spread the ratio over groups ('latency': spend --target-latency "
@@ -203,6 +236,7 @@ def pruning_options(sweep: bool = False):
                      "the grad extra; best without data on BN-folded models). Repeat it to fuse "
                      "several sets, each with a weight: --calib general.npz@0.3 --calib "
                      "task.npz@0.7."),
+            executor_options,
         ]
         if not sweep:
             decorators += [
@@ -270,15 +304,18 @@ def prune_options_from(params: dict, calib=None) -> tuple[PruneOptions, set[str]
     """The PruneOptions the command's ``params`` describe (``calib``: the calibration sources
     already built), and the names of the fields the user set on the command line."""
     ctx = click.get_current_context()
+    executor, executor_given = executor_from(params)
     strategy = Strategy(params["criterion"], **{
         _FIELDS.get(k, k): params[k] for k in _STRATEGY[1:] if k in params})
     fields = {_FIELDS.get(k, k): params[k] for k in _OPTIONS if k in params}
     fields["exclude"] = tuple(fields.get("exclude", ()))
     fields["input_shapes"] = shapes_of(fields.get("input_shapes", ()))
-    options = PruneOptions(**fields, strategy=strategy, calib=calib)
+    options = PruneOptions(**fields, strategy=strategy, calib=calib, executor=executor)
     given = {_FIELDS.get(name, name) for name in params
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
                                                    ParameterSource.ENVIRONMENT)}
+    if executor_given:
+        given.add("executor")
     if calib is not None:
         given.add("calib")
     return options, given

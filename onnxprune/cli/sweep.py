@@ -57,7 +57,7 @@ def sweep(model, ratios, out_dir, csv_path, plot, data, preprocess, labels, batc
         raise UserError("--plot needs matplotlib: pip install 'onnxprune[plot]'")
     bench = BenchOptions(threads=threads, runs=runs, budget_s=bench_budget(runs, budget))
     options, given = prune_options_from(params, _sources(calib, preprocess, data))
-    options.check(given)
+    options.check(given - {"executor"})     # a sweep's ratios always run on the executor
     result = run_sweep(model, ratios, options, batch, bench, data, labels,
                        preprocess if image_folder(data) else None, out_dir,
                        progress_for(as_json))

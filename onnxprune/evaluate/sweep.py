@@ -23,6 +23,7 @@ import onnx
 from ..errors import UserError, VerificationError
 from ..io import check_writable, load_model, save_model, write_atomically
 from ..io.weights import discard_written
+from ..parallel import Failed, InProcess
 from ..pipeline import PruneOptions, analyze_model, prune, score_model
 from ..progress import task
 from .bench import BenchOptions, batch_shapes, benchmark, model_overrides
@@ -125,44 +126,60 @@ def sweep(model, ratios: Sequence[float], options: PruneOptions | None = None, b
                                   preprocess)     # a path: errors name the file
     fidelity = {0.0: compare_with_reference(reference, dense)}
     analyzed = analyze_model(dense, options.exclude)
+    executor = options.executor or InProcess()
     scoring = score_model(analyzed, options.strategy, options.calib, shapes, options.seed,
-                          progress)   # once for every ratio
+                          progress, executor)   # once for every ratio
     rows = [_empty_row(0.0, str(model) if _is_path(model) else None)]
     timed = [model if _is_path(model) else dense]   # a path: its file size, external data too
-    with task(progress, "pruning and comparing each ratio", len(ratios) - 1) as step:
-        for ratio in ratios[1:]:
-            row = _empty_row(ratio)
-            rows.append(row)
-            pruned = _pruned_row(analyzed, options.replace(ratio=ratio), scoring, reference,
-                                 fidelity, row, out_dir, model)
-            if pruned is not None:
-                timed.append(row["path"] or pruned)
-            step()
-    times = benchmark(timed, (batch,), bench, shapes, progress=progress)
+    shared = (analyzed, options.replace(executor=None), scoring, reference, out_dir, model)
+    done = executor.map(shared, _ratio_row, ratios[1:], progress=progress,
+                        description="pruning and comparing each ratio")
+    for ratio, result in zip(ratios[1:], done):
+        if isinstance(result, Failed):
+            result = ({**_empty_row(ratio), "error": result.error}, None, None)
+        row, compared, pruned = result
+        rows.append(row)
+        if compared is not None:
+            fidelity[ratio] = compared
+            timed.append(row["path"] or pruned)
+    if executor.kind == "ray":      # on a node that times nothing else meanwhile
+        times = executor.map((timed, batch, bench, shapes), _time_all, [None], timing=True)[0]
+        if isinstance(times, Failed):
+            raise UserError(f"timing the sweep's models failed twice: {times.error}")
+    else:
+        times = benchmark(timed, (batch,), bench, shapes, progress=progress)
     _merge(rows, times["rows"], fidelity)
     settings = {**times["settings"], "batch": batch, "ratios": list(ratios),
-                "prune": _describe(options)}
+                "prune": _describe(options), **executor.describe()}
     return {"model": _label(model), "settings": settings, "machine": times["machine"],
             "fidelity": {"data": reference.data, "samples": reference.samples,
                          "labels": reference.label_source},
             "rows": rows}
 
 
-def _pruned_row(analyzed, options: PruneOptions, scoring, reference, fidelity: dict, row: dict,
-                out_dir, model):
-    """Prune at one ratio and fill its row; the pruned model (None when the ratio failed: the
-    row then holds the error)."""
+def _ratio_row(shared, ratio: float):
+    """Prune at one ratio (where the executor runs it; ``shared`` reached it once): its row,
+    its comparison with the dense model and the pruned model (both None when the ratio
+    failed: the row then holds the error)."""
+    analyzed, options, scoring, reference, out_dir, model = shared
+    row = _empty_row(ratio)
     try:
-        pruned, report = prune(analyzed, options, scoring=scoring)
-        fidelity[options.ratio] = compare_with_reference(reference, pruned)
+        pruned, report = prune(analyzed, options.replace(ratio=ratio), scoring=scoring)
+        compared = compare_with_reference(reference, pruned)
         row["max_rel_error"] = report["check"]["max_rel_error"]
         if out_dir is not None:
-            row["path"] = str(_save(pruned, out_dir, model, options.ratio))
+            row["path"] = str(_save(pruned, out_dir, model, ratio))
             discard_written(pruned, keep=[analyzed.model])  # timed from its file now
     except (UserError, VerificationError) as exc:
         row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None
-    return pruned
+        return row, None, None
+    return row, compared, pruned
+
+
+def _time_all(shared, _):
+    """Every model of the sweep in one interleaved benchmark (on one node, alone there)."""
+    timed, batch, bench, shapes = shared
+    return benchmark(timed, (batch,), bench, shapes)
 
 
 def _ratios_with_dense(ratios: Sequence[float]) -> list[float]:

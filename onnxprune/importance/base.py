@@ -22,7 +22,7 @@ from ..groups import Analysis, Group, ParamUse
 from ..rules import rule_for
 
 REDUCTIONS = ("sum", "mean", "max")
-NORMALIZATIONS = ("none", "mean", "max", "lamp")
+NORMALIZATIONS = ("none", "mean", "max", "lamp", "energy")
 
 
 @dataclass
@@ -55,7 +55,8 @@ def criterion(name: str, needs: str = "weights", reduces: bool = True):
 class ScoringContext:
     """What a criterion may read: the analysis, the component of every atom, the groups, the
     member reduction, a seed, (for data-driven criteria) calibration statistics, the input
-    shapes to run the model at, and where to report the progress of long scoring."""
+    shapes to run the model at, where to report the progress of long scoring, and the
+    executor that runs one measurement per component (None: this process)."""
 
     analysis: Analysis
     roots: np.ndarray
@@ -66,6 +67,7 @@ class ScoringContext:
     notes: list[str] = field(default_factory=list)
     input_shapes: dict | None = None      # for criteria that run the model on made-up inputs
     progress: object | None = None        # see onnxprune.progress
+    executor: object | None = None        # runs per-component measurements (onnxprune.parallel)
 
     def value(self, use: ParamUse) -> np.ndarray | None:
         """The float constant a member slices (an integer weight as the floats it stands for,
@@ -143,13 +145,21 @@ class MemberScores:
         return np.where(self.count > 0, self.best, 0.0)
 
 
-def normalize(scores: np.ndarray, groups: list[Group], how: str) -> np.ndarray:
+def normalize(scores: np.ndarray, groups: list[Group], how: str,
+              energy: dict[int, float] | None = None) -> np.ndarray:
     """Scale each group's scores so that groups can be ranked together (global allocation):
-    by the group's mean or max, or LAMP (a score over the sum of all scores not below it)."""
+    by the group's mean or max, LAMP (a score over the sum of all scores not below it), or
+    the output energy of the layers that read it (``energy``: {group id: E‖y‖²}, see
+    ``importance.energy``; groups without one keep their scores)."""
     if how not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {how!r} (one of {NORMALIZATIONS})")
     out = scores.astype(np.float64).copy()
     if how == "none":
+        return out
+    if how == "energy":
+        for g in groups:
+            if (energy or {}).get(g.id):
+                out[g.components] /= energy[g.id]
         return out
     for g in groups:
         s = out[g.components]

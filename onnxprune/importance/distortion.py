@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 from ..errors import UserError
 from ..graph.model_graph import fresh_name
 from ..groups import Analysis, ParamUse, masked_value
-from ..progress import task
+from ..parallel import Failed, InProcess
 from ..rules import rule_for
 from ..runtime import output_distortion, session
 from .base import ScoringContext, criterion, score
@@ -107,6 +107,15 @@ class MaskingSession:
                     for comp in np.unique(roots[use.labels]):
                         self.keys_of[int(comp)].add(key)
 
+    def __getstate__(self) -> dict:
+        """What a worker receives: everything but the ONNX Runtime session, which it opens
+        anew on arrival (``__setstate__``)."""
+        return {k: v for k, v in self.__dict__.items() if k != "session"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.session = session(self.model)
+
     def feeds(self, removed_atom: np.ndarray, keys=None) -> dict[str, np.ndarray]:
         """The constants that change when ``removed_atom`` is masked, masked as mode "mask"
         masks them (only ``keys`` are looked at when given)."""
@@ -164,10 +173,19 @@ def distortion(ctx: ScoringContext) -> np.ndarray:
     if measured:
         masking = MaskingSession(ctx.analysis, ctx.roots)
         dense = masking.run(batches)
-        total = sum(g.size for g in measured)
-        with task(ctx.progress, "distortion: masking each component", total) as step:
-            for g in measured:
-                for comp in g.components.tolist():
-                    scores[comp] = masking.component_distortion(comp, batches, dense, weights)
-                    step()
+        components = [c for g in measured for c in g.components.tolist()]
+        values = (ctx.executor or InProcess()).map(
+            (masking, batches, dense, weights), _component_distortion, components,
+            progress=ctx.progress, description="distortion: masking each component")
+        for comp, value in zip(components, values):
+            if isinstance(value, Failed):
+                raise UserError(f"distortion: masking component {comp} failed twice: "
+                                f"{value.error}")
+            scores[comp] = value
     return scores
+
+
+def _component_distortion(state, comp: int) -> float:
+    """One component's distortion, where ``state`` is what every worker received once."""
+    masking, batches, dense, weights = state
+    return masking.component_distortion(comp, batches, dense, weights)

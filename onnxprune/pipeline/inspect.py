@@ -35,9 +35,10 @@ def inspect(model, exclude: tuple[str, ...] = (), input_shapes=None) -> dict:
 @blame_a_broken_input
 def sensitivity(model, calib="synthetic", ratios=(0.25, 0.5, 0.75),
                 strategy: Strategy | None = None, input_shapes=None, exclude=(),
-                progress=None, seed: int = 0) -> dict:
+                progress=None, seed: int = 0, executor=None) -> dict:
     """Per-group output distortion when the group alone is pruned at each ratio, and the
-    dead-channel rate where linear layers read (see ``sensitivity``)."""
+    dead-channel rate where linear layers read (see ``sensitivity``). ``executor``
+    (``onnxprune.parallel``): where the groups are measured."""
     for r in ratios:
         if not 0.0 < r < 1.0:
             raise UserError(f"ratios must be in (0, 1), got {r}")
@@ -49,5 +50,5 @@ def sensitivity(model, calib="synthetic", ratios=(0.25, 0.5, 0.75),
             "ratios": list(ratios),
             "calibration": describe(calib, stats),
             "groups": group_sensitivity(a, stats, stats.batches, list(ratios), strategy,
-                                        progress, seed=seed),
+                                        progress, seed=seed, executor=executor),
             "dead_channels": dead_channels(a, stats)}

@@ -49,7 +49,8 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
     checked_on = check_feeds(a.model, options) if options.verify else None
     strategy, shapes = options.strategy, options.input_shapes
     if scoring is None:
-        scoring = score_model(a, strategy, options.calib, shapes, options.seed, progress)
+        scoring = score_model(a, strategy, options.calib, shapes, options.seed, progress,
+                              options.executor)
     else:
         check_scoring(scoring, a, strategy, options.calib, shapes, options.seed)
     search = TargetSearch(a, options.round_to, options.by_kind, strategy, scoring.scored,

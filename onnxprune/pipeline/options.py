@@ -49,11 +49,14 @@ class Strategy:
     @property
     def normalize_by(self) -> str:
         """``normalization``, by default "mean" (best at equal MACs for global allocation,
-        RESULTS.md issue 4), "none" for latency allocation (scores compared as they are:
-        measured better there, RESULTS.md issue 17)."""
+        RESULTS.md issue 4); for latency allocation "energy" where calibration statistics
+        are captured (each group's scores over its readers' output energy: YOLOv8n's
+        detections kept where raw scores lost them, RESULTS.md issue 17), else "none"."""
         if self.normalization is not None:
             return self.normalization
-        return "none" if self.allocation == "latency" else "mean"
+        if self.allocation == "latency":
+            return "energy" if self.needs else "none"
+        return "mean"
 
     @property
     def group_cap(self) -> float:
@@ -121,6 +124,10 @@ class Strategy:
         if "normalization" in given and self.allocation not in ("global", "latency"):
             raise UserError("--normalize ranks groups against each other: it needs "
                             "--allocation global or latency")
+        if self.normalize_by == "energy" and not self.needs:
+            raise UserError("--normalize energy reads calibration statistics: it needs a "
+                            "criterion or compensation that captures them (obs, obspa, "
+                            "wanda, ... or --compensate obs)")
         if "rank_by" in given and self.allocation != "global":
             raise UserError("--rank-by ranks groups against each other: it needs "
                             "--allocation global")
@@ -157,7 +164,9 @@ class PruneOptions:
     ``tolerance``: the checks every pruned model must pass; ``check_data``: an ``.npz`` with
     one array per model input, fed whole to the check (instead of generated inputs).
     ``recover``: train the pruned model to reproduce the dense one on the ``calib`` inputs
-    afterwards (see ``recovery``).
+    afterwards (see ``recovery``). ``executor``: where the one-per-component measurements of
+    the distortion criterion and adaptive allocation run (``onnxprune.parallel``; None:
+    this process); it changes no result.
     """
 
     ratio: float = 0.5
@@ -183,6 +192,7 @@ class PruneOptions:
     verify: bool = True
     check_data: str | None = None
     recover: RecoverOptions | None = None
+    executor: object = field(default=None, hash=False, compare=False)
 
     def replace(self, **changes) -> PruneOptions:
         return dataclasses.replace(self, **changes)
@@ -205,8 +215,10 @@ class PruneOptions:
             object.__setattr__(self, "round_to", round_to_for("cpu"))
 
     def given(self) -> set[str]:
-        """The fields that differ from their defaults, the strategy's among them."""
-        return _changed(self, PruneOptions()) - {"strategy"} | self.strategy.given()
+        """The fields that differ from their defaults, the strategy's among them (not the
+        executor: it changes where, not what; the CLI adds it when its flags were given)."""
+        return (_changed(self, PruneOptions()) - {"strategy", "executor"}
+                | self.strategy.given())
 
     def check(self, given: set[str] | None = None) -> None:
         """Every value in range, and no option given that the others make pointless: a
@@ -225,6 +237,11 @@ class PruneOptions:
             raise UserError(f"--latency-threads must be at least 1, got {self.latency_threads}")
         if not self.tolerance > 0:
             raise UserError(f"--tolerance must be positive, got {self.tolerance}")
+        if "executor" in given and self.strategy.criterion != "distortion" and \
+                self.strategy.allocation != "adaptive":
+            raise UserError("--executor/--workers run the distortion criterion's or adaptive "
+                            "allocation's measurements side by side; this prune makes none "
+                            "(sweep and sensitivity take them too)")
         targets = [k for k in TARGETS if getattr(self, f"target_{k}") is not None]
         if len(targets) > 1:
             raise UserError("give one of --target-macs, --target-params, --target-latency")

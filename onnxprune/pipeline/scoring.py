@@ -13,7 +13,8 @@ from ..calibration import (CalibSource, as_sources, capture_stats, dequantized_i
 from ..errors import UserError
 from ..groups import reads_linearly
 from ..rules import rule_for
-from ..importance import ScoringContext, consumed_inputs, normalize, score
+from ..importance import (ScoringContext, consumed_inputs, group_output_energy, normalize,
+                          score)
 from ..runtime import node_macs
 from .analyze import Analyzed
 from .options import Strategy
@@ -56,16 +57,18 @@ class Scoring:
 
 
 def score_model(a: Analyzed, strategy: Strategy | None = None, calib=None, input_shapes=None,
-                seed: int = 0, progress=None) -> Scoring:
+                seed: int = 0, progress=None, executor=None) -> Scoring:
     """Capture the calibration statistics the strategy reads and score every group: the
-    ratio-independent half of a prune, for reuse through ``prune(..., scoring=...)``."""
+    ratio-independent half of a prune, for reuse through ``prune(..., scoring=...)``.
+    ``executor`` (``onnxprune.parallel``): where one-per-component or one-per-group
+    measurements run (distortion, adaptive); the scores do not depend on it."""
     strategy = strategy or Strategy()
     if strategy.needs == "synthetic" and calib is None:
         calib = "synthetic"
     stats = (calibration_stats(a, calib, input_shapes, strategy.needs_gram, seed, progress)
              if strategy.needs else None)
     return Scoring(a, strategy, calib, input_shapes, seed, stats,
-                   group_scores(a, strategy, stats, input_shapes, seed, progress),
+                   group_scores(a, strategy, stats, input_shapes, seed, progress, executor),
                    data_free_warnings(a, calib, stats))
 
 
@@ -86,19 +89,29 @@ def data_free_warnings(a: Analyzed, calib, stats) -> tuple[str, ...]:
 
 
 def group_scores(a: Analyzed, strategy: Strategy, stats=None, input_shapes=None,
-                 seed: int = 0, progress=None) -> GroupScores:
+                 seed: int = 0, progress=None, executor=None) -> GroupScores:
     """Score every component by the strategy's criterion, and what allocation reads of it."""
     ctx = ScoringContext(a.analysis, a.roots, a.groups, strategy.reduction, seed, stats,
-                         input_shapes=input_shapes, progress=progress)
+                         input_shapes=input_shapes, progress=progress, executor=executor)
     scores = score(strategy.criterion, ctx)
-    ranking = normalize(scores, [g for g in a.groups if g.prunable], strategy.normalize_by)
+    prunable = [g for g in a.groups if g.prunable]
+    energy = None
+    if strategy.normalize_by == "energy":
+        energy = group_output_energy(ctx)
+        unread = [g.id for g in prunable if g.size > 1 and g.id not in energy]
+        if unread:
+            ctx.notes.append(f"energy normalization: {len(unread)} group(s) read by no layer "
+                             f"with calibration statistics keep their raw scores (e.g. group "
+                             f"{unread[0]})")
+    ranking = normalize(scores, prunable, strategy.normalize_by, energy)
     if strategy.rank_by == "score-per-mac":
         costs, unit = component_costs(a.analysis, a.roots, node_macs(a.model, input_shapes))
         ranking = ranking / np.maximum(costs, 1e-12)
         ctx.notes.append(f"global ranking: normalized score per {unit[:-1]} a component costs")
     weights = None
     if strategy.allocation == "adaptive":
-        weights = adaptive_weights(a, stats, stats.batches, strategy, progress, seed)
+        weights = adaptive_weights(a, stats, stats.batches, strategy, progress, seed,
+                                   executor)
         ctx.notes.append("adaptive ratio multipliers per group: " + ", ".join(
             f"{g}: {w:.2f}" for g, w in sorted(weights.items())))
     return GroupScores(scores, ranking, ctx.notes, weights)

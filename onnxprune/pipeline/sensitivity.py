@@ -14,29 +14,40 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
 from ..importance import ScoringContext, consumed_inputs, score
-from ..progress import task
+from ..parallel import Failed, InProcess
 from ..rewrite import apply_plan
 from ..runtime import batch_outputs, output_distortion
 from .refit import compensated as refitted
 
 
 def group_sensitivity(a, stats, batches, ratios, strategy, progress=None,
-                      compensated: bool = True, seed: int = 0) -> list[dict]:
+                      compensated: bool = True, seed: int = 0, executor=None) -> list[dict]:
     """One entry per prunable group: its kind, size, first source, and the distortion at each
     ratio (lowest-scoring components masked first; re-fitted by the strategy's compensation
-    unless ``compensated`` is False)."""
+    unless ``compensated`` is False). ``executor`` (``onnxprune.parallel``) measures the
+    groups side by side; each worker receives the model and the statistics once."""
     scores = score(strategy.criterion, ScoringContext(a.analysis, a.roots, a.groups,
-                                                      strategy.reduction, seed, stats))
+                                                      strategy.reduction, seed, stats,
+                                                      executor=executor))
     dense = batch_outputs(a.model, batches)
     groups = [g for g in a.groups if g.prunable and g.size > 1]
-    out = []
-    with task(progress, "measuring each group's distortion", len(groups)) as step:
-        for group in groups:
-            out.append(_group_row(a, group, scores, stats, batches, ratios, strategy,
-                                  compensated, dense))
-            step()
-    return out
+    shared = (a, scores, stats, batches, ratios, strategy, compensated, dense)
+    rows = (executor or InProcess()).map(shared, _measured_group, [g.id for g in groups],
+                                         progress=progress,
+                                         description="measuring each group's distortion")
+    for group, row in zip(groups, rows):
+        if isinstance(row, Failed):
+            raise UserError(f"sensitivity: measuring group {group.id} failed twice: "
+                            f"{row.error}")
+    return rows
+
+
+def _measured_group(shared, group_id: int) -> dict:
+    a = shared[0]
+    group = next(g for g in a.groups if g.id == group_id)
+    return _group_row(a, group, *shared[1:])
 
 
 def _group_row(a, group, scores, stats, batches, ratios, strategy, compensated, dense) -> dict:
@@ -73,8 +84,8 @@ ADAPTIVE_PROBE = 0.5      # share of each group masked to measure its sensitivit
 ADAPTIVE_POWER = 0.5      # how strongly ratios follow sensitivity (0: uniform)
 
 
-def adaptive_weights(a, stats, batches, strategy, progress=None,
-                     seed: int = 0) -> dict[int, float]:
+def adaptive_weights(a, stats, batches, strategy, progress=None, seed: int = 0,
+                     executor=None) -> dict[int, float]:
     """Per-group ratio multipliers, Adapt-Pruner style: prune less where masking hurts the
     outputs more. w_g = (geometric mean of the distortions / d_g)^ADAPTIVE_POWER, measured at
     ADAPTIVE_PROBE; a group with no measurable effect gets the largest multiplier seen.
@@ -84,7 +95,7 @@ def adaptive_weights(a, stats, batches, strategy, progress=None,
     pruned at once (digits CNN with obs at 25% of the MACs: 0.450 against 0.881 accuracy;
     benchmarks/RESULTS.md)."""
     rows = group_sensitivity(a, stats, batches, [ADAPTIVE_PROBE], strategy, progress,
-                             compensated=False, seed=seed)
+                             compensated=False, seed=seed, executor=executor)
     d = {r["group"]: max(r["distortion"][ADAPTIVE_PROBE], 1e-9) for r in rows}
     if not d:
         return {}

@@ -1,0 +1,176 @@
+"""Executors (``onnxprune.parallel``): local worker processes give byte-identical results to
+this process for distortion scores, sensitivity and sweeps; an item that fails is retried
+once and then reported; Ctrl-C leaves no worker running; the CLI flags and their errors.
+Ray's backend is tested in ``test_parallel_ray.py``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import multiprocessing
+import threading
+import time
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from onnxprune import pipeline
+from onnxprune.cli import main
+from onnxprune.errors import UserError
+from onnxprune.evaluate import BenchOptions, sweep
+from onnxprune.parallel import Failed, InProcess, make_executor
+from onnxprune.parallel.base import chunk_indices
+
+DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
+CALIB = "random"
+
+
+def flaky(state, item):
+    """Fails the first time it sees an item in this process, then works."""
+    seen = state.setdefault("seen", set())
+    if item not in seen:
+        seen.add(item)
+        raise RuntimeError(f"first try of {item}\nsecond line")
+    return item * 10
+
+
+def broken(state, item):
+    if item == 2:
+        raise ValueError("item 2 is bad\nmore detail")
+    return item
+
+
+def slow(state, item):
+    time.sleep(30)
+    return item
+
+
+def _interrupt():
+    """Ctrl-C: SIGINT to this process."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_chunks_cover_every_item_once_in_order():
+    for count, workers in ((1, 4), (7, 2), (100, 3)):
+        parts = chunk_indices(count, workers)
+        assert [i for p in parts for i in p] == list(range(count))
+        assert all(parts) and len(parts) <= workers * 4
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_item_is_retried_once_then_reported(workers):
+    executor = make_executor("local", workers)
+    assert executor.map({}, flaky, [1, 2, 3]) == [10, 20, 30]
+    got = executor.map({}, broken, [1, 2, 3])
+    assert got[0] == 1 and got[2] == 3
+    assert got[1] == Failed("ValueError: item 2 is bad")
+
+
+def test_ctrl_c_stops_the_local_workers():
+    executor = make_executor("local", 2)
+    threading.Timer(8.0, _interrupt).start()   # after the workers started
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        executor.map({}, slow, list(range(8)))
+    assert time.perf_counter() - start < 25
+    deadline = time.perf_counter() + 10
+    while multiprocessing.active_children() and time.perf_counter() < deadline:
+        time.sleep(0.2)
+    assert not multiprocessing.active_children()
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Sessions in this process on one thread, as in each worker: the same bytes need the
+    same thread count (see ``parallel.base.worker_threads``)."""
+    monkeypatch.setenv("ONNXPRUNE_THREADS", "1")
+
+
+def _scores(criterion, executor=None, allocation="uniform"):
+    a = pipeline.analyze_model(DEMO)
+    return pipeline.score_model(a, pipeline.Strategy(criterion, allocation=allocation), CALIB,
+                                seed=3, executor=executor).scored
+
+
+def test_distortion_scores_are_the_same_in_two_workers():
+    here = _scores("distortion")
+    there = _scores("distortion", make_executor("local", 2))
+    np.testing.assert_array_equal(here.scores, there.scores)
+
+
+def test_adaptive_weights_are_the_same_in_two_workers():
+    here = _scores("l2", allocation="adaptive")
+    there = _scores("l2", make_executor("local", 2), allocation="adaptive")
+    assert here.weights == there.weights and here.weights
+
+
+def test_sensitivity_is_the_same_in_two_workers():
+    run = lambda executor: pipeline.sensitivity(DEMO, CALIB, (0.25, 0.5),  # noqa: E731
+                                                pipeline.Strategy("l2"), executor=executor)
+    here, there = run(None), run(make_executor("local", 2))
+    assert here["groups"] == there["groups"] and len(here["groups"]) > 1
+
+
+def test_a_sweep_in_two_workers_writes_the_same_models(tmp_path):
+    bench = BenchOptions(runs=3)
+    ratios = (0.2, 0.4, 0.6)
+    rows = {}
+    for name, executor in (("here", None), ("there", make_executor("local", 2))):
+        options = pipeline.PruneOptions(strategy=pipeline.Strategy("obs"), calib=CALIB,
+                                        executor=executor)
+        result = sweep(DEMO, ratios, options, bench=bench, out_dir=tmp_path / name)
+        rows[name] = result["rows"]
+        assert result["settings"]["workers"] == (1 if executor is None else 2)
+    for a, b in zip(rows["here"], rows["there"]):
+        same = ("ratio", "params", "macs", "cosine_mean", "cosine_min", "max_abs_error",
+                "max_rel_error", "error")
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    for ratio in ratios:
+        name = f"demo_digits.r{ratio:g}.onnx"
+        assert (tmp_path / "here" / name).read_bytes() == \
+            (tmp_path / "there" / name).read_bytes()
+
+
+def test_in_process_is_the_one_worker_default():
+    assert isinstance(make_executor(), InProcess)
+    with pytest.raises(UserError, match="at least 1"):
+        make_executor("local", 0)
+    with pytest.raises(UserError, match="needs --executor ray"):
+        make_executor("local", 2, "ray://somewhere:10001")
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: "), err
+    return err
+
+
+def test_cli_workers(tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["prune", DEMO, "-o", str(out), "--workers", "2"]) == 2
+    assert "makes none" in _one_line_error(capsys)
+    assert not out.exists()
+    assert main(["prune", DEMO, "-o", str(out), "--workers", "2", "--criterion", "distortion",
+                 "--calib", "random"]) == 0
+    assert out.exists()
+    capsys.readouterr()
+    assert main(["sensitivity", DEMO, "--workers", "2", "--ratios", "0.5", "--json"]) == 0
+    assert main(["sweep", DEMO, "--ratios", "0.5", "--runs", "3", "--workers", "0"]) == 2
+    assert "at least 1" in _one_line_error(capsys)
+
+
+def test_ray_missing_is_a_one_line_error(monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    assert main(["sensitivity", DEMO, "--executor", "ray", "--ratios", "0.5"]) == 2
+    assert "pip install 'onnxprune[distributed]'" in _one_line_error(capsys)
+
