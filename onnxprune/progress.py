@@ -9,6 +9,7 @@ gives one that draws rich progress bars on a terminal.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 
@@ -37,3 +38,26 @@ def task(progress: Progress | None, description: str,
         yield lambda amount=1: progress.advance(handle, amount)
     finally:
         progress.end(handle)
+
+
+class StageClock(Progress):
+    """Forwards every step to ``inner`` (or nowhere) and records how long each took: the
+    report's ``stages``, where a prune's time went. A step inside another (capturing
+    statistics inside scoring) is listed as well, after it; their times overlap."""
+
+    def __init__(self, inner: Progress | None = None):
+        self.inner, self.stages = inner, []
+
+    def begin(self, description: str, total: int | None) -> object:
+        handle = self.inner.begin(description, total) if self.inner is not None else None
+        return description, time.perf_counter(), handle
+
+    def advance(self, handle: object, amount: int = 1) -> None:
+        if self.inner is not None:
+            self.inner.advance(handle[2], amount)
+
+    def end(self, handle: object) -> None:
+        if self.inner is not None:
+            self.inner.end(handle[2])
+        self.stages.append({"step": handle[0],
+                            "seconds": round(time.perf_counter() - handle[1], 3)})

@@ -11,6 +11,7 @@ import multiprocessing
 import threading
 import time
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,6 +42,15 @@ def broken(state, item):
     return item
 
 
+def die_once(state, item):
+    """Kills its worker process the first time item 3 comes (a marker file remembers)."""
+    marker = Path(state["marker"])
+    if item == 3 and not marker.exists():
+        marker.write_text("died")
+        os._exit(1)
+    return item
+
+
 def slow(state, item):
     time.sleep(30)
     return item
@@ -63,11 +73,22 @@ def test_an_item_is_retried_once_then_reported(workers):
     executor = make_executor("local", workers)
     assert executor.map({}, flaky, [1, 2, 3]) == [10, 20, 30]
     got = executor.map({}, broken, [1, 2, 3])
+    executor.close()
     assert got[0] == 1 and got[2] == 3
     assert got[1] == Failed("ValueError: item 2 is bad")
 
 
-def test_ctrl_c_stops_the_local_workers():
+def test_a_dead_worker_is_replaced_and_its_chunk_run_again(tmp_path):
+    executor = make_executor("local", 2)
+    assert executor.map({"marker": str(tmp_path / "m")}, die_once, list(range(6))) == \
+        list(range(6))
+    assert (tmp_path / "m").exists()
+    assert executor.map({}, flaky, [1, 2]) == [10, 20]     # the pool works on
+    executor.close()
+
+
+def test_ctrl_c_stops_the_local_workers(ctrl_c):
+    before = set(multiprocessing.active_children())
     executor = make_executor("local", 2)
     threading.Timer(8.0, _interrupt).start()   # after the workers started
     start = time.perf_counter()
@@ -75,9 +96,9 @@ def test_ctrl_c_stops_the_local_workers():
         executor.map({}, slow, list(range(8)))
     assert time.perf_counter() - start < 25
     deadline = time.perf_counter() + 10
-    while multiprocessing.active_children() and time.perf_counter() < deadline:
+    while set(multiprocessing.active_children()) - before and time.perf_counter() < deadline:
         time.sleep(0.2)
-    assert not multiprocessing.active_children()
+    assert not set(multiprocessing.active_children()) - before
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +118,7 @@ def test_distortion_scores_are_the_same_in_two_workers():
     here = _scores("distortion")
     there = _scores("distortion", make_executor("local", 2))
     np.testing.assert_array_equal(here.scores, there.scores)
+    assert there.scores.any()
 
 
 def test_adaptive_weights_are_the_same_in_two_workers():

@@ -69,7 +69,7 @@ def test_timing_needs_the_timing_resource(cluster, monkeypatch):
         cluster.map({}, broken, [1], timing=True)
 
 
-def test_ctrl_c_cancels_the_cluster_tasks(cluster):
+def test_ctrl_c_cancels_the_cluster_tasks(cluster, ctrl_c):
     threading.Timer(5.0, _interrupt).start()
     with pytest.raises(KeyboardInterrupt):
         cluster.map({}, slow, list(range(8)))

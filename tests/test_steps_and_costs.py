@@ -188,3 +188,22 @@ def test_target_options_exclude_each_other():
         onnxprune.prune(DIGITS, target_macs=0.5, target_latency=0.5)
     with pytest.raises(UserError, match="--steps"):
         onnxprune.prune(DIGITS, target_latency=0.5, steps=2)
+
+
+def test_the_report_says_where_the_time_went():
+    """Each step of a prune, with its seconds, in the order they ended; with steps, every
+    step's stages."""
+    _, report = onnxprune.prune(DIGITS, ratio=0.5, strategy=Strategy("obs"), calib="random")
+    steps = [s["step"] for s in report["stages"]]
+    for expected in ("reading and analysing the graph (shapes, channel groups)",
+                     "capturing calibration statistics", "scoring the channels (obs)",
+                     "planning, compensating and rewriting",
+                     "checking the pruned model against the masked original",
+                     "comparing the pruned model with the dense one"):
+        assert expected in steps
+    assert steps.index("capturing calibration statistics") < \
+        steps.index("scoring the channels (obs)")     # inside it, so it ends first
+    assert all(s["seconds"] >= 0 for s in report["stages"])
+    _, stepped = onnxprune.prune(DIGITS, ratio=0.5, steps=2)
+    assert [s["step"] for s in stepped["stages"]].count(
+        "planning, compensating and rewriting") == 2

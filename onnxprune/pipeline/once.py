@@ -39,8 +39,11 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
     """One step of :func:`prune` (options already checked), with the report as a record.
     ``dense``: the model fidelity is measured against, when ``model`` is already a reduced
     copy of it (depth pruning ran first); ``model`` itself by default."""
-    a = model if isinstance(model, Analyzed) else analyze_model(
-        model, options.exclude, options.allow_cache_change)
+    if isinstance(model, Analyzed):
+        a = model
+    else:
+        with task(progress, "reading and analysing the graph (shapes, channel groups)"):
+            a = analyze_model(model, options.exclude, options.allow_cache_change)
     if options.allow_cache_change and not any(n.get("io") for n in a.analysis.notes.values()):
         raise UserError("--allow-cache-change: the model has no KV cache whose heads pruning "
                         "could resize (GroupQueryAttention's past/present, or a past input "
@@ -49,8 +52,9 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
     checked_on = check_feeds(a.model, options) if options.verify else None
     strategy, shapes = options.strategy, options.input_shapes
     if scoring is None:
-        scoring = score_model(a, strategy, options.calib, shapes, options.seed, progress,
-                              options.executor)
+        with task(progress, f"scoring the channels ({strategy.criterion})"):
+            scoring = score_model(a, strategy, options.calib, shapes, options.seed, progress,
+                                  options.executor)
     else:
         check_scoring(scoring, a, strategy, options.calib, shapes, options.seed)
     search = TargetSearch(a, options.round_to, options.by_kind, strategy, scoring.scored,
@@ -68,8 +72,9 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         with task(progress, f"searching the ratio for --target-{kind}"):
             ratio, planned = ratio_for_target(search, kind, fraction)
         target = TargetSection(kind, fraction, ratio, planned)
-    built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
-                  scoring.scored, options.seed, progress, search.latency)
+    with task(progress, "planning, compensating and rewriting"):
+        built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
+                      scoring.scored, options.seed, progress, search.latency)
     if search.predictor is not None and search.predictor.device is not None:
         target.device, target.met = search.predictor.device, target.planned <= target.fraction
     elif search.predictor is not None:

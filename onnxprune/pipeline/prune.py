@@ -9,6 +9,7 @@ import onnx
 
 from ..errors import UserError
 from ..io import load_model
+from ..progress import StageClock
 from ..runtime import count_cost
 from ..verify import input_problem
 from .analyze import Analyzed
@@ -67,12 +68,14 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
     and options) skips the capture and scoring: pruning one model at many ratios then pays for
     them once. ``progress``: see :mod:`onnxprune.progress`. With ``recover``, the verified
     pruned model is then trained to reproduce the dense one (the report's ``recovery``).
+    The report's ``stages`` say how long each step took.
     """
     if "blocks" in fields and not fields.keys() & {"ratio", "heads", "mlp", "hidden"} and \
             options is None:
         fields["ratio"] = 0.0           # depth alone, unless a width ratio is asked for too
     options = options_of(options, fields)
     options.check()
+    progress = StageClock(progress)
     kept, depth, dense = None, None, None
     if options.blocks is not None:
         if scoring is not None or isinstance(model, Analyzed):
@@ -95,6 +98,7 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
         pruned, report["recovery"] = recover_pruned(dense, pruned, options.calib,
                                                     options.recover, options.input_shapes,
                                                     progress, kept)
+    report["stages"] = progress.stages
     return pruned, report
 
 
