@@ -117,3 +117,17 @@ def test_generated_calibration_is_measured_on_fresh_samples():
     calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
     _, given = onnxprune.prune(model, ratio=0.5, round_to=1, calib=calib, strategy=strategy)
     assert given["fidelity"]["inputs"].endswith("(the calibration inputs themselves)")
+
+
+def test_a_dear_model_is_compared_on_fewer_samples():
+    """The comparison spends at most COMPARISON_MACS a model: with a sample this dear, the
+    minimum of 4 samples, the last batch cut along the sample axis; cheap samples keep all."""
+    from onnxprune.pipeline.fidelity import COMPARISON_MACS, MIN_SAMPLES, fidelity_to_dense
+
+    model, _ = conv_bn_conv()
+    x = np.random.default_rng(0).standard_normal((6, 2, 5, 5)).astype(np.float32)
+    batches = [{"x": x}, {"x": x}]
+    dear = fidelity_to_dense(model, model, batches, "test", macs_per_sample=COMPARISON_MACS)
+    cheap = fidelity_to_dense(model, model, batches, "test", macs_per_sample=1000)
+    assert (dear.samples, cheap.samples) == (MIN_SAMPLES, 12)
+    assert dear.outputs[0]["cosine_min"] == pytest.approx(1.0)

@@ -15,6 +15,8 @@ from ..runtime.fidelity import output_fidelity
 COLLAPSED_COSINE = 0.8     # mean cosine of an output to the dense one below this: collapsed
 COLLAPSED_TOP1 = 0.5       # top-1 agreement of class scores below this: collapsed
 MAX_SAMPLES = 64           # calibration samples the comparison runs on, at most
+MIN_SAMPLES = 4            # ... and at least, however large the model
+COMPARISON_MACS = 2e11     # MACs one model may spend on the comparison (a 1B decoder: 4 samples)
 
 
 @dataclass
@@ -29,11 +31,16 @@ class FidelitySection:
     warning: str | None = None
 
 
-def fidelity_to_dense(dense, pruned, batches, inputs: str, io: dict | None = None
-                      ) -> FidelitySection:
-    """Run both models on ``batches`` (at most ``MAX_SAMPLES`` samples) and compare; ``io``:
-    inputs and outputs the pruning resized (see ``runtime.sliced``)."""
-    batches = _first_samples(batches)
+def fidelity_to_dense(dense, pruned, batches, inputs: str, io: dict | None = None,
+                      macs_per_sample: int | None = None) -> FidelitySection:
+    """Run both models on ``batches`` (at most ``MAX_SAMPLES`` samples, fewer where
+    ``macs_per_sample`` says a sample is dear: a large model's comparison must not cost more
+    than its prune) and compare; ``io``: inputs and outputs the pruning resized (see
+    ``runtime.sliced``)."""
+    limit = MAX_SAMPLES
+    if macs_per_sample:
+        limit = int(min(max(COMPARISON_MACS // macs_per_sample, MIN_SAMPLES), MAX_SAMPLES))
+    batches = _first_samples(batches, limit)
     sizes = [len(next(iter(feeds.values()))) for feeds in batches]
     before = [sliced(b, io) for b in batch_outputs(dense, batches)]
     after = batch_outputs(pruned, [sliced(b, io) for b in batches])
@@ -56,11 +63,16 @@ def fidelity_to_dense(dense, pruned, batches, inputs: str, io: dict | None = Non
     return section
 
 
-def _first_samples(batches) -> list[dict]:
+def _first_samples(batches, limit: int) -> list[dict]:
+    """The first ``limit`` samples (the last batch cut along axis 0, where samples stack)."""
     kept, count = [], 0
     for feeds in batches:
-        if count >= MAX_SAMPLES:
+        if count >= limit:
             break
+        size = len(next(iter(feeds.values())))
+        if count + size > limit:
+            feeds = {name: value[:limit - count] for name, value in feeds.items()}
+            size = limit - count
         kept.append(feeds)
-        count += len(next(iter(feeds.values())))
+        count += size
     return kept

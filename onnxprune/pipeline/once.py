@@ -93,14 +93,15 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         with task(progress, "comparing the pruned model with the dense one"):
             report.fidelity = measure_fidelity(a.model if dense is None else dense,
                                                built.pruned, options, scoring,
-                                               changed_io(a.analysis, built.removed))
+                                               changed_io(a.analysis, built.removed),
+                                               report.macs.before)
         if report.fidelity is not None and report.fidelity.warning:
             report.warnings.append(report.fidelity.warning)
     return built.pruned, report
 
 
 def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | None = None,
-                     io: dict | None = None):
+                     io: dict | None = None, macs_per_sample: int | None = None):
     """The pruned model against the dense one on the first inputs both take: fresh samples of
     a generated calibration source (the ones calibration saw were fitted to, so they would
     flatter a re-fit), the calibration inputs given, else 32 seeded random samples, else the
@@ -109,7 +110,7 @@ def measure_fidelity(dense, pruned, options: PruneOptions, scoring: Scoring | No
     for make in _fidelity_inputs(dense, options, scoring):
         try:
             batches, what = make()
-            return fidelity_to_dense(dense, pruned, batches, what, io)
+            return fidelity_to_dense(dense, pruned, batches, what, io, macs_per_sample)
         except Exception:  # noqa: BLE001 - inputs this model cannot take: try the next ones
             continue
     return None
