@@ -15,8 +15,7 @@ import numpy as np
 def tiny_llama(folder: Path) -> Path:
     """A Hugging Face Llama folder (config, weights, tokenizer) in ``folder``."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -24,12 +23,21 @@ def tiny_llama(folder: Path) -> Path:
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
+    character_tokenizer(folder)
+    return folder
+
+
+def character_tokenizer(folder: Path) -> None:
+    """A 256-symbol character tokenizer (ids 0-2: pad, bos, eos) saved in ``folder``: the
+    model builder copies one into the genai folder. ``benchmarks.llama_1b`` uses it too."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {f"<{i}>": i for i in range(3)} | {chr(32 + i): 3 + i for i in range(253)}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<0>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<1>", eos_token="<2>",
                             pad_token="<0>", unk_token="<0>").save_pretrained(folder)
-    return folder
 
 
 def genai_folder(hf_folder: Path, out: Path, precision: str = "fp32") -> Path:

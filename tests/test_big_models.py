@@ -5,8 +5,11 @@ the checks run from those files, and the output gets its own data file. Peak mem
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import pickle
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,7 +23,7 @@ from onnxprune.cli import main
 from onnxprune.errors import UserError
 from onnxprune.graph import ModelGraph
 from onnxprune.io import load_model, save_model
-from onnxprune.io.weights import STORE_KEY, WeightStore, is_mapped
+from onnxprune.io.weights import MIN_BYTES, STORE_KEY, WeightStore, is_mapped
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 
@@ -50,7 +53,7 @@ def test_external_weights_stay_in_files_from_load_to_save(tmp_path):
     assert graph.store is not None and is_mapped(graph.const("fc1.weight"))
 
     pruned, report = pipeline.prune(model, ratio=0.5, round_to=1)
-    assert report["check"]["ok"]
+    assert report["check"]["ok"] and report["check"]["how"] == pipeline.CHECKED_FROM_FILES
     fc1 = next(t for t in pruned.graph.initializer if t.name == "fc1.weight")
     assert fc1.data_location == TensorProto.EXTERNAL and fc1.dims[0] == 32   # sliced, in a file
     # the masked original's files went after verification: the pruned model's remain
@@ -66,7 +69,8 @@ def test_external_weights_stay_in_files_from_load_to_save(tmp_path):
                              .metadata_props}
     onnx.checker.check_model(str(out), full_check=True)
     # the same model as pruning a copy held wholly in memory gives
-    in_memory, _ = pipeline.prune(onnx.load(DEMO), ratio=0.5, round_to=1)
+    in_memory, memory_report = pipeline.prune(onnx.load(DEMO), ratio=0.5, round_to=1)
+    assert memory_report["check"]["how"].startswith("in memory")
     feeds = {"input": np.random.default_rng(0).standard_normal((2, 1, 8, 8), np.float32)}
     np.testing.assert_array_equal(_outputs(out, feeds)[0], _outputs(in_memory, feeds)[0])
     assert _digest(tmp_path / "in") == before       # the input is untouched
@@ -119,6 +123,26 @@ def test_a_model_over_2gb_prunes_and_is_written_with_its_data(tmp_path):
         assert _outputs(out, feeds)[1].tolist() == [0.0, 0.0, 0.0]
     finally:    # pytest keeps recent tmp folders: do not leave 2 GB in each
         (tmp_path / "out.onnx.data").unlink(missing_ok=True)
+
+
+def test_finding_a_models_linear_readers_copies_no_weight(tmp_path, monkeypatch):
+    """Which tensors linear layers read (calibration's capture list, ``--recover-features``)
+    comes from shapes alone: a float64 copy of each weight here cost a 1.1B decoder 7 GiB."""
+    from onnxprune.groups import find_consumers
+    from onnxprune.importance import consumed_inputs
+    from onnxprune.pipeline.recover import kept_channels
+    from onnxprune.rules import LinearView
+
+    a = pipeline.analyze_model(load_model(_external_demo(tmp_path / "in")))
+    readers = list(find_consumers(a.analysis))
+    big = [c for c in readers if c.view.stored.nbytes >= MIN_BYTES]     # smaller: inline
+    assert big and all(is_mapped(c.view.stored) for c in big)
+
+    def refuse(view):
+        raise AssertionError("a weight was copied")
+    monkeypatch.setattr(LinearView, "weight", property(refuse))
+    assert set(consumed_inputs(a.analysis)) >= {c.input_name for c in readers}
+    assert kept_channels(a, np.arange(len(a.roots)) % 2 == 0)      # every other channel
 
 
 def test_an_in_memory_model_with_external_references_is_refused():
@@ -190,3 +214,51 @@ def test_the_users_file_still_loads_with_onnx_while_its_pruned_copy_lives(tmp_pa
     assert WeightStore.of(pruned) is not None
     assert (tmp_path / "in" / "model.onnx.data").stat().st_nlink == 1
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def test_big_gram_matrices_spill_to_files_and_big_batches_run_in_slices(monkeypatch):
+    """A 1B decoder's calibration: batches whose watched tensors pass ``RUN_BYTES`` run a few
+    samples at a time, and Gram matrices past ``SPILL_BYTES`` accumulate in float32 files.
+    Both limits forced down on the demo give the statistics of the plain capture."""
+    from onnxprune.calibration import capture, load_calibration
+    from onnxprune.calibration.hessian import gram_inputs
+    from onnxprune.importance import consumed_inputs
+
+    a = pipeline.analyze_model(onnx.load(DEMO))
+    maps, grams = consumed_inputs(a.analysis), gram_inputs(a.analysis)
+    batches = load_calibration("random", a.model, batch_size=8, samples=16)
+    plain = capture.capture_stats(a.model, maps, batches, grams)
+    assert not any(m.spilled for m in plain.tensors.values())
+
+    runs = []
+
+    def counting(model):
+        sess = ort_session(model)
+        return type("Counted", (), {"get_inputs": sess.get_inputs,
+                                    "run": lambda self, *args: runs.append(1) or sess.run(*args)})()
+    ort_session = capture.session
+    monkeypatch.setattr(capture, "session", counting)
+    monkeypatch.setattr(capture, "RUN_BYTES", 1)            # one sample per run
+    monkeypatch.setattr(capture, "SPILL_BYTES", 0)          # every Gram matrix in a file
+    small = capture.capture_stats(a.model, maps, batches, grams)
+    assert len(runs) == 16 and small.samples == plain.samples == 16
+    spilled = [n for n, m in small.tensors.items() if m.spilled]
+    assert spilled and set(spilled) == {n for n, m in plain.tensors.items() if m.gram is not None}
+    for name, m in small.tensors.items():
+        want = plain.tensors[name]
+        np.testing.assert_allclose(m.sum_sq, want.sum_sq, rtol=1e-12)
+        if want.gram is not None:
+            np.testing.assert_allclose(m.gram, want.gram, rtol=1e-5, atol=1e-5 * np.abs(
+                want.gram).max())
+        if want.held_gram is not None:      # every second batch, held out for OBS
+            assert m.held_count == want.held_count == m.count // 2     # rows of batch 2
+            np.testing.assert_allclose(m.held_gram, want.held_gram, rtol=1e-5,
+                                       atol=1e-5 * np.abs(want.held_gram).max())
+    moved = pickle.loads(pickle.dumps(small))       # to a worker: the Gram travels inline
+    name = spilled[0]
+    assert not moved.tensors[name].spilled
+    np.testing.assert_array_equal(moved.tensors[name].gram, small.tensors[name].gram)
+    folder = Path(small.spill.name)
+    del small, moved
+    gc.collect()
+    assert not folder.exists(), "the files go with the statistics"

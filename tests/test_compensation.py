@@ -24,12 +24,15 @@ from .oracle import assert_oracle
 N_IN, N_HID, N_OUT, SAMPLES = 6, 8, 5, 200
 
 
-def two_layers():
-    """x → MatMul → Add(bias) → Relu → MatMul → Add(bias): the hidden neurons are one group."""
+def two_layers(bias: bool = True):
+    """x → MatMul → Add(bias) → Relu → MatMul → Add(bias): the hidden neurons are one group.
+    Without ``bias``, the second layer has none (as in a Llama-style MLP)."""
     b = GraphBuilder(seed=4)
     h = b.op("Relu", [b.op("Add", [b.op("MatMul", ["x", b.weight(N_IN, N_HID)]),
                                    b.weight(N_HID)])])
-    out = b.op("Add", [b.op("MatMul", [h, b.weight(N_HID, N_OUT)]), b.weight(N_OUT)])
+    out = b.op("MatMul", [h, b.weight(N_HID, N_OUT)])
+    if bias:
+        out = b.op("Add", [out, b.weight(N_OUT)])
     graph = helper.make_graph(b.nodes, "mlp",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", N_IN])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", N_OUT])],
@@ -79,6 +82,41 @@ def test_obs_update_is_the_least_squares_optimum():
     best, *_ = np.linalg.lstsq(design, target, rcond=None)
     np.testing.assert_allclose((w + delta_w[:, :, 0])[:, ~removed], best[:-1].T, atol=1e-6)
     np.testing.assert_allclose(bias + delta_b, best[-1], atol=1e-6)
+
+
+def test_a_layer_without_bias_gets_the_least_squares_optimum_of_its_weights_alone():
+    """Bias-free layers (every Llama-style MLP) are re-fitted too: the kept weights are the
+    least-squares fit of the layer's outputs without a constant, as SparseGPT's update."""
+    model = two_layers(bias=False)
+    a = analyze_model(model)
+    batches = calibration()
+    stats = calibration_stats(a, batches)
+    consumer = next(c for c in find_consumers(a.analysis) if c.view.shape == (N_OUT, N_HID, 1))
+    assert consumer.bias is None
+    removed = np.zeros(N_HID, bool)
+    removed[[0, 3, 5]] = True
+    moments = stats.get(consumer.input_name)
+    delta_w, delta_b = _obs(consumer, removed, moments, *input_gram(consumer, moments),
+                            damping=0.0)
+    assert not delta_b.any()
+    h, _ = hidden_and_output(model, batches)
+    w = consumer.weight[:, :, 0]
+    best, *_ = np.linalg.lstsq(h[:, ~removed], h @ w.T, rcond=None)
+    np.testing.assert_allclose((w + delta_w[:, :, 0])[:, ~removed], best.T, atol=1e-6)
+    np.testing.assert_array_equal((w + delta_w[:, :, 0])[:, removed], 0.0)
+
+    _, dense = hidden_and_output(model, batches)
+    errors = {}
+    for method in ("none", "obs"):
+        pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1,
+                                         calib=None if method == "none" else batches,
+                                         strategy=Strategy("l2", compensate=method))
+        assert report["check"]["ok"]
+        assert not any("not compensated" in n for n in report["strategy"]["notes"])
+        got = np.concatenate([run_model(pruned, f)[pruned.graph.output[0].name]
+                              for f in batches])
+        errors[method] = float(np.mean(np.square(got - dense)))
+    assert errors["obs"] < 0.8 * errors["none"]       # 0.33 against 0.50 here
 
 
 def test_bias_update_keeps_each_output_mean():
@@ -267,3 +305,27 @@ def test_a_huge_obs_update_is_damped_until_it_is_not():
                                     1e-12)
     assert _relative_size(consumer, removed, delta_w) <= MAX_UPDATE
     assert note and note.startswith("OBS update damped to")
+
+
+def test_an_over_fitting_update_is_damped_or_declined_on_held_out_batches():
+    """64 hidden neurons re-fitted from 80 calibration samples over-fit: fitted on one batch,
+    the update misses on the other, so it is damped or declined (the note says which), and
+    on fresh inputs the result is no further from the dense model than plain removal."""
+    b = GraphBuilder(seed=7)
+    h = b.op("Relu", [b.op("MatMul", ["x", b.weight(16, 64)])])
+    y = b.op("MatMul", [h, b.weight(64, 8)])
+    model = b.model({"x": ["N", 16]}, [y])
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((40, 16)).astype(np.float32)} for _ in range(2)]
+    fresh = {"x": rng.standard_normal((2000, 16)).astype(np.float32)}
+    dense = run_model(model, fresh)[y]
+    errors, notes = {}, []
+    for method in ("none", "obs"):
+        pruned, report = onnxprune.prune(model, ratio=0.5, round_to=1,
+                                         calib=calib if method == "obs" else None,
+                                         strategy=Strategy("l2", compensate=method))
+        assert report["check"]["ok"]
+        errors[method] = float(np.mean(np.square(run_model(pruned, fresh)[y] - dense)))
+        notes += report["strategy"]["notes"]
+    assert any("held-out calibration batches" in n for n in notes), notes
+    assert errors["obs"] <= errors["none"] * 1.05

@@ -131,3 +131,26 @@ def test_a_dear_model_is_compared_on_fewer_samples():
     cheap = fidelity_to_dense(model, model, batches, "test", macs_per_sample=1000)
     assert (dear.samples, cheap.samples) == (MIN_SAMPLES, 12)
     assert dear.outputs[0]["cosine_min"] == pytest.approx(1.0)
+
+
+def test_a_scalar_input_is_shared_by_every_sample(tmp_path, monkeypatch):
+    """A model with a scalar input (a transformers export's ``logits_to_keep``, a temperature)
+    is compared too: the scalar is not a sample axis, so the comparison and the capture cut
+    the other inputs only (the 1.1B decoder benchmark had no fidelity section before)."""
+    from .builder import GraphBuilder
+
+    b = GraphBuilder(seed=2)
+    h = b.op("Relu", [b.op("Mul", [b.op("MatMul", ["x", b.weight(6, 16)]), "scale"])])
+    y = b.op("MatMul", [h, b.weight(16, 3)])
+    model = b.model({"scale": [], "x": ["N", 6]}, [y])      # the scalar first
+    monkeypatch.setattr("onnxprune.pipeline.fidelity.MAX_SAMPLES", 5)   # a batch is cut
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rng.standard_normal((40, 6)).astype(np.float32),
+             scale=np.array(0.5, np.float32))
+    for data in ("random", str(calib)):
+        _, report = onnxprune.prune(model, ratio=0.5, round_to=1, calib=data,
+                                    strategy=Strategy("wanda", compensate="obs"))
+        assert report["check"]["ok"]
+        assert report["fidelity"] is not None and report["fidelity"]["samples"] == 5
+        assert report["strategy"]["calibration"]["samples"] == (32 if data == "random" else 40)

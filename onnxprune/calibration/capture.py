@@ -5,11 +5,21 @@ values are reduced at once over every axis that carries no tracked channels, so 
 at one batch. What is kept per channel position (laid out like the tensor's ChannelMap
 labels): the element count, Σx, Σx², Σ|x| and the number of exact zeros, and, for the inputs
 of linear layers, the Gram matrix XᵀX over the channels (OBS compensation needs it).
+
+Large models (a 1B decoder: sixteen 8192-wide MLP inputs) are why two limits exist. A batch
+whose watched tensors would pass ``RUN_BYTES`` runs in slices of samples (the size of one
+sample's tensors is learnt from the first sample), and a Gram matrix over ``SPILL_BYTES``
+accumulates in a float32 file, updated once per batch and read back one layer at a time
+(``GramSum``), rather than sixteen 512 MiB matrices held side by side. The Gram matrices of
+every second batch are also summed apart (``Moments.held_gram``): OBS compensation fits on the
+others and checks on those that its re-fit generalizes.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,7 +27,56 @@ import onnx
 from ..graph import ChannelMap
 from ..progress import task
 from ..runtime import session
+from ..runtime.feeds import batch_axes, sample_count, take_samples
 from ..runtime.run import exposing
+
+RUN_BYTES = 256 << 20     # watched tensors one ONNX Runtime run may return
+SPILL_BYTES = 16 << 20    # a bigger Gram matrix (over 1448 features) accumulates in a file
+
+
+class GramSum:
+    """A running Σ x xᵀ: float64 in memory, or, past ``SPILL_BYTES``, float32 in a file (the
+    rows are then multiplied in float32 too), read back as a fresh float64 copy on each use,
+    so that nothing keeps a 1B decoder's sixteen 512 MiB matrices in memory."""
+
+    def __init__(self, value: np.ndarray | None = None):
+        self.memory, self.file, self.size = value, None, 0
+
+    @staticmethod
+    def product(rows: np.ndarray) -> np.ndarray:
+        """rowsᵀ·rows: in float64, or in float32 for a sum that spills."""
+        features = rows.shape[1]
+        if features * features * 8 <= SPILL_BYTES:
+            flat = rows.astype(np.float64, copy=False)
+            return flat.T @ flat
+        flat = rows.astype(np.float32, copy=False)
+        return flat.T @ flat
+
+    def add(self, g: np.ndarray, spill) -> None:
+        """Add a :meth:`product` (``spill()``: the folder a new file goes to)."""
+        if g.dtype == np.float64:
+            self.memory = g if self.memory is None else self.memory + g     # never in place
+            return
+        if self.file is None:
+            handle, self.file = tempfile.mkstemp(suffix=".gram", dir=spill())
+            with open(handle, "wb") as f:
+                g.tofile(f)
+            self.size = g.shape[0]
+            return
+        total = np.memmap(self.file, np.float32, "r+", shape=g.shape)
+        total += g
+        total.flush()
+        del total
+
+    def value(self) -> np.ndarray | None:
+        if self.file is None:
+            return self.memory
+        return np.fromfile(self.file, np.float32).reshape(self.size, self.size).astype(
+            np.float64)
+
+    def __getstate__(self):
+        """A spilled sum travels inline (a worker may not see this machine's files)."""
+        return {"memory": self.value(), "file": None, "size": self.size}
 
 
 @dataclass
@@ -27,10 +86,39 @@ class Moments:
     sum_sq: np.ndarray | None = None
     sum_abs: np.ndarray | None = None
     zeros: np.ndarray | None = None
-    gram: np.ndarray | None = None   # Σ over samples of x xᵀ (channels flattened)
     patches: dict = field(default_factory=dict)   # conv node → (Σ p pᵀ per group, count)
+    held_count: int = 0             # rows of the held-out batches (every second one)
+    _total: GramSum | None = field(default=None, repr=False)
+    _held: GramSum | None = field(default=None, repr=False)
+    _rows: list = field(default_factory=list, repr=False)     # this batch's, for the Gram
+
+    @property
+    def gram(self) -> np.ndarray | None:
+        """Σ over samples of x xᵀ (channels flattened), float64 (see :class:`GramSum`)."""
+        return self._total.value() if self._total is not None else None
+
+    @gram.setter
+    def gram(self, value: np.ndarray | None) -> None:
+        self._total = GramSum(value) if value is not None else None
+        self._held, self.held_count = None, 0
+
+    @property
+    def held_gram(self) -> np.ndarray | None:
+        """The part of :attr:`gram` from every second calibration batch, which OBS
+        compensation holds out to check that its re-fit generalizes (None with one batch)."""
+        return self._held.value() if self._held is not None else None
+
+    @property
+    def spilled(self) -> bool:
+        return self._total is not None and self._total.file is not None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_rows"] = []
+        return state
 
     def add(self, values: np.ndarray, cmap: ChannelMap, gram: bool) -> None:
+        """Fold one run's values in; with ``gram``, keep its rows until :meth:`end_batch`."""
         other = tuple(a for a in range(values.ndim) if a not in cmap.axes)
         x = values.astype(np.float64)
         n = int(np.prod([values.shape[a] for a in other], dtype=np.int64))
@@ -45,9 +133,25 @@ class Moments:
             self.zeros += parts[3]
         self.count += n
         if gram:
-            flat = channels_last(x, cmap.axes)
-            g = flat.T @ flat
-            self.gram = g if self.gram is None else self.gram + g
+            kept = np.float32 if values.dtype == np.float32 else np.float64    # as it came
+            self._rows.append(channels_last(values, cmap.axes, kept))
+
+    def end_batch(self, spill, held: bool = False) -> None:
+        """Add the batch's x xᵀ to the Gram matrix (and, for a ``held`` batch, to the held-out
+        part too); ``spill()``: the folder a spilled sum's file goes to."""
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        flat = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        del rows
+        count, g = flat.shape[0], GramSum.product(flat)
+        del flat
+        self._total = self._total or GramSum()
+        self._total.add(g, spill)
+        if held:
+            self._held = self._held or GramSum()
+            self._held.add(g, spill)
+            self.held_count += count
 
     def add_patches(self, values: np.ndarray, key, window, groups: int = 1) -> None:
         """The Gram matrices [groups, f, f] of a k×k conv's input patches, one per group of
@@ -82,15 +186,27 @@ class ChannelStats:
     matched_norms: int = 0          # BatchNorms a synthetic probe matched (see synthetic)
     batches: list | None = None     # the feeds themselves, where a step re-runs the model
     batch_weights: list | None = None   # per batch, when several weighted sets were fused
+    spill: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # big Grams
 
     def get(self, name: str) -> Moments | None:
         return self.tensors.get(name)
 
+    def spill_folder(self) -> Path:
+        """The folder spilled Gram matrices live in, deleted with these statistics."""
+        if self.spill is None:
+            self.spill = tempfile.TemporaryDirectory(prefix="onnxprune-gram-")
+        return Path(self.spill.name)
 
-def channels_last(x: np.ndarray, axes) -> np.ndarray:
-    """[positions, channels]: ``x`` in float64 with its channel axes moved last and flattened
-    (positions run sample by sample when axis 0 is not a channel axis)."""
-    moved = np.moveaxis(x.astype(np.float64, copy=False), axes,
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["spill"] = None       # the Moments carry their Gram matrices inline
+        return state
+
+
+def channels_last(x: np.ndarray, axes, dtype=np.float64) -> np.ndarray:
+    """[positions, channels]: ``x`` in ``dtype`` with its channel axes moved last and
+    flattened (positions run sample by sample when axis 0 is not a channel axis)."""
+    moved = np.moveaxis(x.astype(dtype, copy=False), axes,
                         range(x.ndim - len(axes), x.ndim))
     return moved.reshape(-1, int(np.prod([x.shape[a] for a in axes])))
 
@@ -123,16 +239,47 @@ def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
     names = list(maps)
     stats = ChannelStats({n: Moments() for n in names})
     batches = list(batches)
+    axes = batch_axes(model)
+    sliceable = _sliceable(sess, axes)
+    per_sample = None       # bytes of one sample's watched tensors, learnt from the first
+
+    def run(feeds) -> int:
+        values = sess.run(names, feeds)
+        size = sum(v.nbytes for v in values)
+        for name, value in zip(names, values):
+            if name in dequantize:
+                scale, zero = dequantize[name]
+                value = (value.astype(np.float64) - zero) * scale
+            stats.tensors[name].add(value, maps[name], name in gram_for)
+            for key, window, groups in patches_for.get(name, []):
+                stats.tensors[name].add_patches(value, key, window, groups)
+        return size
+
     with task(progress, "capturing calibration statistics", len(batches)) as step:
-        for feeds in batches:
-            values = sess.run(names, feeds)
-            for name, value in zip(names, values):
-                if name in dequantize:
-                    scale, zero = dequantize[name]
-                    value = (value.astype(np.float64) - zero) * scale
-                stats.tensors[name].add(value, maps[name], name in gram_for)
-                for key, window, groups in patches_for.get(name, []):
-                    stats.tensors[name].add_patches(value, key, window, groups)
-            stats.samples += len(next(iter(feeds.values())))
+        for index, feeds in enumerate(batches):
+            count = sample_count(feeds, axes)
+            start = 0
+            if per_sample is None and count > 1 and sliceable:
+                per_sample, start = run(take_samples(feeds, axes, 0, 1)), 1
+            step_size = (count if per_sample is None or not sliceable
+                         else max(1, min(count, RUN_BYTES // max(per_sample, 1))))
+            while start < count:
+                part = feeds if (start, step_size) == (0, count) else take_samples(
+                    feeds, axes, start, min(start + step_size, count))
+                size = run(part)
+                per_sample = per_sample or max(size // count, 1)
+                start += step_size
+            for moments in stats.tensors.values():
+                moments.end_batch(stats.spill_folder, held=index % 2 == 1)
+            stats.samples += count
             step()
     return stats
+
+
+def _sliceable(sess, axes: dict) -> bool:
+    """Can a batch run in slices? Not where an input fixes its sample axis's size."""
+    for info in sess.get_inputs():
+        axis = axes.get(info.name, 0)
+        if axis is not None and len(info.shape) > axis and isinstance(info.shape[axis], int):
+            return False
+    return True

@@ -36,7 +36,7 @@ def patch_inputs(analysis: Analysis) -> dict[str, list]:
     out: dict[str, list] = {}
     for c in find_consumers(analysis):
         if (c.view.exact and c.window is not None
-                and c.weight.shape[1] * c.weight.shape[2] <= MAX_PATCH_FEATURES):
+                and c.view.shape[1] * c.view.shape[2] <= MAX_PATCH_FEATURES):
             out.setdefault(c.input_name, []).append((c.node, c.window, c.groups))
     return out
 
@@ -46,11 +46,14 @@ def input_gram(c: Consumer, moments) -> tuple[np.ndarray, int] | None:
     or None when it was not captured."""
     if not c.view.exact:
         return None
-    if c.pointwise and moments.gram is not None:
-        per_group = c.weight.shape[1]
-        blocks = [moments.gram[s, s] for _, s in c.blocks()] if c.groups > 1 else [moments.gram]
+    gram = moments.gram if c.pointwise else None      # read once: a spilled one is a file
+    if gram is not None:
+        per_group = c.view.shape[1]
+        blocks = [gram[s, s] for _, s in c.blocks()] if c.groups > 1 else [gram]
         if any(b.shape != (per_group, per_group) for b in blocks):
             return None
+        if len(blocks) == 1 and getattr(moments, "spilled", False):
+            return gram[None], moments.count       # already a fresh copy: no second one
         return np.stack(blocks), moments.count
     if c.window is not None and c.node in moments.patches:
         return moments.patches[c.node]

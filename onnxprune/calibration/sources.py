@@ -100,7 +100,8 @@ def _mix_moments(moments: list[Moments], share: np.ndarray) -> Moments:
         return total * sum(w / weight * v / m.count for (m, w), v in zip(live, values))
 
     out = Moments(count=total, sum=blend("sum"), sum_sq=blend("sum_sq"),
-                  sum_abs=blend("sum_abs"), zeros=blend("zeros"), gram=blend("gram"))
+                  sum_abs=blend("sum_abs"), zeros=blend("zeros"))
+    out.gram = blend("gram")
     for key in live[0][0].patches:
         if all(key in m.patches for m, _ in live):
             count = sum(m.patches[key][1] for m, _ in live)

@@ -153,6 +153,8 @@ def print_summary(report: dict) -> None:
              f"same IO={'yes' if check['same_io'] else 'NO'}, mask-equivalence max rel "
              f"error={check['max_rel_error']:.2e} (tolerance {check['tolerance']:.0e}) "
              f"-> {'OK' if check['ok'] else 'FAIL'}")
+        if check.get("how") == pipeline.CHECKED_FROM_FILES:
+            echo("        (run from weight files, one model at a time)")
 
 
 def _print_fidelity(fidelity: dict | None) -> None:

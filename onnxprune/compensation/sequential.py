@@ -124,8 +124,8 @@ class _Layer:
 
     def __init__(self, c: Consumer, removed: np.ndarray, channel_axes):
         self.c, self.removed, self.axes = c, removed, tuple(channel_axes)
-        k = c.weight.shape[2]
-        features = c.weight.shape[1] * k
+        k = c.view.shape[2]
+        features = c.view.shape[1] * k
         # A transposed conv regresses on its zero-upsampled input with the kernel flipped.
         self.window = c.window if c.view.exact else _upsampled_window(c.view.transposed)
         self.weight = c.weight if c.view.exact else c.weight[:, :, ::-1]
@@ -136,7 +136,7 @@ class _Layer:
         for rows, channels in c.blocks():
             kept = np.flatnonzero(np.repeat(~removed[channels], k))
             self.blocks.append(_Block(rows, channels, kept, self.weight[rows]))
-        self.sums = np.zeros((2, c.weight.shape[1] * c.groups))   # dense, pruned
+        self.sums = np.zeros((2, c.view.shape[1] * c.groups))   # dense, pruned
         self.count = 0.0
         self.samples = 0
 
@@ -183,7 +183,7 @@ class _Layer:
         chose a stronger λ than ``damping`` or no re-fit, or the layer fell back to its
         bias."""
         c, note = self.c, None
-        weight, delta_b = self.weight.copy(), np.zeros(c.weight.shape[0])
+        weight, delta_b = self.weight.copy(), np.zeros(c.view.shape[0])
         if self.regress:
             chosen = []
             for block in self.blocks:
@@ -213,7 +213,7 @@ class _Layer:
         """E[W·x_dense] − E[W_kept·x_pruned] from channel means (kernel positions summed)."""
         n = max(self.count, 1e-12)
         dense, pruned = self.sums / n
-        delta = np.zeros(self.c.weight.shape[0])
+        delta = np.zeros(self.c.view.shape[0])
         for rows, channels in self.c.blocks():
             kept = ~self.removed[channels]
             w = self.c.weight[rows].sum(axis=2)

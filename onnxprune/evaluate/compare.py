@@ -21,6 +21,7 @@ from ..calibration import fixed_batch, load_calibration
 from ..errors import UserError, one_line
 from ..io import load_model
 from ..runtime import count_cost, session, user_inputs
+from ..runtime.feeds import batch_axes, sample_count
 from ..runtime.fidelity import is_scores, output_fidelity
 
 LABELS_KEY = "labels"   # an array of this name inside the --data .npz holds the labels
@@ -85,7 +86,8 @@ def _reference(a: onnx.ModelProto, name: str, data, labels, input_shapes, prepro
     elif label_values is not None and samples is not None:
         label_values = label_values[:samples]      # the first samples of the data, in order
     batches = load_calibration(data, a, input_shapes, samples=samples, preprocess=preprocess)
-    sizes = [len(next(iter(feeds.values()))) for feeds in batches]
+    axes = batch_axes(a)
+    sizes = [sample_count(feeds, axes) for feeds in batches]
     return Reference(a, name, str(data), input_shapes, batches, sizes,
                      _run(a, batches, name), label_values, label_source)
 

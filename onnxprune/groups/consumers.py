@@ -8,6 +8,7 @@ rule's ``linear_view``; this module only pairs each view with the channels it re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,11 +47,11 @@ class Consumer:
 
     @property
     def pointwise(self) -> bool:
-        return self.weight.shape[2] == 1
+        return self.view.shape[2] == 1
 
     def blocks(self):
         """(output rows, input channels) of each group, as slices."""
-        out, per_group = self.weight.shape[0] // self.groups, self.weight.shape[1]
+        out, per_group = self.view.shape[0] // self.groups, self.view.shape[1]
         for g in range(self.groups):
             yield slice(g * out, (g + 1) * out), slice(g * per_group, (g + 1) * per_group)
 
@@ -65,11 +66,12 @@ def reads_linearly(node) -> bool:
     return rule is not None and type(rule).linear_view is not Rule.linear_view
 
 
-def find_consumers(analysis: Analysis) -> list[Consumer]:
+def find_consumers(analysis: Analysis) -> Iterator[Consumer]:
     """Every layer whose rule gives a linear view of it and whose input channels are tracked
-    on one axis, in the order their weights were declared."""
+    on one axis, in the order their weights were declared; one at a time, so that a caller
+    going through them holds one layer's float64 weight at a time (``LinearView.weight``)."""
     graph = analysis.graph
-    out, seen = [], set()
+    seen = set()
     for use in analysis.params:
         node = graph.nodes[use.node]
         if not use.consume or use.node in seen or not reads_linearly(node):
@@ -80,8 +82,7 @@ def find_consumers(analysis: Analysis) -> list[Consumer]:
         name = view.reads or node.input(0)
         cmap = analysis.map(name)
         if (cmap is None or cmap.labels.ndim != 1
-                or view.weight.shape[1] * view.groups != cmap.labels.size):
+                or view.shape[1] * view.groups != cmap.labels.size):
             continue
         seen.add(use.node)
-        out.append(Consumer(use, node.index, name, cmap.labels, view))
-    return out
+        yield Consumer(use, node.index, name, cmap.labels, view)

@@ -47,7 +47,7 @@ def _saliency(ctx: ScoringContext) -> np.ndarray:
 def _consumer_saliency(c: Consumer, moments, gram) -> np.ndarray:
     """Saliency of each input channel of one consumer: ½·Σ W² / [H⁻¹]_ff over the outputs
     that read it and its k features, H per group of channels."""
-    out, per_group, k = c.weight.shape
+    out, per_group, k = c.view.shape
     saliency = np.zeros(per_group * c.groups)
     for g, (rows, channels) in enumerate(c.blocks()):
         if gram is not None:

@@ -10,8 +10,10 @@ from .deployed import genai_config_for, write_genai_folder
 from .inspect import inspect, sensitivity
 from .options import DEFAULT_ROUND_TO, PruneOptions, Strategy
 from .prune import prune
+from .report import CHECKED_FROM_FILES
 from .scoring import Scoring, calibration_stats, score_model
 
-__all__ = ["Analyzed", "DEFAULT_ROUND_TO", "PruneOptions", "Scoring", "Strategy",
+__all__ = ["Analyzed", "CHECKED_FROM_FILES", "DEFAULT_ROUND_TO", "PruneOptions", "Scoring",
+           "Strategy",
            "analyze_model", "calibration_stats", "genai_config_for", "inspect",
            "masked_original", "prune", "score_model", "sensitivity", "write_genai_folder"]

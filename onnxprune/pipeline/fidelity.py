@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from ..runtime import batch_outputs, sliced
+from ..runtime.feeds import batch_axes, sample_count, take_samples
 from ..runtime.fidelity import output_fidelity
 
 COLLAPSED_COSINE = 0.8     # mean cosine of an output to the dense one below this: collapsed
@@ -40,8 +42,9 @@ def fidelity_to_dense(dense, pruned, batches, inputs: str, io: dict | None = Non
     limit = MAX_SAMPLES
     if macs_per_sample:
         limit = int(min(max(COMPARISON_MACS // macs_per_sample, MIN_SAMPLES), MAX_SAMPLES))
-    batches = _first_samples(batches, limit)
-    sizes = [len(next(iter(feeds.values()))) for feeds in batches]
+    axes = batch_axes(dense) if isinstance(dense, onnx.ModelProto) else {}
+    batches = _first_samples(batches, limit, axes)
+    sizes = [sample_count(feeds, axes) for feeds in batches]
     before = [sliced(b, io) for b in batch_outputs(dense, batches)]
     after = batch_outputs(pruned, [sliced(b, io) for b in batches])
     outputs = []
@@ -63,15 +66,16 @@ def fidelity_to_dense(dense, pruned, batches, inputs: str, io: dict | None = Non
     return section
 
 
-def _first_samples(batches, limit: int) -> list[dict]:
-    """The first ``limit`` samples (the last batch cut along axis 0, where samples stack)."""
+def _first_samples(batches, limit: int, axes: dict) -> list[dict]:
+    """The first ``limit`` samples (the last batch cut on each input's sample axis, see
+    ``runtime.feeds.batch_axes``: a shared scalar input stays whole)."""
     kept, count = [], 0
     for feeds in batches:
         if count >= limit:
             break
-        size = len(next(iter(feeds.values())))
+        size = sample_count(feeds, axes)
         if count + size > limit:
-            feeds = {name: value[:limit - count] for name, value in feeds.items()}
+            feeds = take_samples(feeds, axes, 0, limit - count)
             size = limit - count
         kept.append(feeds)
         count += size

@@ -13,7 +13,7 @@ from ..calibration import (GENERATED, as_sources, load_calibration, load_check_d
                            source_batches)
 from ..errors import UserError, VerificationError
 from ..graph import ModelGraph
-from ..io.weights import discard_written
+from ..io.weights import WeightStore, discard_written
 from ..progress import task
 from ..rewrite import changed_io
 from ..rules import rule_for
@@ -27,8 +27,8 @@ from .latency_cost import PlanLatency
 from .options import PruneOptions
 from .plan import MacCounter, planned_params
 from .recover import kept_channels
-from .report import (CheckSection, CostSection, PruneReport, TargetSection, barriers,
-                     group_entry, why_nothing_pruned)
+from .report import (CHECKED_FROM_FILES, CHECKED_IN_MEMORY, CheckSection, CostSection,
+                     PruneReport, TargetSection, barriers, group_entry, why_nothing_pruned)
 from .scoring import Scoring, check_scoring, describe, score_model
 from .targets import TargetSearch, meet_latency, ratio_for_target
 
@@ -239,10 +239,16 @@ def _verify(a: Analyzed, built: Built, options: PruneOptions, checked_on: tuple[
     check = CheckSection(result.checker, result.runs, result.same_io, result.max_rel_error,
                          options.tolerance, result.ok,
                          {k: list(v.shape) for k, v in feeds.items()},
-                         unknown_ops(built.pruned))
+                         unknown_ops(built.pruned), _how_checked(built.pruned))
     if not result.ok:
         raise VerificationError(_failure(result, where))
     return check
+
+
+def _how_checked(pruned: onnx.ModelProto) -> str:
+    """How the check ran the two models: from files when the weights stay there (a model
+    too large to hold twice: the masked original's weights are written as they are made)."""
+    return CHECKED_FROM_FILES if WeightStore.of(pruned) is not None else CHECKED_IN_MEMORY
 
 
 def _failure(result, where) -> str:

@@ -27,7 +27,8 @@ class CheckSection:
     """The proof: full checker, an ONNX Runtime run, the same IO, and the largest relative
     error against the masked original on the check inputs (their shapes in ``inputs``).
     ``unchecked_ops``: op types ONNX does not define, which the checker skipped and only ONNX
-    Runtime ran (``verify.unknown_ops``)."""
+    Runtime ran (``verify.unknown_ops``). ``how``: how the two models were run (a model whose
+    weights stay in files is checked from them, one model at a time)."""
 
     checker: bool
     runs: bool
@@ -37,6 +38,12 @@ class CheckSection:
     ok: bool
     inputs: dict[str, list[int]]
     unchecked_ops: list[str] = field(default_factory=list)
+    how: str = ""
+
+
+CHECKED_IN_MEMORY = "in memory, one model after the other"
+CHECKED_FROM_FILES = ("from weight files: the pruned model, then the masked original, each run "
+                      "alone by ONNX Runtime on its memory-mapped files")
 
 
 @dataclass

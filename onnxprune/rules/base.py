@@ -39,6 +39,7 @@ To support a new op, add one small rule class in the module of its family and de
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,9 +70,14 @@ class LinearView:
     layer's input was quantized from at run time (dynamic quantization), whose statistics
     stand for its input; ``input_dequantize`` (scale, zero point) says the input is stored
     integers x_q that stand for (x_q − zero)·scale, as statistics must see them;
-    ``bias_unit`` (one per output) is what one step of an integer bias is worth."""
+    ``bias_unit`` (one per output) is what one step of an integer bias is worth.
 
-    weight: np.ndarray
+    ``stored`` is the weight in that layout as the rule found it: a view of the model's
+    (memory-mapped) constant in its own dtype where one will do. ``weight``, the float64 copy
+    criteria and compensation compute with, is made on first use only: finding which layers
+    read which channels must not copy a billion-parameter model's weights."""
+
+    stored: np.ndarray
     write: Callable[[np.ndarray], np.ndarray] | None
     groups: int = 1
     bias: tuple[int, int, float] | None = None
@@ -82,6 +88,14 @@ class LinearView:
     reads: str | None = None
     input_dequantize: tuple[float, float] | None = None
     bias_unit: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.stored.shape
+
+    @functools.cached_property
+    def weight(self) -> np.ndarray:
+        return np.array(self.stored, dtype=np.float64)      # a copy: callers may edit it
 
 
 @dataclass

@@ -140,13 +140,13 @@ class ConvRule(Rule):
             # regresses on the zero-upsampled input instead (``transposed``).
             std = to_conv_layout(weight, group, True)
             shape = weight.shape
-            return LinearView(std.reshape(out, std.shape[1], -1).astype(np.float64),
+            return LinearView(std.reshape(out, std.shape[1], -1),
                               lambda w: from_conv_layout(w.reshape(std.shape), group, shape),
                               group, bias, None, exact=False,
                               transposed=_transposed_window(node, weight))
         if group > 1 and weight.shape[1] == 1:
             return None     # depthwise: channels pass through, nothing reads them linearly
-        std = weight.reshape(out, weight.shape[1], -1).astype(np.float64)
+        std = weight.reshape(out, weight.shape[1], -1)
         shape = weight.shape
         window = conv_window(node, weight) if std.shape[2] > 1 else None
         return LinearView(std, lambda w: w.reshape(shape), group, bias, window)

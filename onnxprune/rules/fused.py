@@ -222,7 +222,7 @@ class AttentionRule(Rule):
             value = graph.const(node.input(2))
             if value is not None and value.shape == (weight.shape[1],):
                 bias = (node.index, 2, 1.0)
-        return LinearView(weight.T[:, :, None].astype(np.float64), lambda w: w[:, :, 0].T,
+        return LinearView(weight.T[:, :, None], lambda w: w[:, :, 0].T,
                           bias=bias)
 
     def rewrite(self, node, ctx):

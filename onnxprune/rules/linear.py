@@ -48,7 +48,7 @@ class GemmRule(Rule):
         if weight is None or weight.ndim != 2 or int(node.attr("transA", 0)):
             return None
         transposed = bool(int(node.attr("transB", 0)))    # B stored [out, in]
-        std = (weight if transposed else weight.T)[:, :, None].astype(np.float64)
+        std = (weight if transposed else weight.T)[:, :, None]
         bias = None
         if node.input(2):
             value = graph.const(node.input(2))
@@ -126,7 +126,7 @@ class MatMulRule(Rule):
         weight = graph.const(node.input(1))
         if weight is None or weight.ndim != 2 or graph.const(node.input(0)) is not None:
             return None
-        return LinearView(weight.T[:, :, None].astype(np.float64), lambda w: w[:, :, 0].T,
+        return LinearView(weight.T[:, :, None], lambda w: w[:, :, 0].T,
                           bias=_following_add(node, graph, weight.shape[1]))
 
     def timed_widths(self, node, x, w):

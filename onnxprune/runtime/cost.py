@@ -160,8 +160,13 @@ def measure_node_shapes(model: onnx.ModelProto, shape: dict, node_indices, shape
     """Fill ``shape`` in place with the shapes of the given nodes' inputs and first output,
     measured by one ONNX Runtime run (for what inference could not resolve)."""
     nodes = model.graph.node
+    stored = {t.name: list(t.dims) for t in model.graph.initializer}
     names = [name for i in node_indices
              for name in list(nodes[i].input) + list(nodes[i].output[:1]) if name]
+    # A weight's shape is its declared dims: exposing it as an output would make ONNX Runtime
+    # copy it out (every weight of a 1B decoder whose shapes inference lost: 4 GiB).
+    shape.update({name: stored[name] for name in names if name in stored})
+    names = [name for name in names if name not in stored]
     shape.update(_shapes_by_running(model, input_shapes(model, shapes), names))
 
 

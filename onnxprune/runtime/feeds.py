@@ -66,6 +66,28 @@ def batch_axes(model: onnx.ModelProto) -> dict[str, int | None]:
             if i.type.tensor_type.shape.dim else None for i in inputs}
 
 
+def sample_count(feeds: dict[str, np.ndarray], axes: dict[str, int | None]) -> int:
+    """Samples in a batch of feeds: the size of the first stacked input's sample axis
+    (``axes``: see :func:`batch_axes`); 1 where every input is shared (scalars)."""
+    for name, value in feeds.items():
+        axis = axes.get(name, 0)
+        if axis is not None and value.ndim > axis:
+            return value.shape[axis]
+    return 1
+
+
+def take_samples(feeds: dict[str, np.ndarray], axes: dict[str, int | None], start: int,
+                 stop: int) -> dict[str, np.ndarray]:
+    """Samples ``start:stop`` of a batch, each input cut on its sample axis (a shared scalar
+    is kept whole)."""
+    out = {}
+    for name, value in feeds.items():
+        axis = axes.get(name, 0)
+        shared = axis is None or value.ndim <= axis
+        out[name] = value if shared else np.take(value, range(start, stop), axis=axis)
+    return out
+
+
 def implied_sizes(model: onnx.ModelProto) -> dict[str, int | str]:
     """What the model's ops imply for named input dims (``Rule.dim_sizes``: a cache's head
     size, a mask as long as past plus new tokens). Only ops whose rule says something are
