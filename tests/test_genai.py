@@ -186,3 +186,17 @@ def test_blocks_drop_an_mlp_sub_block_of_the_fused_decoder(fp32, tmp_path):
     pairs = [(greedy(tmp_path / "pruned", p), greedy(out, p)) for p in PROMPTS]
     same = sum(a == b for got, want in pairs for a, b in zip(got, want))
     assert same >= 0.9 * sum(len(want) for _, want in pairs)    # fused vs unfused norm: 1e-6
+
+
+def test_data_driven_criteria_calibrate_one_sample_at_a_time(fp32, tmp_path):
+    """ORT's GroupQueryAttention takes a batch of one only when a past cache comes with
+    several new tokens, so random calibration batches of 16 fail on a genai decoder: capture
+    and the fidelity comparison fall back to one sample per run (wanda and OBS compensation
+    then work on the folder as deployed)."""
+    report = _prune_cli(fp32, tmp_path / "pruned", "--criterion", "wanda", "--calib", "random",
+                        "--compensate", "obs")
+    assert report["check"]["ok"]
+    assert report["strategy"]["calibration"]["samples"] == 32
+    assert report["fidelity"]["samples"] == 32
+    assert report["fidelity"]["inputs"].startswith("fresh random inputs")
+    assert len(greedy(tmp_path / "pruned", PROMPTS[0])) > len(PROMPTS[0])

@@ -255,20 +255,30 @@ def capture_stats(model: onnx.ModelProto, maps: dict[str, ChannelMap], batches,
                 stats.tensors[name].add_patches(value, key, window, groups)
         return size
 
+    one_by_one = False      # the model runs one sample at a time only (see below)
     with task(progress, "capturing calibration statistics", len(batches)) as step:
         for index, feeds in enumerate(batches):
             count = sample_count(feeds, axes)
             start = 0
             if per_sample is None and count > 1 and sliceable:
                 per_sample, start = run(take_samples(feeds, axes, 0, 1)), 1
-            step_size = (count if per_sample is None or not sliceable
+            step_size = (1 if one_by_one else count if per_sample is None or not sliceable
                          else max(1, min(count, RUN_BYTES // max(per_sample, 1))))
             while start < count:
-                part = feeds if (start, step_size) == (0, count) else take_samples(
-                    feeds, axes, start, min(start + step_size, count))
-                size = run(part)
+                stop = min(start + step_size, count)
+                part = feeds if (start, stop) == (0, count) else take_samples(
+                    feeds, axes, start, stop)
+                try:
+                    size = run(part)
+                except Exception:  # noqa: BLE001 - see below, else the caller reports it
+                    # ORT's GroupQueryAttention takes a batch of one only when a past cache
+                    # is given with several new tokens: such a model runs sample by sample
+                    if stop - start == 1 or not sliceable:
+                        raise
+                    one_by_one, step_size = True, 1
+                    continue
                 per_sample = per_sample or max(size // count, 1)
-                start += step_size
+                start = stop
             for moments in stats.tensors.values():
                 moments.end_batch(stats.spill_folder, held=index % 2 == 1)
             stats.samples += count

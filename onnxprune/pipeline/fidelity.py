@@ -44,8 +44,17 @@ def fidelity_to_dense(dense, pruned, batches, inputs: str, io: dict | None = Non
         limit = int(min(max(COMPARISON_MACS // macs_per_sample, MIN_SAMPLES), MAX_SAMPLES))
     axes = batch_axes(dense) if isinstance(dense, onnx.ModelProto) else {}
     batches = _first_samples(batches, limit, axes)
+    try:
+        dense_outputs = batch_outputs(dense, batches)
+    except Exception:  # noqa: BLE001 - a model that takes one sample at a time (ORT's
+        # GroupQueryAttention with a past cache and several new tokens): one per batch
+        single = [take_samples(f, axes, i, i + 1) for f in batches
+                  for i in range(sample_count(f, axes))]
+        if len(single) == len(batches):
+            raise
+        batches, dense_outputs = single, batch_outputs(dense, single)
     sizes = [sample_count(feeds, axes) for feeds in batches]
-    before = [sliced(b, io) for b in batch_outputs(dense, batches)]
+    before = [sliced(b, io) for b in dense_outputs]
     after = batch_outputs(pruned, [sliced(b, io) for b in batches])
     outputs = []
     for name, value in before[0].items():
