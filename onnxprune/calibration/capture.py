@@ -45,11 +45,8 @@ class GramSum:
     @staticmethod
     def product(rows: np.ndarray) -> np.ndarray:
         """rowsᵀ·rows: in float64, or in float32 for a sum that spills."""
-        features = rows.shape[1]
-        if features * features * 8 <= SPILL_BYTES:
-            flat = rows.astype(np.float64, copy=False)
-            return flat.T @ flat
-        flat = rows.astype(np.float32, copy=False)
+        spills = rows.shape[1] ** 2 * 8 > SPILL_BYTES
+        flat = rows.astype(np.float32 if spills else np.float64, copy=False)
         return flat.T @ flat
 
     def add(self, g: np.ndarray, spill) -> None:

@@ -52,9 +52,8 @@ def input_gram(c: Consumer, moments) -> tuple[np.ndarray, int] | None:
         blocks = [gram[s, s] for _, s in c.blocks()] if c.groups > 1 else [gram]
         if any(b.shape != (per_group, per_group) for b in blocks):
             return None
-        if len(blocks) == 1 and getattr(moments, "spilled", False):
-            return gram[None], moments.count       # already a fresh copy: no second one
-        return np.stack(blocks), moments.count
+        # one block: a view (no reader edits it; a spilled Gram is a 512 MiB copy already)
+        return (gram[None] if len(blocks) == 1 else np.stack(blocks)), moments.count
     if c.window is not None and c.node in moments.patches:
         return moments.patches[c.node]
     return None

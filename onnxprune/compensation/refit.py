@@ -136,10 +136,10 @@ def _validated_damping(c: Consumer, removed: np.ndarray, moments, gram, damping:
     tokens) over-fits: ``damping``, else ``HARDER`` times it, else no update (None), with a
     note saying which. Without held-out batches (one batch, grouped or k×k layers, mixed
     sets), ``damping`` as given."""
-    held = getattr(moments, "held_gram", None)
-    fit_count = moments.count - getattr(moments, "held_count", 0)
-    if held is None or c.groups != 1 or not c.pointwise or fit_count <= 0:
+    fit_count = moments.count - moments.held_count
+    if c.groups != 1 or not c.pointwise or not moments.held_count or fit_count <= 0:
         return damping, None
+    held = moments.held_gram        # read once, and only where it is used
     fit = gram[0][0] - held
     held = held / moments.held_count
     mean, bias = moments.mean(), c.bias is not None
