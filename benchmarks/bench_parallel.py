@@ -14,16 +14,15 @@ about 20 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 
-from benchmarks.common import machine
+from benchmarks.common import executor_runs, machine
 from models import zoo
 from onnxprune import pipeline
 from onnxprune.evaluate import BenchOptions, sweep
-from onnxprune.parallel import TIMING_RESOURCE, make_executor
+from onnxprune.parallel import make_executor
 
 NOT_COMPARED = {"latency_median_ms", "latency_p90_ms", "latency_min_ms", "speedup",
                 "efficiency", "runs", "path"}
@@ -70,29 +69,19 @@ def main(argv=None) -> None:
     parser.add_argument("--ratios", type=int, default=100, help="ratios per sweep (two sweeps)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    import ray
-
     print(machine())
     print(f"Command: `python -m benchmarks.bench_parallel --samples {args.samples} --ratios "
           f"{args.ratios} --workers {args.workers}`")
     path = str(zoo.ensure("resnet18", "torchscript"))
     results = {}
-    for name, threads, factory in configs(args.workers):
-        os.environ["ONNXPRUNE_THREADS"] = threads
-        if "Ray" in name:
-            ray.init(num_cpus=args.workers, resources={TIMING_RESOURCE: 1},
-                     include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        executor = factory()
+
+    def both(executor):
         scored = distortion_run(path, args.samples, executor)
-        print(f"  {name}: distortion {scored[0]:.1f} s", flush=True)
-        results[name] = (scored, sweep_run(path, args.ratios, executor))
-        if executor is not None:
-            executor.close()
-        if "Ray" in name:
-            ray.shutdown()
-        _, (s, rows) = results[name]
-        print(f"  {name}: sweep of {len(rows)} rows {s:.1f} s", flush=True)
-    os.environ["ONNXPRUNE_THREADS"] = ""
+        print(f"  distortion {scored[0]:.1f} s", flush=True)
+        return scored, sweep_run(path, args.ratios, executor)
+    for name, result in executor_runs(configs(args.workers), args.workers, both):
+        results[name] = result
+        print(f"  {name}: sweep of {len(result[1][1])} rows {result[1][0]:.1f} s", flush=True)
     names = list(results)
     base = results[names[1]]
     print(f"\n| run | distortion, ResNet-18 64×64 ({len(base[0][1])} scores, "

@@ -135,3 +135,27 @@ def onnxsim_steps(model, steps, ratio: float):
         except Exception as exc:  # noqa: BLE001 - reported
             return f"{step} raised {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
     return model
+
+
+def executor_runs(configs, workers: int, run):
+    """``run(executor)`` under every (name, ONNXPRUNE_THREADS, executor factory) of
+    ``configs``: a Ray one in a local instance of ``workers`` CPUs with the timing resource,
+    shut down after. Yields (name, result)."""
+    import ray
+
+    from onnxprune.parallel import TIMING_RESOURCE
+
+    for name, threads, factory in configs:
+        os.environ["ONNXPRUNE_THREADS"] = threads
+        if "Ray" in name:
+            ray.init(num_cpus=workers, resources={TIMING_RESOURCE: 1},
+                     include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        executor = factory()
+        try:
+            yield name, run(executor)
+        finally:
+            if executor is not None:
+                executor.close()
+            if "Ray" in name:
+                ray.shutdown()
+            os.environ["ONNXPRUNE_THREADS"] = ""

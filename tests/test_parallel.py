@@ -141,17 +141,20 @@ def test_a_sweep_in_two_workers_writes_the_same_models(tmp_path):
     for name, executor in (("here", None), ("there", make_executor("local", 2))):
         options = pipeline.PruneOptions(strategy=pipeline.Strategy("obs"), calib=CALIB,
                                         executor=executor)
-        result = sweep(DEMO, ratios, options, bench=bench, out_dir=tmp_path / name)
+        result = sweep(DEMO, ratios, options, bench=bench, out_dir=tmp_path / name,
+                       criteria=("obs", "l2"))
         rows[name] = result["rows"]
         assert result["settings"]["workers"] == (1 if executor is None else 2)
+    assert len(rows["here"]) == len(rows["there"]) == 1 + 2 * len(ratios)
     for a, b in zip(rows["here"], rows["there"]):
-        same = ("ratio", "params", "macs", "cosine_mean", "cosine_min", "max_abs_error",
-                "max_rel_error", "error")
+        same = ("criterion", "ratio", "params", "macs", "cosine_mean", "cosine_min",
+                "max_abs_error", "max_rel_error", "error")
         assert {k: a[k] for k in same} == {k: b[k] for k in same}
-    for ratio in ratios:
-        name = f"demo_digits.r{ratio:g}.onnx"
-        assert (tmp_path / "here" / name).read_bytes() == \
-            (tmp_path / "there" / name).read_bytes()
+    for criterion in ("obs", "l2"):
+        for ratio in ratios:
+            name = f"demo_digits.{criterion}.r{ratio:g}.onnx"
+            assert (tmp_path / "here" / name).read_bytes() == \
+                (tmp_path / "there" / name).read_bytes()
 
 
 def test_in_process_is_the_one_worker_default():

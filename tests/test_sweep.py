@@ -1,5 +1,6 @@
 """``onnxprune sweep``: the ratio parser by hand, a sweep of the digits model whose CSV, PNG and
-JSON agree and add up, failed ratios as rows, and bad input that stops before writing anything."""
+JSON agree and add up, failed ratios as rows, bad input that stops before writing anything, and
+a sweep of two models with two criteria whose models are those single prunes write."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from importlib import resources
 
@@ -18,7 +20,9 @@ import pytest
 from onnxprune import pipeline
 from onnxprune.cli import main
 from onnxprune.errors import UserError, VerificationError
+from onnxprune.calibration import DAMPING
 from onnxprune.evaluate import CSV_COLUMNS, parse_ratios
+from onnxprune.evaluate.sweep import criterion_options
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 
@@ -64,15 +68,25 @@ def swept(tmp_path_factory):
     args = ["sweep", DEMO, "--ratios", "0:0.6:0.3", "--runs", "10", "--csv",
             str(folder / "sweep.csv"), "--plot", str(folder / "sweep.png"), "--out-dir",
             str(folder / "models"), "--json"]
+    info, err = _json_sweep(args)
+    return folder, info, _csv_rows(folder / "sweep.csv"), err
+
+
+def _json_sweep(args: list[str]) -> tuple[dict, str]:
+    """Run ``onnxprune ARGS --json`` (outside capsys: a module fixture): its document and
+    its stderr."""
     with pytest.MonkeyPatch.context() as mp:
         out, err = io.StringIO(), io.StringIO()
         mp.setattr(sys, "stdout", out)
         mp.setattr(sys, "stderr", err)
         code = main(args)
     assert code == 0, err.getvalue()
-    with open(folder / "sweep.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return folder, json.loads(out.getvalue()), rows, err.getvalue()
+    return json.loads(out.getvalue()), err.getvalue()
+
+
+def _csv_rows(path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def test_sweep_csv_rows_parse_and_add_up(swept):
@@ -190,6 +204,7 @@ def test_a_failed_ratio_is_a_row_and_the_sweep_goes_on(capsys, tmp_path, monkeyp
     (["--csv", "MISSING/s.csv"], "folder does not exist"),
     (["--runs", "5", "--budget", "1"], "not both"),
     (["--criterion", "wanda"], "needs calibration data"),
+    (["--allow-cache-change"], "resizes the KV cache inputs"),
     ("nomodel", "no such file"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, change, says):
@@ -234,3 +249,119 @@ def test_scoring_for_another_strategy_is_refused():
     with pytest.raises(UserError, match="another model, strategy"):
         pipeline.prune(pipeline.analyze_model(DEMO), ratio=0.5, strategy=pipeline.Strategy(criterion="l1"),
                   scoring=scoring)
+
+
+# --- several models and criteria in one sweep -----------------------------------------------
+
+KERAS = os.path.join(os.path.dirname(__file__), "fixtures", "tf2onnx_keras_cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """One CLI sweep of two models with two criteria (obs reads calibration data, l2 does
+    not) at two ratios, everything written: (folder, JSON document, CSV rows)."""
+    folder = tmp_path_factory.mktemp("zoo")
+    args = ["sweep", DEMO, KERAS, "--criterion", "obs,l2", "--calib", "random", "--ratios",
+            "0.3,0.6", "--runs", "5", "--csv", str(folder / "zoo.csv"), "--plot",
+            str(folder / "zoo.png"), "--out-dir", str(folder / "models"), "--json"]
+    return folder, _json_sweep(args)[0], _csv_rows(folder / "zoo.csv")
+
+
+def test_a_zoo_sweep_has_a_row_per_model_criterion_and_ratio(zoo):
+    folder, info, rows = zoo
+    assert info["models"] == [DEMO, KERAS] and info["criteria"] == ["obs", "l2"]
+    assert [(r["model"], r["criterion"], r["ratio"]) for r in rows] == [
+        (m, c, r) for m in (DEMO, KERAS)
+        for c, r in [("", "0.0")] + [(c, r) for c in ("obs", "l2") for r in ("0.3", "0.6")]]
+    assert all(r["error"] == "" for r in rows)
+    for model in (DEMO, KERAS):
+        mine = [r for r in info["rows"] if r["model"] == model]
+        assert mine[0]["speedup"] is not None and mine[0]["mac_ratio"] == 1.0
+        assert all(r["params"] < mine[0]["params"] for r in mine[1:])
+    section = info["sweeps"][1]
+    assert section["model"] == KERAS and section["error"] is None
+    assert section["fidelity"]["samples"] == 32
+    assert "model" not in info and info["settings"]["prune"]["criterion"] == "obs,l2"
+    png = (folder / "zoo.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 1024
+
+
+def test_each_zoo_model_is_the_one_a_single_prune_writes(zoo):
+    """Every written model is the bytes one prune of that model with that criterion writes:
+    calibration goes to obs only (l2 refuses it), the options are not mixed up between
+    models or criteria."""
+    folder, info, _ = zoo
+    names = sorted(os.listdir(folder / "models"))
+    assert names == sorted(f"{stem}.{c}.r{r}.onnx" for stem in ("demo_digits",
+                           "tf2onnx_keras_cnn") for c in ("obs", "l2") for r in ("0.3", "0.6"))
+    for row in info["rows"]:
+        if row["ratio"] == 0.6:
+            calib = "random" if row["criterion"] == "obs" else None
+            expected, _ = pipeline.prune(row["model"], ratio=0.6, calib=calib,
+                                         strategy=pipeline.Strategy(row["criterion"]))
+            written = onnx.load(row["path"])
+            onnx.checker.check_model(written, full_check=True)
+            assert written.SerializeToString() == expected.SerializeToString(), row["path"]
+
+
+def test_a_broken_model_or_criterion_among_several_is_a_row(capsys, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    sweep_module = sys.modules["onnxprune.evaluate.sweep"]
+    real = sweep_module.score_model
+
+    def score_model(analyzed, strategy, *args, **kwargs):
+        if strategy.criterion == "l1":
+            raise UserError("scoring failed (made up)")
+        return real(analyzed, strategy, *args, **kwargs)
+    monkeypatch.setattr(sweep_module, "score_model", score_model)
+    code = main(["sweep", DEMO, str(broken), "--criterion", "l2,l1", "--ratios", "0.5",
+                 "--runs", "3", "--csv", str(tmp_path / "s.csv")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"{broken}: error: not a valid ONNX model" in out
+    assert f"{DEMO}: criterion l1: error: scoring failed (made up)" in out
+    with open(tmp_path / "s.csv", newline="", encoding="utf-8") as f:
+        rows = [(r["model"], r["criterion"], r["ratio"], r["error"] != "")
+                for r in csv.DictReader(f)]
+    assert rows == [(DEMO, "", "0.0", False), (DEMO, "l1", "", True),
+                    (DEMO, "l2", "0.5", False), (str(broken), "", "", True)]
+
+
+def test_options_go_to_the_criteria_they_do_something_for():
+    options = pipeline.PruneOptions(strategy=pipeline.Strategy(damping=0.1), calib="random")
+    variants = dict(criterion_options(options, ["l2", "obs"], {"damping", "calib"}))
+    assert variants["l2"].calib is None and variants["l2"].strategy.damping == DAMPING
+    assert variants["obs"].calib == "random" and variants["obs"].strategy.damping == 0.1
+    for variant in variants.values():
+        variant.check()                  # as prune() checks each one
+
+
+@pytest.mark.parametrize("criteria,options,given,says", [
+    (["l2", "wanda"], {}, set(), "criterion 'wanda' needs calibration data"),
+    (["l2", "l1"], {"calib": "random"}, {"calib"}, "--calib is read by data-driven"),
+    (["l2", "l1"], {"strategy": pipeline.Strategy(damping=0.1)}, {"damping"},
+     "--obs-damping regularizes the re-fit"),
+    (["l2", "wanda"], {"calib": "random", "strategy": pipeline.Strategy(
+        allocation="global", normalization="energy")}, {"allocation", "normalization"},
+     "criterion 'l2': --normalize energy reads calibration statistics"),
+])
+def test_criteria_that_cannot_run_are_refused_before_any_work(criteria, options, given, says):
+    with pytest.raises(UserError, match=re.escape(says)):
+        criterion_options(pipeline.PruneOptions(**options), criteria, given)
+
+
+@pytest.mark.parametrize("models,says", [
+    (["DEMO", "DEMO"], "a model is given twice"),
+    (["DEMO", "COPY"], "two models are named demo_digits"),
+])
+def test_a_zoo_whose_files_would_collide_is_refused(capsys, tmp_path, models, says):
+    (tmp_path / "other").mkdir()
+    copy = tmp_path / "other" / "demo_digits.onnx"
+    copy.write_bytes(open(DEMO, "rb").read())
+    paths = [DEMO if m == "DEMO" else str(copy) for m in models]
+    code = main(["sweep", *paths, "--ratios", "0.5", "--out-dir", str(tmp_path / "out")])
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {says}"), err
+    assert not (tmp_path / "out").exists()

@@ -138,11 +138,39 @@ def executor_from(params: dict):
     return executor, given
 
 
-def _strategy_options(f):
-    """How channels are chosen (a Strategy's fields)."""
-    decorators = [
+class CriteriaType(click.ParamType):
+    """A comma list of criteria (``l2,wanda,obs``), each known, once each, in order."""
+
+    name = "CRITERION[,CRITERION...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        values = tuple(dict.fromkeys(v.strip() for v in str(value).split(",")))
+        unknown = [v for v in values if v not in CRITERIA]
+        if unknown:
+            self.fail(f"unknown criterion {unknown[0]!r}; choose among "
+                      f"{', '.join(sorted(CRITERIA))}", param, ctx)
+        return values
+
+
+def _strategy_options(sweep: bool = False):
+    """How channels are chosen (a Strategy's fields); a sweep takes several criteria."""
+    def wrap(f):
+        return _with_strategy_options(f, sweep)
+    return wrap
+
+
+def _with_strategy_options(f, sweep: bool):
+    criterion = (
+        click.option("--criterion", type=CriteriaType(), default="l2", show_default=True,
+                     help="How channels are scored; a comma list (l2,wanda,obs) sweeps each, "
+                          "compared on the same timing.")
+        if sweep else
         click.option("--criterion", type=choice(CRITERIA), default="l2", show_default=True,
-                     help="How channels are scored."),
+                     help="How channels are scored."))
+    decorators = [
+        criterion,
         click.option("--group-reduction", type=choice(REDUCTIONS), default="sum",
                      show_default=True, help="Combine a group's member scores."),
         click.option("--normalize", "normalization", type=choice(NORMALIZATIONS),
@@ -221,7 +249,7 @@ def pruning_options(sweep: bool = False):
                          help="An .npz with one array per model input, fed whole to the "
                               "check against the masked original instead of generated inputs "
                               "(a model that needs real values: sample rates, cache lengths)."),
-            _strategy_options,
+            _strategy_options(sweep),
             click.option("--seed", type=int, default=0, show_default=True,
                          help="Seed of every random draw: check inputs, random calibration "
                               "inputs, the random criterion."),

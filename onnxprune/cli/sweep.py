@@ -1,4 +1,5 @@
-"""``onnxprune sweep``: prune at many ratios, time and compare each against the dense model."""
+"""``onnxprune sweep``: prune models at many ratios (with one or several criteria), time and
+compare each against its dense model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import click
 from ..calibration import parse_source
 from ..errors import UserError
 from ..evaluate import BenchOptions, plot_sweep, sweep as run_sweep, write_csv
-from ..evaluate.sweep import check_output_path
+from ..evaluate.sweep_files import check_output_path
 from .bench import bench_budget, budget_option, runs_option, threads_option
 from .console import echo, fmt, number, percent, progress_for, show, size, table
 from .params import RatiosType, image_folder, preprocess_option, prune_options_from, \
@@ -18,18 +19,21 @@ from .params import RatiosType, image_folder, preprocess_option, prune_options_f
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=True))
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True),
+                metavar="MODEL...")
 @click.option("--ratios", type=RatiosType(), default="0.1:0.9:0.1", show_default=True,
               help="Ratios to prune at: START:STOP:STEP (STOP included) or a comma list, each "
                    "in [0, 1). The dense model is always the first row (ratio 0).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
-              help="Write each pruned model here, as NAME.rRATIO.onnx (NAME: the model's); "
-                   "else they stay in memory.")
+              help="Write each pruned model here, as NAME.rRATIO.onnx (NAME: the model's; "
+                   "NAME.CRITERION.rRATIO.onnx for several criteria); else they stay in "
+                   "memory.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
-              help="Write one row per ratio as CSV.")
+              help="Write one row per model, criterion and ratio as CSV.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG of latency, size, speedup and fidelity against the ratio "
-                   "(needs matplotlib).")
+              help="Write a PNG (needs matplotlib): latency, size, speedup and fidelity against "
+                   "the ratio; for several models or criteria, each model's quality against "
+                   "its measured speedup, one line per criterion.")
 @click.option("--data", default="random", show_default=True,
               help="Inputs each pruned model is compared with the dense one on: an .npz with "
                    "one array per model input (an array named 'labels' is used as labels), an "
@@ -45,22 +49,24 @@ from .params import RatiosType, image_folder, preprocess_option, prune_options_f
 @pruning_options(sweep=True)
 @click.option("--json", "as_json", is_flag=True,
               help="Everything as one JSON document on stdout (rows, settings, machine).")
-def sweep(model, ratios, out_dir, csv_path, plot, data, preprocess, labels, batch, threads, runs,
+def sweep(models, ratios, out_dir, csv_path, plot, data, preprocess, labels, batch, threads, runs,
           budget, calib, as_json, **params):
-    """Prune MODEL at a range of ratios and measure each against the dense model: latency,
-    speedup against the MAC ratio, params and MACs kept, and fidelity (cosine, top-1
-    agreement, accuracy with labels). A ratio that fails is a row with its error. Every
-    option of prune but the ratio, targets and steps applies to each ratio."""
+    """Prune each MODEL at a range of ratios (with each --criterion) and measure every pruned
+    copy against its dense model: latency, speedup against the MAC ratio, params and MACs
+    kept, and fidelity (cosine, top-1 agreement, accuracy with labels). A ratio, criterion or
+    model that fails is a row with its error. Every option of prune but the ratio, targets,
+    steps and blocks applies to each ratio."""
     check_output_path(csv_path, "--csv")
     check_output_path(plot, "--plot", ".png")
     if plot and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot needs matplotlib: pip install 'onnxprune[plot]'")
     bench = BenchOptions(threads=threads, runs=runs, budget_s=bench_budget(runs, budget))
-    options, given = prune_options_from(params, _sources(calib, preprocess, data))
-    options.check(given - {"executor"})     # a sweep's ratios always run on the executor
-    result = run_sweep(model, ratios, options, batch, bench, data, labels,
+    criteria = params.pop("criterion")
+    options, given = prune_options_from({**params, "criterion": criteria[0]},
+                                        _sources(calib, preprocess, data))
+    result = run_sweep(list(models), ratios, options, batch, bench, data, labels,
                        preprocess if image_folder(data) else None, out_dir,
-                       progress_for(as_json))
+                       progress_for(as_json), criteria, given)
     if csv_path:
         write_csv(result, csv_path)
     if plot:
@@ -83,41 +89,61 @@ def _sources(values, preprocess, data):
 
 
 def print_sweep(result: dict) -> None:
-    s, m, f = result["settings"], result["machine"], result["fidelity"]
+    s, m = result["settings"], result["machine"]
     p = s["prune"]
-    echo(f"sweep of {result['model']}: criterion {p['criterion']}, allocation "
-         f"{p['allocation']}, compensate {p['compensate']}, round-to {p['round_to']}"
+    several_models, several = len(result["models"]) > 1, len(result["criteria"]) > 1
+    what = (f"{len(result['models'])} models" if several_models else result["models"][0])
+    echo(f"sweep of {what}: criteri{'a' if several else 'on'} {', '.join(result['criteria'])}, "
+         f"allocation {p['allocation']}, compensate {p['compensate']}, round-to {p['round_to']}"
          + "".join(f", {k} {p[k]:g}" for k in ("heads", "mlp", "hidden") if p[k] is not None)
          + (f", calib {' + '.join(p['calib'])}" if p["calib"] else ""))
     how = f"{s['runs']} timed runs" if s["runs"] else f"{s['budget_s']:g} s of timed runs"
     echo(f"latency at batch {s['batch']}: onnxruntime {m['onnxruntime']}, {m['provider']}, "
          f"{m['threads']} thread(s), graph optimizations {s['graph_optimization']}, {how} per "
          f"model after {s['warmup']} warm-up runs; {m['cpu']} ({m['cores']} cores)")
-    echo(f"fidelity against the dense model on {f['samples']} samples ({f['data']})"
-         + (f", labels {f['labels']}" if f["labels"] else "")
-         + "; speedup and MAC ratio against the dense model (ratio 0)")
-    rows = table("ratio|right", "params|right", "kept|right", "MACs|right", "kept|right",
-                 "median ms|right", "p90 ms|right", "min ms|right", "speedup|right",
-                 "MAC ratio|right", "cos mean|right", "cos min|right", "max abs err|right",
-                 "top-1|right", "accuracy|right", "size|right")
-    for r in result["rows"]:
-        if r["error"]:
-            rows.add_row(f"{r['ratio']:g}", "failed", *[""] * 14)
-            continue
-        rows.add_row(f"{r['ratio']:g}", fmt(r["params"]), percent(r["params_kept"]),
-                     fmt(r["macs"]), percent(r["macs_kept"]), f"{r['latency_median_ms']:.3f}",
-                     f"{r['latency_p90_ms']:.3f}", f"{r['latency_min_ms']:.3f}",
-                     number(r["speedup"], ".2f", "x"), number(r["mac_ratio"], ".2f", "x"),
-                     f"{r['cosine_mean']:.5f}", f"{r['cosine_min']:.5f}",
-                     f"{r['max_abs_error']:.4g}", percent(r["top1_agreement"]),
-                     percent(r["accuracy"]), size(r["size_bytes"]))
-    show(rows)
+    for section in result["sweeps"]:
+        _print_model(result, section, several_models, several)
     failed = [r for r in result["rows"] if r["error"]]
-    for r in failed:
-        echo(f"ratio {r['ratio']:g}: error: {r['error']}")
     if failed:
-        echo(f"{len(failed)} ratio(s) failed; the others are complete")
-    written = [r["path"] for r in result["rows"][1:] if r["path"]]
+        echo(f"{len(failed)} row(s) failed; the others are complete")
+    written = [r["path"] for r in result["rows"] if r["path"] and r["ratio"]]
     for path in [result["csv"], result["plot"]] + written:
         if path:
             echo(f"wrote {path}")
+
+
+def _print_model(result: dict, section: dict, several_models: bool, several: bool) -> None:
+    """One model's table (a criterion column when there are several) and its errors."""
+    rows = [r for r in result["rows"] if r["model"] == section["model"]]
+    where = f"{section['model']}: " if several_models else ""
+    if section["error"]:
+        echo(f"{where}error: {section['error']}")
+        return
+    f = section["fidelity"]
+    echo(f"{where}fidelity against the dense model on {f['samples']} samples ({f['data']})"
+         + (f", labels {f['labels']}" if f["labels"] else "")
+         + "; speedup and MAC ratio against the dense model (ratio 0)")
+    head = ("criterion",) if several else ()
+    out = table(*head, "ratio|right", "params|right", "kept|right", "MACs|right", "kept|right",
+                "median ms|right", "p90 ms|right", "min ms|right", "speedup|right",
+                "MAC ratio|right", "cos mean|right", "cos min|right", "max abs err|right",
+                "top-1|right", "accuracy|right", "size|right")
+    for r in rows:
+        first = (r["criterion"] or "dense",) if several else ()
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:g}"
+        if r["error"]:
+            out.add_row(*first, ratio, "failed", *[""] * 14)
+            continue
+        out.add_row(*first, ratio, fmt(r["params"]), percent(r["params_kept"]),
+                    fmt(r["macs"]), percent(r["macs_kept"]), f"{r['latency_median_ms']:.3f}",
+                    f"{r['latency_p90_ms']:.3f}", f"{r['latency_min_ms']:.3f}",
+                    number(r["speedup"], ".2f", "x"), number(r["mac_ratio"], ".2f", "x"),
+                    f"{r['cosine_mean']:.5f}", f"{r['cosine_min']:.5f}",
+                    f"{r['max_abs_error']:.4g}", percent(r["top1_agreement"]),
+                    percent(r["accuracy"]), size(r["size_bytes"]))
+    show(out)
+    for r in rows:
+        if r["error"]:
+            at = f"criterion {r['criterion']}" if r["ratio"] is None else \
+                (f"{r['criterion']} " if several else "") + f"ratio {r['ratio']:g}"
+            echo(f"{where}{at}: error: {r['error']}")

@@ -365,7 +365,7 @@ def benchmark(models: Sequence, batches: Sequence[int] = (1,), options: BenchOpt
             rows += _measure_batch(loaded, sessions, batch, options, input_shapes, step)
     compare_with_first(rows)
     return {"machine": machine_info(options, sessions[0]),
-            "settings": _settings(options, batches),
+            "settings": bench_settings(options, batches),
             "models": [{"model": m.label, "file_bytes": m.file_bytes} for m in loaded],
             "rows": rows}
 
@@ -418,7 +418,8 @@ def compare_with_first(rows: list[dict]) -> None:
                              if row["speedup"] is not None and row["mac_ratio"] else None)
 
 
-def _settings(options: BenchOptions, batches) -> dict:
+def bench_settings(options: BenchOptions, batches) -> dict:
+    """How the timings were taken (the settings section of a benchmark's report)."""
     return {"provider": PROVIDERS[options.provider], "threads": options.threads,
             "batches": list(batches), "precision": "fp16" if options.fp16 else "fp32",
             "runs": options.runs, "budget_s": None if options.runs else options.budget_s,

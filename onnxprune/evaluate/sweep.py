@@ -1,18 +1,21 @@
-"""A ratio sweep: prune one model at several ratios and measure what each ratio buys and costs.
+"""A sweep: prune models at several ratios, with one or several criteria, and measure what
+each buys and costs.
 
-Picking a ratio is a trade between measured speed and fidelity, and neither is linear in the
-ratio (``round_to`` steps, blocked kernels, layers that suddenly lose their last channels), so
-it has to be measured across the range rather than guessed from one point. Every ratio is
-pruned and verified as ``prune`` does; the dense model and all pruned ones are then timed in
-ONE interleaved ``benchmark`` (drift on a busy machine falls on all of them alike, and every
-speedup is against the same dense timing), and compared with the dense model on the same inputs
-(``compare``'s measures, the dense outputs computed once). A ratio that fails is a row with its
-error, not the end of the sweep.
+Picking a ratio (and a criterion) is a trade between measured speed and fidelity, and neither is
+linear in the ratio (``round_to`` steps, blocked kernels, layers that suddenly lose their last
+channels), so it has to be measured across the range rather than guessed from one point. Every
+ratio is pruned and verified as ``prune`` does; each model and all its pruned copies are then
+timed in ONE interleaved ``benchmark`` (drift on a busy machine falls on all of them alike, and
+every speedup is against the same dense timing), and compared with the dense model on the same
+inputs (``compare``'s measures, the dense outputs computed once). A deployment team's whole zoo
+goes in one command: models one after the other (each reaches a worker once), each one's
+criteria and ratios side by side on the executor. A ratio that fails is a row with its error,
+not the end of the sweep.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -21,20 +24,21 @@ from pathlib import Path
 import onnx
 
 from ..errors import UserError, VerificationError
-from ..io import check_writable, load_model, save_model, write_atomically
+from ..importance import CRITERIA
+from ..io import load_model, save_model
 from ..io.weights import discard_written
 from ..parallel import Failed, InProcess
-from ..pipeline import PruneOptions, analyze_model, prune, score_model
+from ..pipeline import PruneOptions, Strategy, analyze_model, prune, score_model
+from ..pipeline.options import STRATEGY_FIELDS
 from ..progress import task
-from .bench import BenchOptions, batch_shapes, benchmark, model_overrides
+from .bench import (BenchOptions, batch_shapes, bench_settings, benchmark, machine_info,
+                    model_overrides)
 from .compare import compare_with_reference, reference_run
+from .sweep_files import CSV_COLUMNS, check_out_dir
 
 MAX_RATIOS = 100   # a typo like 0:0.9:0.001 should be an error, not a day of pruning
-CSV_COLUMNS = ("ratio", "params", "macs", "params_kept", "macs_kept", "latency_median_ms",
-               "latency_p90_ms", "latency_min_ms", "speedup", "mac_ratio", "cosine_mean",
-               "cosine_min", "max_abs_error", "top1_agreement", "accuracy", "error")
-NOT_SWEPT = ("ratio", "target_macs", "target_params", "target_latency", "steps", "verify")
-
+NOT_SWEPT = ("ratio", "target_macs", "target_params", "target_latency", "steps", "verify",
+             "blocks")
 
 # --- ratios ---------------------------------------------------------------------------------
 
@@ -73,107 +77,228 @@ def _number(part: str, text: str) -> float:
     return value
 
 
-# --- output paths ---------------------------------------------------------------------------
-
-def check_output_path(path, what: str, suffix: str | None = None) -> None:
-    """Fail before any work, not after minutes of it: the folder must exist and, for a plot,
-    the name must say PNG."""
-    if path is None:
-        return
-    target = Path(path)
-    if suffix and target.suffix.lower() != suffix:
-        raise UserError(f"{what} writes a {suffix[1:].upper()}: give a path ending in {suffix}")
-    if target.is_dir():
-        raise UserError(f"{what} {path} is a directory; give a file name")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"{what}: folder does not exist: {folder}")
-    check_writable(target)
-
-
-def _check_out_dir(out_dir) -> None:
-    if out_dir is None:
-        return
-    target = Path(out_dir)
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--out-dir {out_dir} is a file, not a folder")
-    if not target.exists() and not target.parent.is_dir():
-        raise UserError(f"--out-dir: folder does not exist: {target.parent}")
-
-
 # --- the sweep ------------------------------------------------------------------------------
 
-def sweep(model, ratios: Sequence[float], options: PruneOptions | None = None, batch: int = 1,
+def sweep(models, ratios: Sequence[float], options: PruneOptions | None = None, batch: int = 1,
           bench: BenchOptions | None = None, data: str = "random", labels=None,
-          preprocess: str | None = None, out_dir=None, progress=None) -> dict:
-    """Prune ``model`` at every ratio with ``options`` (everything but the ratio: strategy,
-    calibration, round_to, heads, mlp, exclude, input shapes, seed, ...), time all of them
-    against the dense model at ``batch`` and compare each with it on ``data`` (as ``compare``
-    reads it, with ``labels``).
+          preprocess: str | None = None, out_dir=None, progress=None,
+          criteria: Sequence[str] | None = None, given: set[str] | None = None) -> dict:
+    """Prune every model of ``models`` (one path or ModelProto, or a list of them: a team's
+    zoo) with every criterion of ``criteria`` (default: ``options``' own) at every ratio,
+    with ``options`` for everything else (allocation, calibration, round_to, heads, mlp,
+    exclude, input shapes, seed, ...); time each model's pruned copies against it at
+    ``batch`` and compare each with it on ``data`` (as ``compare`` reads it, with
+    ``labels``).
 
-    The dense model is always the first row (ratio 0). With ``out_dir`` each pruned model is
-    saved there as ``STEM.rRATIO.onnx``. ``progress``: see :mod:`onnxprune.progress`. Returns
-    a JSON-ready dict: ``rows`` (one per ratio, ``CSV_COLUMNS`` and more), ``machine``,
-    ``settings``, ``fidelity``."""
+    Each model is scored once per criterion, its ratios run on ``options.executor`` (the
+    model reaches each worker once), and it is timed in one interleaved benchmark with all its
+    pruned copies (every criterion's), so the criteria are compared on the same timing. Its
+    dense row (ratio 0, no criterion) comes first. With ``out_dir`` each pruned model is
+    saved there as ``STEM.rRATIO.onnx`` (``STEM.CRITERION.rRATIO.onnx`` for several
+    criteria). A ratio, a criterion or (among several) a model that fails is a row with its
+    error, and the sweep goes on. ``given``: the options the user set (the CLI knows; see
+    ``PruneOptions.check``). ``progress``: see :mod:`onnxprune.progress`.
+
+    Returns a JSON-ready dict: ``rows`` (``CSV_COLUMNS`` and more), ``models``,
+    ``criteria``, ``sweeps`` (per model: its fidelity data, its error), ``machine``,
+    ``settings``; with one model also ``model`` and ``fidelity``."""
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
     ratios, bench = _ratios_with_dense(ratios), bench or BenchOptions()
     options = options or PruneOptions()
+    variants = criterion_options(options, criteria, given)
     _check_inputs(options, bench, batch, out_dir)
-    shapes = options.input_shapes
+    labels_of = _model_labels(models, out_dir)
+    executor = options.executor or InProcess()
+    rows, sections, machine, timing = [], [], None, None
+    for index, (model, label) in enumerate(zip(models, labels_of)):
+        name = label if len(models) == 1 else f"{label} ({index + 1} of {len(models)})"
+        try:
+            section, model_rows, times = _sweep_model(
+                model, label, ratios, variants, batch, bench, (data, labels, preprocess),
+                out_dir, executor, progress, name)
+        except (UserError, VerificationError) as exc:
+            if len(models) == 1:
+                raise
+            section = {"model": label, "fidelity": None, "error": _first_line(exc)}
+            model_rows, times = [{**_empty_row(label, None, None), "error": section["error"]}], None
+        sections.append(section)
+        rows += model_rows
+        if times is not None and machine is None:
+            machine, timing = times["machine"], times["settings"]
+    settings = {**(timing or bench_settings(bench, (batch,))), "batch": batch,
+                "ratios": list(ratios), "prune": _describe(options, [c for c, _ in variants]),
+                **executor.describe()}
+    result = {"models": labels_of, "criteria": [c for c, _ in variants], "settings": settings,
+              "machine": machine or machine_info(bench), "sweeps": sections, "rows": rows}
+    if len(models) == 1:
+        result.update(model=labels_of[0], fidelity=sections[0]["fidelity"])
+    return result
+
+
+def criterion_options(options: PruneOptions, criteria: Sequence[str] | None = None,
+                      given: set[str] | None = None) -> list[tuple[str, PruneOptions]]:
+    """(criterion, the options it prunes with) for every criterion, each checked. Among
+    several, calibration data goes only to the criteria that read it, and an option that
+    does nothing for one criterion is fine as long as it does something for another; each
+    criterion must still be able to run (``wanda`` without ``--calib`` is an error)."""
+    criteria = list(dict.fromkeys(criteria or [options.strategy.criterion]))
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise UserError(f"unknown criterion {unknown[0]!r}; choose among {', '.join(CRITERIA)}")
+    given = (options.given() if given is None else set(given)) - {"executor"}
+    variants = []
+    for criterion in criteria:
+        strategy = dataclasses.replace(options.strategy, criterion=criterion)
+        reads = (strategy.needs is not None or options.recover is not None
+                 or options.blocks is not None or len(criteria) == 1)
+        variants.append((criterion, options.replace(strategy=strategy,
+                                                    calib=options.calib if reads else None)))
+    if len(variants) == 1:
+        variants[0][1].check(given)
+        return variants
+    if options.calib is not None and all(v.calib is None for _, v in variants):
+        options.replace(strategy=variants[0][1].strategy).check(given)  # says why, then stops
+    runnable = [(criterion, _without_pointless(criterion, variant, given))
+                for criterion, variant in variants]
+    _check_some_use(variants, given)
+    return runnable
+
+
+def _check_some_use(variants, given: set[str]) -> None:
+    """Every strategy option given must do something for at least one criterion: else the
+    first criterion's error, as ``prune`` would say it."""
+    errors = []
+    for _, variant in variants:
+        try:
+            variant.check(given)
+            return
+        except UserError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def _without_pointless(criterion: str, variant: PruneOptions, given: set[str]) -> PruneOptions:
+    """``variant`` with the strategy options given that do nothing for this criterion (the OBS
+    damping for l2 without compensation) back at their defaults, so that each prune is
+    checked as if they had not been given. Options this criterion cannot run with are an
+    error naming it."""
+    plain = given - STRATEGY_FIELDS
+    try:
+        variant.check(plain)
+    except UserError as exc:
+        named = f"criterion {criterion!r}" in str(exc)
+        raise UserError(str(exc) if named else f"criterion {criterion!r}: {exc}") from None
+    defaults = Strategy()
+    reset = {}
+    for name in sorted(given & STRATEGY_FIELDS - {"criterion"}):
+        try:
+            variant.check(plain | {name})
+        except UserError:
+            reset[name] = getattr(defaults, name)
+    return variant.replace(strategy=dataclasses.replace(variant.strategy, **reset))
+
+
+def _model_labels(models: list, out_dir) -> list[str]:
+    """What each model is called in rows and file names: its path, or ``<ModelProto N>``.
+    Each must exist, appear once, and (with ``out_dir``) have a file stem of its own."""
+    labels = []
+    for index, model in enumerate(models):
+        if _is_path(model):
+            if not os.path.exists(model):
+                raise UserError(f"no such file: {model}")
+            labels.append(str(model))
+        else:
+            labels.append("<ModelProto>" if len(models) == 1 else f"<ModelProto {index + 1}>")
+    if len(set(labels)) < len(labels):
+        raise UserError("a model is given twice")
+    stems = [_stem(label) for label in labels]
+    if out_dir is not None and len(set(stems)) < len(stems):
+        twice = next(s for s in stems if stems.count(s) > 1)
+        raise UserError(f"two models are named {twice}: their pruned files in --out-dir would "
+                        f"overwrite each other; rename one")
+    return labels
+
+
+def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
+                 bench: BenchOptions, compare_on: tuple, out_dir, executor, progress,
+                 name: str) -> tuple[dict, list[dict], dict]:
+    """One model: its reference run, one scoring per criterion, its ratios on the executor,
+    one interleaved timing of it and all its pruned copies. Returns (its section, its rows,
+    the benchmark's report)."""
+    data, labels, preprocess = compare_on
+    base = variants[0][1]
+    shapes = base.input_shapes
     dense = load_model(model)
-    batch_shapes(dense, batch, model_overrides(dense, shapes), _label(model))
-    with task(progress, "reading the comparison data and running the dense model"):
+    batch_shapes(dense, batch, model_overrides(dense, shapes), label)
+    with task(progress, f"{name}: reading the comparison data and running the dense model"):
         reference = reference_run(model if _is_path(model) else dense, data, labels, shapes,
                                   preprocess)     # a path: errors name the file
-    fidelity = {0.0: compare_with_reference(reference, dense)}
-    analyzed = analyze_model(dense, options.exclude)
-    executor = options.executor or InProcess()
-    scoring = score_model(analyzed, options.strategy, options.calib, shapes, options.seed,
-                          progress, executor)   # once for every ratio
-    rows = [_empty_row(0.0, str(model) if _is_path(model) else None)]
-    timed = [model if _is_path(model) else dense]   # a path: its file size, external data too
-    shared = (analyzed, options.replace(executor=None), scoring, reference, out_dir, model)
-    done = executor.map(shared, _ratio_row, ratios[1:], progress=progress,
-                        description="pruning and comparing each ratio")
-    for ratio, result in zip(ratios[1:], done):
+    analyzed = analyze_model(dense, base.exclude)
+    rows = [_empty_row(label, None, 0.0, label if _is_path(model) else None)]
+    done = [(rows[0], compare_with_reference(reference, dense),
+             model if _is_path(model) else dense)]   # a path: its file size, external data too
+    jobs = []
+    for criterion, options in variants:
+        try:
+            with task(progress, f"{name}: scoring the channels ({criterion})"):
+                scoring = score_model(analyzed, options.strategy, options.calib, shapes,
+                                      options.seed, progress, executor)  # once for every ratio
+        except (UserError, VerificationError) as exc:
+            if len(variants) == 1:
+                raise
+            rows.append({**_empty_row(label, criterion, None), "error": _first_line(exc)})
+            continue
+        jobs.append((criterion, options.replace(executor=None), scoring))
+    items = [(k, ratio) for k in range(len(jobs)) for ratio in ratios[1:]]
+    shared = (analyzed, jobs, reference, out_dir, label, len(variants) > 1)
+    results = executor.map(shared, _ratio_row, items, progress=progress,
+                           description=f"{name}: pruning and comparing each ratio")
+    for (k, ratio), result in zip(items, results):
         if isinstance(result, Failed):
-            result = ({**_empty_row(ratio), "error": result.error}, None, None)
+            result = ({**_empty_row(label, jobs[k][0], ratio), "error": result.error},
+                      None, None)
         row, compared, pruned = result
         rows.append(row)
         if compared is not None:
-            fidelity[ratio] = compared
-            timed.append(row["path"] or pruned)
+            done.append((row, compared, row["path"] or pruned))
+    timed = [what for _, _, what in done]
     if executor.kind == "ray":      # on a node that times nothing else meanwhile
         times = executor.map((timed, batch, bench, shapes), _time_all, [None], timing=True)[0]
         if isinstance(times, Failed):
-            raise UserError(f"timing the sweep's models failed twice: {times.error}")
+            raise UserError(f"timing {label} and its pruned copies failed twice: {times.error}")
     else:
         times = benchmark(timed, (batch,), bench, shapes, progress=progress)
-    _merge(rows, times["rows"], fidelity)
-    settings = {**times["settings"], "batch": batch, "ratios": list(ratios),
-                "prune": _describe(options), **executor.describe()}
-    return {"model": _label(model), "settings": settings, "machine": times["machine"],
-            "fidelity": {"data": reference.data, "samples": reference.samples,
-                         "labels": reference.label_source},
-            "rows": rows}
+    _merge(done, times["rows"])
+    section = {"model": label, "error": None,
+               "fidelity": {"data": reference.data, "samples": reference.samples,
+                            "labels": reference.label_source}}
+    return section, rows, times
 
 
-def _ratio_row(shared, ratio: float):
-    """Prune at one ratio (where the executor runs it; ``shared`` reached it once): its row,
-    its comparison with the dense model and the pruned model (both None when the ratio
-    failed: the row then holds the error)."""
-    analyzed, options, scoring, reference, out_dir, model = shared
-    row = _empty_row(ratio)
+def _ratio_row(shared, item):
+    """Prune at one criterion's ratio (where the executor runs it; ``shared`` reached it
+    once): its row, its comparison with the dense model and the pruned model (both None when
+    the ratio failed: the row then holds the error)."""
+    analyzed, jobs, reference, out_dir, label, name_criterion = shared
+    criterion, options, scoring = jobs[item[0]]
+    ratio = item[1]
+    row = _empty_row(label, criterion, ratio)
     try:
         pruned, report = prune(analyzed, options.replace(ratio=ratio), scoring=scoring)
         compared = compare_with_reference(reference, pruned)
         row["max_rel_error"] = report["check"]["max_rel_error"]
         if out_dir is not None:
-            row["path"] = str(_save(pruned, out_dir, model, ratio))
+            tag = f"{criterion}.r{ratio:g}" if name_criterion else f"r{ratio:g}"
+            row["path"] = str(_save(pruned, out_dir, label, tag))
             discard_written(pruned, keep=[analyzed.model])  # timed from its file now
     except (UserError, VerificationError) as exc:
-        row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        row["error"] = _first_line(exc)
         return row, None, None
     return row, compared, pruned
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _time_all(shared, _):
@@ -199,38 +324,46 @@ def _check_inputs(options: PruneOptions, bench: BenchOptions, batch: int, out_di
     if fixed:
         raise UserError(f"a sweep sets the ratio itself and prunes in one verified step: it "
                         f"takes no {', '.join(fixed)}")
+    if options.allow_cache_change:
+        raise UserError("--allow-cache-change resizes the KV cache inputs, so the pruned copies "
+                        "cannot run on the dense model's inputs for the comparison: prune them "
+                        "one at a time")
     bench.check()
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
-    options.check()
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
 
 
-def _empty_row(ratio: float, path: str | None = None) -> dict:
+def _empty_row(model: str, criterion: str | None, ratio: float | None,
+               path: str | None = None) -> dict:
     row = {name: None for name in CSV_COLUMNS}
-    row.update(ratio=ratio, size_bytes=None, efficiency=None, runs=None, max_rel_error=None,
-               path=path, outputs=None)
+    row.update(model=model, criterion=criterion, ratio=ratio, size_bytes=None, efficiency=None,
+               runs=None, max_rel_error=None, path=path, outputs=None)
     return row
 
 
-def _save(pruned: onnx.ModelProto, out_dir, model, ratio: float) -> Path:
+def _save(pruned: onnx.ModelProto, out_dir, label: str, tag: str) -> Path:
     os.makedirs(out_dir, exist_ok=True)
-    stem = Path(_label(model)).stem if _is_path(model) else "model"
-    return save_model(pruned, Path(out_dir) / f"{stem}.r{ratio:g}.onnx")
+    return save_model(pruned, Path(out_dir) / f"{_stem(label)}.{tag}.onnx")
 
 
-def _merge(rows: list[dict], timed: list[dict], fidelity: dict) -> None:
-    """Fill the rows that were pruned (in order) from the bench rows and the comparisons."""
-    ok = [row for row in rows if row["error"] is None]
+def _stem(label: str) -> str:
+    return Path(label).stem if not label.startswith("<ModelProto") else \
+        "model" + label[len("<ModelProto"):-1].replace(" ", "")
+
+
+def _merge(done: list[tuple[dict, dict, object]], timed: list[dict]) -> None:
+    """Fill the rows that were pruned (in the order they were timed, the dense row first)
+    from the bench rows and their comparisons."""
     dense = timed[0]
-    for row, t in zip(ok, timed):
+    for (row, compared, _), t in zip(done, timed):
         row.update(params=t["params"], macs=t["macs"], size_bytes=t["file_bytes"],
                    params_kept=_share(t["params"], dense["params"]),
                    macs_kept=_share(t["macs"], dense["macs"]),
                    latency_median_ms=t["median_s"] * 1e3, latency_p90_ms=t["p90_s"] * 1e3,
                    latency_min_ms=t["min_s"] * 1e3, speedup=t["speedup"],
                    mac_ratio=t["mac_ratio"], efficiency=t["efficiency"], runs=t["runs"])
-        row.update(fidelity_summary(fidelity[row["ratio"]]))
+        row.update(fidelity_summary(compared))
 
 
 def _share(value, whole) -> float | None:
@@ -255,9 +388,9 @@ def fidelity_summary(report: dict) -> dict:
                         for o in outs]}
 
 
-def _describe(options: PruneOptions) -> dict:
+def _describe(options: PruneOptions, criteria: list[str]) -> dict:
     strategy, calib = options.strategy, options.calib
-    return {"criterion": strategy.criterion, "allocation": strategy.allocation,
+    return {"criterion": ",".join(criteria), "allocation": strategy.allocation,
             "compensate": strategy.compensation, "round_to": options.round_to,
             "heads": options.heads, "mlp": options.mlp, "hidden": options.hidden,
             "calib": None if calib is None else [_source(c) for c in _as_list(calib)],
@@ -279,76 +412,3 @@ def _source(source) -> str:
 
 def _is_path(model) -> bool:
     return isinstance(model, (str, os.PathLike))
-
-
-def _label(model) -> str:
-    return str(model) if _is_path(model) else "<ModelProto>"
-
-
-# --- CSV and plot ---------------------------------------------------------------------------
-
-def write_csv(result: dict, path) -> None:
-    """One row per ratio, ``CSV_COLUMNS``; unknown numbers (a failed ratio, no labels) are
-    empty cells. Floats are written in full (``repr``) so they equal the JSON's."""
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            out = csv.writer(f)
-            out.writerow(CSV_COLUMNS)
-            for row in result["rows"]:
-                out.writerow(["" if row[c] is None else repr(row[c]) if isinstance(row[c], float)
-                              else row[c] for c in CSV_COLUMNS])
-    write_atomically(path, write)
-
-
-def plot_sweep(result: dict, path) -> None:
-    """A 2x2 PNG against the ratio: latency, params and MACs kept, speedup and MAC ratio,
-    fidelity. Failed ratios are gaps."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'onnxprune[plot]'") from None
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    rows = result["rows"]
-    x = [r["ratio"] for r in rows]
-
-    def col(name, scale=1.0):
-        return [math.nan if r[name] is None else r[name] * scale for r in rows]
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    (lat, kept), (speed, fid) = axes
-    lat.fill_between(x, col("latency_min_ms"), col("latency_p90_ms"), alpha=0.2,
-                     label="min to p90")
-    lat.plot(x, col("latency_median_ms"), marker="o", label="median")
-    lat.set_ylabel("latency (ms)")
-    lat.set_ylim(bottom=0)
-    kept.plot(x, col("params_kept", 100), marker="o", label="params")
-    kept.plot(x, col("macs_kept", 100), marker="s", label="MACs")
-    kept.set_ylabel("kept (%)")
-    kept.set_ylim(0, 105)
-    speed.plot(x, col("speedup"), marker="o", label="measured speedup")
-    speed.plot(x, col("mac_ratio"), marker="s", linestyle="--", label="MAC ratio")
-    speed.axhline(1.0, color="grey", linewidth=0.8)
-    speed.set_ylabel("x dense")
-    fid.plot(x, col("cosine_mean"), marker="o", label="cosine mean")
-    if any(r["top1_agreement"] is not None for r in rows):
-        fid.plot(x, col("top1_agreement"), marker="s", label="top-1 agreement")
-    if any(r["accuracy"] is not None for r in rows):
-        fid.plot(x, col("accuracy"), marker="^", label="accuracy")
-    fid.set_ylabel("fidelity")
-    for ax in (speed, fid):
-        ax.set_xlabel("ratio")
-    for ax in axes.ravel():
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    s = result["settings"]
-    f = result["fidelity"]
-    fig.suptitle(f"{os.path.basename(result['model'])}: batch {s['batch']}, "
-                 f"{s['threads']} thread(s), {s['prune']['criterion']}; fidelity on "
-                 f"{f['samples']} samples ({f['data']})", fontsize=10)
-    fig.tight_layout()
-    try:
-        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)

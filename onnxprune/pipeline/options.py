@@ -270,7 +270,7 @@ class PruneOptions:
             raise UserError("a tolerance is for the check, which verify=False skips")
         if self.check_data is not None and not self.verify:
             raise UserError("--check-data feeds the check, which verify=False skips")
-        self.strategy.check(self.calib is not None, given & _STRATEGY_FIELDS)
+        self.strategy.check(self.calib is not None, given & STRATEGY_FIELDS)
         if self.recover is not None:
             self.recover.check()
             if self.calib is None:
@@ -295,7 +295,7 @@ class PruneOptions:
                                 "it does not combine with --steps or a --target-*")
 
 
-_STRATEGY_FIELDS = {f.name for f in dataclasses.fields(Strategy)}
+STRATEGY_FIELDS = {f.name for f in dataclasses.fields(Strategy)}   # as given() names them
 
 
 def _changed(record, default) -> set[str]:
