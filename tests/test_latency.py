@@ -174,3 +174,25 @@ def test_the_plan_narrows_what_stream_nodes_read():
     bn_scale = priced._stream_input(10, 1, (32,), removed)
     assert concat == (1, 8, 12, 12) and bn_scale == (16,)
     assert priced.fraction_of(removed) < 1.0 == pytest.approx(priced.fraction(set()))
+
+
+def test_a_candidate_is_priced_from_the_settled_plan_as_a_whole_evaluation_prices_it():
+    """Latency-aware allocation prices a candidate by re-pricing only the nodes its difference
+    from the settled plan touches; that must equal pricing every node, for any candidate
+    (more removed, or fewer), layers and stream nodes alike."""
+    from onnxprune.allocation.latency import LatencyPredictor
+    from onnxprune.pipeline import analyze_model
+    from onnxprune.pipeline.latency_cost import PlanLatency
+
+    a = analyze_model(stream_model())
+    priced = PlanLatency(a, LatencyPredictor(a.model))
+    roots = sorted(priced.group_of)
+    rng = np.random.default_rng(0)
+    settled = set(rng.choice(roots, len(roots) // 4, replace=False).tolist())
+    priced.settle(settled)
+    for _ in range(20):
+        candidate = set(rng.choice(roots, rng.integers(0, len(roots) // 2),
+                                   replace=False).tolist())
+        expected = priced.fraction_of(np.isin(a.roots, list(candidate)))
+        assert priced.fraction(candidate) == pytest.approx(expected, rel=1e-12)
+    assert any(priced.touched[g] & set(priced.streams) for g in priced.touched)

@@ -38,6 +38,8 @@ class Additive:
         saved = sum(n * self.per[g] for g, n in gone.items() if n >= self.plateau.get(g, 0))
         return 1.0 - saved
 
+    settle = fraction
+
     def neighbours(self, gid):
         return set()
 
@@ -110,11 +112,15 @@ class OneLayerCounts:
         self.threads, self.table = threads, LayerLatencyTable(model, input_shapes)
         self.first = min(self.table.layers())
         self.dense_out = self.table.layers()[self.first][1]
-        self.dense = 1.0
+        self.dense = self.dense_layers = 1.0
 
-    def fraction(self, dims, stream_shapes=None):
-        shape = dims.get((self.first, 1))
-        return 1.0 if shape is None else shape[0] / self.dense_out
+    def layer_cost(self, node, dims=None):
+        if node != self.first:
+            return 0.0
+        return 1.0 if dims is None else dims[0] / self.dense_out
+
+    def stream_cost(self, node, shapes=None):
+        return 0.0
 
     def measure(self, model):
         conv = next(n for n in model.graph.node if n.op_type == "Conv")
@@ -183,3 +189,57 @@ def test_a_latency_table_that_is_not_one_is_a_clear_error(tmp_path):
     assert path.read_text() == "not json"
     with pytest.raises(UserError, match="needs --target-latency"):
         onnxprune.prune(conv_stack(), ratio=0.5, latency_table=str(path))
+
+
+class MacLike:
+    """A predictor whose latency is Σ w·c_in·c_out over the table's layers, a different w per
+    layer: deterministic, and several groups save time at different rates."""
+
+    def __init__(self, model):
+        from onnxprune.runtime import LayerLatencyTable
+
+        self.table = LayerLatencyTable(model)
+        self.weight = {n: 1.0 + k for k, n in enumerate(sorted(self.table.layers()))}
+        self.device, self.dense = None, 1.0
+        self.dense_layers = sum(self.layer_cost(n) for n in self.weight)
+
+    def layer_cost(self, node, dims=None):
+        widths = self.table.layers()[node] if dims is None else self.table.widths(node, dims)
+        return self.weight[node] * float(np.prod(widths))
+
+    def stream_cost(self, node, shapes=None):
+        return 0.0
+
+
+def test_the_latency_budget_is_the_plan_a_bisection_would_end_on():
+    """With latency-aware allocation the ratio is the predicted latency to remove, so the
+    target search takes ratio 1 − fraction in one greedy run: its plan must be the one the
+    smallest meeting ratio gives, as a bisection finds it."""
+    from onnxprune.pipeline import analyze_model, score_model
+    from onnxprune.pipeline.latency_cost import PlanLatency
+    from onnxprune.pipeline.targets import TargetSearch, ratio_for_target
+
+    a = analyze_model(conv_stack())
+    strategy = onnxprune.Strategy("l2", allocation="latency")
+    predictor = MacLike(a.model)
+    priced = PlanLatency(a, predictor)
+    search = TargetSearch(a, 8, {}, strategy, score_model(a, strategy).scored,
+                          predictor=predictor, priced=priced, latency=priced)
+
+    def removed(ratio):
+        from onnxprune.pipeline.plan import make_plan
+        return make_plan(a, ratio, 8, {}, strategy, search.scored, priced).removed
+
+    plans = []
+    for fraction in (0.9, 0.7, 0.5, 0.3):
+        ratio, kept = ratio_for_target(search, "latency", fraction)
+        assert ratio == pytest.approx(1 - fraction) and kept <= fraction
+        lo, hi = 0.0, ratio
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if search.kept("latency", mid) <= fraction else (mid, hi)
+        np.testing.assert_array_equal(removed(hi), removed(ratio))
+        plans.append(removed(ratio).sum())
+    assert plans == sorted(plans) and len(set(plans)) == len(plans)   # four different plans
+    with pytest.raises(UserError, match="cannot reach --target-latency 0.01"):
+        ratio_for_target(search, "latency", 0.01)

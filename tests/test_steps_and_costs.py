@@ -140,11 +140,18 @@ class ModelledTiming:
         share = count_cost(model).macs / self.dense_macs
         return self.SECONDS * (self.OVERHEAD + (1 - self.OVERHEAD) * share)
 
-    def fraction(self, weight_dims, stream_shapes=None) -> float:
-        kept = sum(macs * (np.prod(weight_dims[(k, 1)]) / self.sizes[k]
-                           if (k, 1) in weight_dims else 1.0)
-                   for k, macs in enumerate(self.per_node))
-        return kept / self.dense_macs
+    @property
+    def dense_layers(self) -> float:
+        return float(self.dense_macs)
+
+    def layer_cost(self, node, dims=None) -> float:
+        """The node's MACs, in proportion to its weight's size (every MAC is in a weight's
+        node here)."""
+        share = 1.0 if dims is None else np.prod(dims) / self.sizes[node]
+        return self.per_node[node] * share
+
+    def stream_cost(self, node, shapes=None) -> float:
+        return 0.0
 
     def save(self):
         return 0, 0

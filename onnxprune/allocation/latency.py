@@ -35,6 +35,7 @@ class LatencyPredictor:
         self.table = LayerLatencyTable(model, input_shapes, threads, store=store,
                                        streams=streams)
         self.dense_layers = self.table.dense_total(progress)
+        self.widths, self.streams = self.table.layers(), self.table.streams()  # timed ones
         self.dense = self.measure(model) if self.device is None else None
 
     def fraction(self, weight_dims: dict[tuple[int, int], list[int]],
@@ -44,19 +45,25 @@ class LatencyPredictor:
         inputs' shapes (dense where absent)."""
         if self.dense_layers <= 0:
             return 1.0
-        total = 0.0
-        for node, dense in self.table.layers().items():
-            dims = weight_dims.get((node, 1))
-            widths = self.table.widths(node, dims) if dims is not None else dense
-            total += self.table.cost(node, *widths)
-        for node, layer in self.table.streams().items():
-            shapes = (stream_shapes or {}).get(node, layer.shapes)
-            try:
-                total += self.table.stream_latency(node, shapes)
-            except Exception:  # noqa: BLE001 - ORT refuses this shape: scale the dense time
-                total += (self.table.stream_latency(node, layer.shapes) *
-                          layer.size(shapes) / max(layer.size(layer.shapes), 1))
+        total = sum(self.layer_cost(node, weight_dims.get((node, 1))) for node in self.widths)
+        total += sum(self.stream_cost(node, (stream_shapes or {}).get(node))
+                     for node in self.streams)
         return total / self.dense_layers
+
+    def layer_cost(self, node: int, dims=None) -> float:
+        """Seconds of one timed layer with its weight sliced to ``dims`` (None: dense)."""
+        widths = self.table.widths(node, dims) if dims is not None else self.widths[node]
+        return self.table.cost(node, *widths)
+
+    def stream_cost(self, node: int, shapes=None) -> float:
+        """Seconds of one weightless node with its inputs at ``shapes`` (None: dense)."""
+        layer = self.streams[node]
+        shapes = layer.shapes if shapes is None else shapes
+        try:
+            return self.table.stream_latency(node, shapes)
+        except Exception:  # noqa: BLE001 - ORT refuses this shape: scale the dense time
+            return (self.table.stream_latency(node, layer.shapes) *
+                    layer.size(shapes) / max(layer.size(layer.shapes), 1))
 
     def measure(self, model: onnx.ModelProto) -> float:
         """The fastest of many timed runs (the most repeatable figure on a shared machine)."""

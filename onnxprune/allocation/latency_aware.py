@@ -28,6 +28,10 @@ class LatencyCost(Protocol):
     def fraction(self, removed_roots: set[int]) -> float:
         """Predicted latency over the dense model's with these components removed."""
 
+    def settle(self, removed_roots: set[int]) -> float:
+        """``fraction``, for the plan the next prices are taken against (a cost model may
+        keep what it computed for it)."""
+
     def neighbours(self, group: int) -> set[int]:
         """Groups whose latency price moves when this one's width does."""
 
@@ -62,7 +66,7 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
         if caps[1] >= step:
             steps[g.id] = _Step(step, caps[0], relaxed=caps[1])
     removed: set[int] = set()
-    current = cost.fraction(removed)
+    current = cost.settle(removed)
     prices: dict[int, tuple[float, float] | None] = {}
 
     def price(gid: int):
@@ -103,6 +107,6 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
                 break
         removed |= set(order[best][s.taken:s.taken + k * s.step].tolist())
         s.taken += k * s.step
-        current = cost.fraction(removed)
+        current = cost.settle(removed)
         stale = {best} | (cost.neighbours(best) & set(steps))
     return {gid: s.taken for gid, s in steps.items()}

@@ -60,6 +60,8 @@ def ratio_for_target(search: TargetSearch, kind: str, fraction: float) -> tuple[
     if kind == "macs" and not search.macs.known:
         raise UserError("the MACs of this model are unknown (give --input-shape, or use "
                         "--target-params)")
+    if kind == "latency" and search.latency is not None:
+        return _latency_budget(search, fraction)
     lo, hi = 0.0, MAX_TARGET_RATIO
     if search.scored.weights:     # adaptive: the ratio scales per-group multipliers, some < 1
         hi = MAX_TARGET_RATIO / min(min(search.scored.weights.values()), 1.0)
@@ -75,6 +77,21 @@ def ratio_for_target(search: TargetSearch, kind: str, fraction: float) -> tuple[
         else:
             lo = mid
     return hi, best
+
+
+def _latency_budget(search: TargetSearch, fraction: float) -> tuple[float, float]:
+    """Latency-aware allocation reads the ratio as the share of the predicted latency to
+    remove, and its greedy takes the same moves whatever the budget, stopping at the first
+    that meets it. So the plan at ratio ``1 − fraction`` is the one a bisection would end
+    on: one greedy run instead of one per bisection step (there, most of the search's
+    time)."""
+    ratio = 1.0 - fraction
+    kept = search.kept("latency", ratio)
+    if kept > fraction:
+        raise UserError(f"cannot reach --target-latency {fraction:g}: the plan keeps "
+                        f"{kept:.1%} of the predicted latency (frozen and excluded groups stay "
+                        f"whole, and no group loses more than --max-ratio)")
+    return ratio, kept
 
 
 @dataclass
