@@ -22,7 +22,7 @@ from onnxprune.cli import main
 from onnxprune.errors import UserError, VerificationError
 from onnxprune.calibration import DAMPING
 from onnxprune.evaluate import CSV_COLUMNS, parse_ratios
-from onnxprune.evaluate.sweep import criterion_options
+from onnxprune.evaluate.sweep import criterion_options, sweep as sweep_models
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 
@@ -204,7 +204,6 @@ def test_a_failed_ratio_is_a_row_and_the_sweep_goes_on(capsys, tmp_path, monkeyp
     (["--csv", "MISSING/s.csv"], "folder does not exist"),
     (["--runs", "5", "--budget", "1"], "not both"),
     (["--criterion", "wanda"], "needs calibration data"),
-    (["--allow-cache-change"], "resizes the KV cache inputs"),
     ("nomodel", "no such file"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, change, says):
@@ -365,3 +364,13 @@ def test_a_zoo_whose_files_would_collide_is_refused(capsys, tmp_path, models, sa
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {says}"), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fields,says", [
+    ({"allow_cache_change": True}, "resizes the KV cache inputs"),
+    ({"blocks": 0.5}, "it takes no blocks"),
+])
+def test_what_a_sweep_cannot_do_is_refused_by_the_api_too(fields, says):
+    """The CLI's sweep has no --blocks or --allow-cache-change; the API refuses them."""
+    with pytest.raises(UserError, match=says):
+        sweep_models(DEMO, [0.5], pipeline.PruneOptions(**fields))

@@ -230,16 +230,6 @@ def pruning_options(sweep: bool = False):
             click.option("--exclude", multiple=True, metavar="NODE",
                          help="Node name (or glob) whose channels must not be pruned; "
                               "repeatable."),
-            click.option("--blocks", type=float, default=None,
-                         help="First remove this many whole residual blocks (a fraction below "
-                              "1: of those the model has), those that change their input "
-                              "least on --calib (else random) inputs; width pruning then runs "
-                              "only with --ratio/--heads/--mlp/--hidden."),
-            click.option("--allow-cache-change", is_flag=True, default=False,
-                         help="Let key/value heads go although they reach the KV cache "
-                              "(past_key_values.* / present.*): those inputs and outputs "
-                              "then lose them, and a genai_config.json beside the model is "
-                              "written updated next to the output."),
             shape_option,
             click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                          show_default=True,
@@ -266,8 +256,18 @@ def pruning_options(sweep: bool = False):
                      "task.npz@0.7."),
             executor_options,
         ]
-        if not sweep:
+        if not sweep:   # a sweep changes neither depth nor a cache (evaluate.sweep)
             decorators += [
+                click.option("--blocks", type=float, default=None,
+                             help="First remove this many whole residual blocks (a fraction "
+                                  "below 1: of those the model has), those that change their "
+                                  "input least on --calib (else random) inputs; width pruning "
+                                  "then runs only with --ratio/--heads/--mlp/--hidden."),
+                click.option("--allow-cache-change", is_flag=True, default=False,
+                             help="Let key/value heads go although they reach the KV cache "
+                                  "(past_key_values.* / present.*): those inputs and outputs "
+                                  "then lose them, and a genai_config.json beside the model is "
+                                  "written updated next to the output."),
                 preprocess_option(),
                 click.option("--target-macs", type=float, default=None,
                              help="Keep this fraction of the MACs: the ratio is searched for "

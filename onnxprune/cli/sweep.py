@@ -55,7 +55,7 @@ def sweep(models, ratios, out_dir, csv_path, plot, data, preprocess, labels, bat
     copy against its dense model: latency, speedup against the MAC ratio, params and MACs
     kept, and fidelity (cosine, top-1 agreement, accuracy with labels). A ratio, criterion or
     model that fails is a row with its error. Every option of prune but the ratio, targets,
-    steps and blocks applies to each ratio."""
+    steps, blocks and --allow-cache-change applies to each ratio."""
     check_output_path(csv_path, "--csv")
     check_output_path(plot, "--plot", ".png")
     if plot and importlib.util.find_spec("matplotlib") is None:
