@@ -244,10 +244,11 @@ def test_scoring_for_another_strategy_is_refused():
     analyzed = pipeline.analyze_model(DEMO)
     scoring = pipeline.score_model(analyzed, pipeline.Strategy(criterion="l1"))
     with pytest.raises(UserError, match="another model, strategy"):
-        pipeline.prune(analyzed, ratio=0.5, strategy=pipeline.Strategy(criterion="l2"), scoring=scoring)
+        pipeline.prune(analyzed, ratio=0.5, strategy=pipeline.Strategy(criterion="l2"),
+                       scoring=scoring)
     with pytest.raises(UserError, match="another model, strategy"):
-        pipeline.prune(pipeline.analyze_model(DEMO), ratio=0.5, strategy=pipeline.Strategy(criterion="l1"),
-                  scoring=scoring)
+        pipeline.prune(pipeline.analyze_model(DEMO), ratio=0.5,
+                       strategy=pipeline.Strategy(criterion="l1"), scoring=scoring)
 
 
 # --- several models and criteria in one sweep -----------------------------------------------

@@ -9,5 +9,5 @@ from .sweep import parse_ratios, sweep
 from .sweep_files import CSV_COLUMNS, plot_sweep, write_csv
 
 __all__ = ["BenchOptions", "CSV_COLUMNS", "Reference", "benchmark", "compare_models",
-           "compare_with_reference", "cuda_unavailable_reason", "parse_ratios", "plot_sweep", "recall_distortion", "reference_run", "sweep",
-           "write_csv"]
+           "compare_with_reference", "cuda_unavailable_reason", "parse_ratios", "plot_sweep",
+           "recall_distortion", "reference_run", "sweep", "write_csv"]
