@@ -63,19 +63,23 @@ class PlanLatency:
         changed = self._nodes_of(roots.symmetric_difference(removed_roots))
         removed = self._mask(removed_roots)
         total += sum(self._cost(node, removed) - costs[node] for node in changed)
-        return total / self.predictor.dense_layers
+        return self._share(total)
 
     def settle(self, removed_roots: set[int]) -> float:
         """``fraction``, keeping each node's cost under this plan for the next ones."""
         removed = self._mask(removed_roots)
         costs = {node: self._cost(node, removed) for node in self.nodes}
         self._settled = frozenset(removed_roots), costs, sum(costs.values())
-        return self._settled[2] / self.predictor.dense_layers
+        return self._share(self._settled[2])
 
     def fraction_of(self, removed: np.ndarray) -> float:
         """The same for a removed-atom mask (a plan's ``removed``), every node priced."""
-        return sum(self._cost(node, removed) for node in self.nodes) / \
-            self.predictor.dense_layers
+        return self._share(sum(self._cost(node, removed) for node in self.nodes))
+
+    def _share(self, seconds: float) -> float:
+        """Over the dense layers' seconds; 1.0 where nothing was timed (nothing to save)."""
+        dense = self.predictor.dense_layers
+        return seconds / dense if dense > 0 else 1.0
 
     @property
     def nodes(self) -> list[int]:
