@@ -49,16 +49,14 @@ def distortion_run(path: str, samples: int, executor):
 
 
 def sweep_run(path: str, count: int, executor):
-    """Two sweeps of ``count`` ratios each (criteria l2 and fpgm): 2·count rows, each a prune,
-    its check and its comparison with the dense model; the timing (3 runs a model) is one
-    job after them."""
+    """One sweep of ``count`` ratios with two criteria (l2 and fpgm), as ``onnxprune sweep
+    --criterion l2,fpgm`` runs it: 2·count rows, each a prune, its check and its comparison
+    with the dense model; the timing (3 runs a model) is one job after them."""
     ratios = tuple(np.round(np.linspace(0.05, 0.9, count), 4))
-    rows, start = [], time.perf_counter()
-    for strategy in (pipeline.Strategy("l2"), pipeline.Strategy("fpgm")):
-        options = pipeline.PruneOptions(strategy=strategy, executor=executor)
-        result = sweep(path, ratios, options, bench=BenchOptions(runs=3))
-        rows += [{k: v for k, v in r.items() if k not in NOT_COMPARED}
-                 for r in result["rows"][1:]]
+    start = time.perf_counter()
+    options = pipeline.PruneOptions(executor=executor)
+    result = sweep(path, ratios, options, bench=BenchOptions(runs=3), criteria=["l2", "fpgm"])
+    rows = [{k: v for k, v in r.items() if k not in NOT_COMPARED} for r in result["rows"][1:]]
     return time.perf_counter() - start, rows
 
 

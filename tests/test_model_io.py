@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.io import load_model, save_model
+from onnxprune.io import load_model, load_with_size, model_io, save_model
 
 from .builder import GraphBuilder
 from .oracle import assert_oracle
@@ -92,3 +92,19 @@ def test_load_model_returns_a_private_copy():
     copy = load_model(model)
     copy.graph.node[0].name = "changed"
     assert model.graph.node[0].name != "changed"
+
+
+def test_a_models_size_comes_with_it_from_one_serialization(tmp_path, monkeypatch):
+    """The 2 GB check serializes an in-memory model (``ByteSize`` walks every tensor); the
+    size it found is handed on, so a benchmark of a sweep's copies does not serialize each
+    one again to report its size."""
+    model = residual()
+    counted = []
+    real = model_io.in_memory_bytes
+    monkeypatch.setattr(model_io, "in_memory_bytes", lambda m: counted.append(1) or real(m))
+    copy, size = load_with_size(model)
+    assert size == model.ByteSize() and len(counted) == 1
+    assert copy.graph.node[0].name == model.graph.node[0].name
+    path = tmp_path / "r.onnx"
+    onnx.save_model(model, path)
+    assert load_with_size(str(path))[1] == path.stat().st_size

@@ -50,17 +50,23 @@ def test_distortion_and_sweep_match_this_process(cluster, tmp_path):
     here = pipeline.score_model(a, strategy, "random", seed=3).scored.scores
     there = pipeline.score_model(a, strategy, "random", seed=3, executor=cluster).scored.scores
     np.testing.assert_array_equal(here, there)
-    for name, executor in (("here", None), ("there", cluster)):
+    assert sweep_writes_as_here(cluster, tmp_path)["settings"]["executor"] == "ray"
+
+
+def sweep_writes_as_here(executor, tmp_path) -> dict:
+    """Sweeps with OBS in this process and on ``executor`` write the same models; returns the
+    second sweep's result."""
+    for name, runner in (("here", None), ("there", executor)):
         options = pipeline.PruneOptions(strategy=pipeline.Strategy("obs"), calib="random",
-                                        executor=executor)
+                                        executor=runner)
         result = sweep(DEMO, (0.3, 0.6), options, bench=BenchOptions(runs=3),
                        out_dir=tmp_path / name)
         assert not any(r["error"] for r in result["rows"])
-    assert result["settings"]["executor"] == "ray"
     for ratio in (0.3, 0.6):
         name = f"demo_digits.r{ratio:g}.onnx"
         assert (tmp_path / "here" / name).read_bytes() == \
             (tmp_path / "there" / name).read_bytes()
+    return result
 
 
 def test_timing_needs_the_timing_resource(cluster, monkeypatch):

@@ -21,7 +21,7 @@ from onnxprune import pipeline
 from onnxprune.cli import main
 from onnxprune.errors import UserError, VerificationError
 from onnxprune.calibration import DAMPING
-from onnxprune.evaluate import CSV_COLUMNS, parse_ratios
+from onnxprune.evaluate import CSV_COLUMNS, BenchOptions, parse_ratios
 from onnxprune.evaluate.sweep import criterion_options, sweep as sweep_models
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
@@ -192,6 +192,48 @@ def test_a_failed_ratio_is_a_row_and_the_sweep_goes_on(capsys, tmp_path, monkeyp
                                           ""]
     assert rows[1]["params"] == rows[1]["speedup"] == rows[1]["cosine_mean"] == ""
     assert int(rows[2]["params"]) < int(rows[0]["params"]) and float(rows[2]["speedup"]) > 0
+
+
+def test_a_sweep_checks_every_ratio_but_compares_each_once(monkeypatch):
+    """Every ratio is checked against its masked original, and compared with the dense model
+    once, on the sweep's data: the prune's own comparison (a dense run per ratio) is skipped,
+    which was half of what a ratio cost."""
+    sweep_module = sys.modules["onnxprune.evaluate.sweep"]
+    real, seen = sweep_module.prune, []
+
+    def prune(model, options, **kwargs):
+        pruned, report = real(model, options, **kwargs)
+        seen.append((options.fidelity, report["check"]["ok"], "fidelity" in report))
+        return pruned, report
+    monkeypatch.setattr(sweep_module, "prune", prune)
+    result = sweep_models(DEMO, (0.3, 0.6), bench=BenchOptions(runs=3))
+    assert seen == [(False, True, False)] * 2
+    assert all(r["cosine_mean"] is not None for r in result["rows"][1:])
+
+
+def test_pruned_copies_wait_for_their_timing_in_files_not_in_memory(monkeypatch, tmp_path):
+    """Without --out-dir the copies go to a temporary folder, are timed from there and the
+    folder goes afterwards: a 200-row sweep kept gigabytes of models in memory otherwise."""
+    sweep_module = sys.modules["onnxprune.evaluate.sweep"]
+    real, timed = sweep_module.benchmark, []
+
+    def benchmark(models, *args, **kwargs):
+        timed.extend(models)
+        assert all(os.path.isfile(m) for m in models[1:])
+        return real(models, *args, **kwargs)
+    monkeypatch.setattr(sweep_module, "benchmark", benchmark)
+    monkeypatch.setattr(sweep_module.tempfile, "tempdir", str(tmp_path))
+    result = sweep_models(DEMO, (0.3, 0.6), bench=BenchOptions(runs=3))
+    assert len(timed) == 3 and all(r["path"] is None for r in result["rows"][1:])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_fidelity_comparison_can_be_left_out_and_the_check_stays():
+    pruned, report = pipeline.prune(DEMO, ratio=0.5, fidelity=False)
+    assert report["check"]["ok"] and "fidelity" not in report
+    again, full = pipeline.prune(DEMO, ratio=0.5)
+    assert full["fidelity"]["samples"] > 0
+    assert again.SerializeToString() == pruned.SerializeToString()
 
 
 # --- bad input ------------------------------------------------------------------------------

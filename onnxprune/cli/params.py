@@ -226,7 +226,7 @@ def pruning_options(sweep: bool = False):
             click.option("--round-to", type=RoundTo(), default=DEFAULT_ROUND_TO,
                          show_default=True,
                          help="Keep channel counts that are multiples of N ('auto': 16 on an "
-                              "AVX-512 CPU, else 8)."),
+                              "x86 CPU with AVX2 or AVX-512, else 8)."),
             click.option("--exclude", multiple=True, metavar="NODE",
                          help="Node name (or glob) whose channels must not be pruned; "
                               "repeatable."),

@@ -29,7 +29,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ..errors import UserError, one_line
-from ..io import load_model
+from ..io import load_with_size
 from ..io.external import external_bytes
 from ..io.weights import WeightStore, configure_session, inline_weights
 from ..progress import task
@@ -234,13 +234,9 @@ class _Model:
 
 
 def _load(model, index: int, fp16: bool) -> _Model:
-    proto = load_model(model)
-    if isinstance(model, onnx.ModelProto):
-        label, size = f"model{index}", model.ByteSize() + external_bytes(proto)
-    else:
-        label = str(model)
-        size = os.path.getsize(model) + external_bytes(proto)
-    return _Model(label, proto, to_fp16(proto) if fp16 else proto, size)
+    proto, size = load_with_size(model)
+    label = f"model{index}" if isinstance(model, onnx.ModelProto) else str(model)
+    return _Model(label, proto, to_fp16(proto) if fp16 else proto, size + external_bytes(proto))
 
 
 # --- sessions and runners -------------------------------------------------------------------

@@ -4,8 +4,8 @@ each buys and costs.
 Picking a ratio (and a criterion) is a trade between measured speed and fidelity, and neither is
 linear in the ratio (``round_to`` steps, blocked kernels, layers that suddenly lose their last
 channels), so it has to be measured across the range rather than guessed from one point. Every
-ratio is pruned and verified as ``prune`` does; each model and all its pruned copies are then
-timed in ONE interleaved ``benchmark`` (drift on a busy machine falls on all of them alike, and
+ratio is pruned and verified as ``prune`` does (its copy then waits in a file); each model and
+all its pruned copies are then timed in ONE interleaved ``benchmark`` (drift on a busy machine falls on all of them alike, and
 every speedup is against the same dense timing), and compared with the dense model on the same
 inputs (``compare``'s measures, the dense outputs computed once). A deployment team's whole zoo
 goes in one command: models one after the other (each reaches a worker once), each one's
@@ -18,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -250,24 +253,33 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
             continue
         jobs.append((criterion, options.replace(executor=None), scoring))
     items = [(k, ratio) for k in range(len(jobs)) for ratio in ratios[1:]]
-    shared = (analyzed, jobs, reference, out_dir, label, len(variants) > 1)
-    results = executor.map(shared, _ratio_row, items, progress=progress,
-                           description=f"{name}: pruning and comparing each ratio")
-    for (k, ratio), result in zip(items, results):
-        if isinstance(result, Failed):
-            result = ({**_empty_row(label, jobs[k][0], ratio), "error": result.error},
-                      None, None)
-        row, compared, pruned = result
-        rows.append(row)
-        if compared is not None:
-            done.append((row, compared, row["path"] or pruned))
-    timed = [what for _, _, what in done]
-    if executor.kind == "ray":      # on a node that times nothing else meanwhile
-        times = executor.map((timed, batch, bench, shapes), _time_all, [None], timing=True)[0]
-        if isinstance(times, Failed):
-            raise UserError(f"timing {label} and its pruned copies failed twice: {times.error}")
-    else:
-        times = benchmark(timed, (batch,), bench, shapes, progress=progress)
+    with _copies_folder(out_dir) as (folder, temporary):
+        on_nodes = executor.kind == "ray" and temporary    # their disks are not this one's
+        shared = (analyzed, jobs, reference, None if on_nodes else folder, not temporary,
+                  label, len(variants) > 1)
+        results = executor.map(shared, _ratio_row, items, progress=progress,
+                               description=f"{name}: pruning and comparing each ratio")
+        for index, ((k, ratio), result) in enumerate(zip(items, results)):
+            results[index] = None
+            if isinstance(result, Failed):
+                result = ({**_empty_row(label, jobs[k][0], ratio), "error": result.error},
+                          None, None)
+            row, compared, pruned = result
+            rows.append(row)
+            if compared is not None:
+                if isinstance(pruned, onnx.ModelProto):     # sent back by a cluster node
+                    pruned = _save(pruned, folder, label, _tag(jobs[k][0], ratio,
+                                                               len(variants) > 1))
+                done.append((row, compared, pruned))
+        timed = [what for _, _, what in done]
+        if executor.kind == "ray":      # on a node that times nothing else meanwhile
+            times = executor.map((timed, batch, bench, shapes), _time_all, [None], timing=True,
+                                 here=temporary)[0]
+            if isinstance(times, Failed):
+                raise UserError(f"timing {label} and its pruned copies failed twice: "
+                                f"{times.error}")
+        else:
+            times = benchmark(timed, (batch,), bench, shapes, progress=progress)
     _merge(done, times["rows"])
     section = {"model": label, "error": None,
                "fidelity": {"data": reference.data, "samples": reference.samples,
@@ -277,24 +289,46 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
 
 def _ratio_row(shared, item):
     """Prune at one criterion's ratio (where the executor runs it; ``shared`` reached it
-    once): its row, its comparison with the dense model and the pruned model (both None when
-    the ratio failed: the row then holds the error)."""
-    analyzed, jobs, reference, out_dir, label, name_criterion = shared
+    once): its row, its comparison with the dense model and the pruned model's file in
+    ``folder`` (the model itself where there is no folder this machine shares; both None when
+    the ratio failed: the row then holds the error). ``listed``: the row names the file."""
+    analyzed, jobs, reference, folder, listed, label, name_criterion = shared
     criterion, options, scoring = jobs[item[0]]
     ratio = item[1]
     row = _empty_row(label, criterion, ratio)
     try:
-        pruned, report = prune(analyzed, options.replace(ratio=ratio), scoring=scoring)
+        pruned, report = prune(analyzed, options.replace(ratio=ratio, fidelity=False),
+                               scoring=scoring)     # compared below, on the sweep's data
         compared = compare_with_reference(reference, pruned)
         row["max_rel_error"] = report["check"]["max_rel_error"]
-        if out_dir is not None:
-            tag = f"{criterion}.r{ratio:g}" if name_criterion else f"r{ratio:g}"
-            row["path"] = str(_save(pruned, out_dir, label, tag))
+        if folder is not None:
+            path = _save(pruned, folder, label, _tag(criterion, ratio, name_criterion))
             discard_written(pruned, keep=[analyzed.model])  # timed from its file now
+            pruned, row["path"] = path, str(path) if listed else None
     except (UserError, VerificationError) as exc:
         row["error"] = _first_line(exc)
         return row, None, None
     return row, compared, pruned
+
+
+def _tag(criterion: str, ratio: float, name_criterion: bool) -> str:
+    return f"{criterion}.r{ratio:g}" if name_criterion else f"r{ratio:g}"
+
+
+@contextmanager
+def _copies_folder(out_dir):
+    """Where the pruned copies wait for their timing: ``out_dir``, else a temporary folder
+    removed afterwards (yields it, and whether it is temporary). Kept in memory instead, a
+    200-row sweep of ResNet-18 held 3 GB of models until the timing, and on Ray a second copy
+    went to the timing task, which was killed for memory."""
+    if out_dir is not None:
+        yield Path(out_dir), False
+        return
+    folder = tempfile.mkdtemp(prefix="onnxprune-sweep-")
+    try:
+        yield Path(folder), True
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,8 +33,16 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     condition inlined and its node names unique (see ``normalize``). Weights in external
     files stay there: the copy reads them through a ``WeightStore``, which is how models over
     2 GB load."""
+    return load_with_size(model)[0]
+
+
+def load_with_size(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, int]:
+    """``load_model``, and the bytes ``model`` takes serialized (a path: its file, without
+    external data). An in-memory model's size comes from the 2 GB check, which serializes
+    it: asking again would serialize it twice."""
     if isinstance(model, onnx.ModelProto):
-        if not _fits_bytesize(model) or model.ByteSize() > _TWO_GB:
+        size = in_memory_bytes(model)
+        if size is None or size > _TWO_GB:
             raise UserError("the model is over 2 GB in memory, which protobuf cannot hold: "
                             "save it with external data and pass its path")
         copy = onnx.ModelProto()
@@ -44,7 +52,7 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
             if any(external_tensors(copy)):
                 raise UserError("the model keeps weights in external files: pass its path, "
                                 "so that they are read from beside it")
-        return _normalized(copy)
+        return _normalized(copy), size
     path = Path(model)
     if not path.exists():
         raise UserError(f"no such file: {path}")
@@ -64,7 +72,7 @@ def load_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
         raise UserError(f"cannot load {path}: {_first_line(exc)}") from None
     if not loaded.graph.node:
         raise UserError(f"not a valid ONNX model (no graph nodes): {path}")
-    return _normalized(loaded)
+    return _normalized(loaded), path.stat().st_size
 
 
 def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -83,7 +91,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     store = WeightStore.of(model)
     if store is not None:
         return _save_stored(model, target, store)
-    large = model.ByteSize() > _TWO_GB if _fits_bytesize(model) else True
+    size = in_memory_bytes(model)
+    large = size is None or size > _TWO_GB
     data_name = f"{target.name}.data"
 
     def write(tmp_name: str) -> None:
@@ -201,12 +210,14 @@ def _umask() -> int:
     return mask
 
 
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
+def in_memory_bytes(model: onnx.ModelProto) -> int | None:
+    """The model's serialized size, or None past what protobuf can count. One call: on a
+    model of tens of MB, ``ByteSize`` walks every tensor (about 30 ms on ResNet-18), which a
+    sweep's thousands of loads add up."""
     try:
-        model.ByteSize()
-        return True
+        return model.ByteSize()
     except ValueError:
-        return False
+        return None
 
 
 def _first_line(exc: BaseException) -> str:

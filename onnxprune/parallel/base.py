@@ -68,9 +68,11 @@ class Executor(ABC):
 
     @abstractmethod
     def map(self, payload, work: Work, items: Sequence, setup: Setup = None, progress=None,
-            description: str = "", timing: bool = False) -> list:
+            description: str = "", timing: bool = False, here: bool = False) -> list:
         """``timing``: the work measures latency, so no two such items run on one node at
-        once (locally: one after the other, in this process)."""
+        once (locally: one after the other, in this process). ``here``: the work reads files
+        this process wrote, so it runs on this machine (a cluster's other nodes cannot see
+        them)."""
 
     def describe(self) -> dict:
         """What the report says about where the work ran."""
@@ -86,7 +88,7 @@ class InProcess(Executor):
     kind = "local"
 
     def map(self, payload, work, items, setup=None, progress=None, description="",
-            timing=False) -> list:
+            timing=False, here=False) -> list:
         state = setup(payload) if setup else payload
         out = []
         with task(progress, description, len(items)) as step:

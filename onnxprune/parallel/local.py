@@ -47,7 +47,7 @@ class LocalProcesses(Executor):
         atexit.register(self.close)
 
     def map(self, payload, work, items, setup=None, progress=None, description="",
-            timing=False) -> list:
+            timing=False, here=False) -> list:
         if timing or len(items) < 2:     # latency is timed by one job at a time
             return InProcess().map(payload, work, items, setup, progress, description)
         self._folder = self._folder or tempfile.mkdtemp(prefix="onnxprune-jobs-")

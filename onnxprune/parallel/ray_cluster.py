@@ -7,7 +7,8 @@ that Ray does not resolve it per task) and each worker process fetches it and bu
 state once per job, then runs chunk after chunk. A task whose worker dies is retried once by
 Ray, an item that raises once by the chunk runner. Timing tasks ask for one unit of the
 ``onnxprune_timing`` resource, which every node must offer exactly once
-(``ray start --resources='{"onnxprune_timing": 1}'``): no two time on one node at once.
+(``ray start --resources='{"onnxprune_timing": 1}'``): no two time on one node at once. Work
+that reads files this process wrote runs on this process's node.
 Ctrl-C cancels the job's tasks on the cluster.
 """
 
@@ -84,7 +85,7 @@ class RayExecutor(Executor):
                           f"share a node"}
 
     def map(self, payload, work, items, setup=None, progress=None, description="",
-            timing=False) -> list:
+            timing=False, here=False) -> list:
         ray = _ray()
         threads = worker_threads()
         options = {"num_cpus": threads, "max_retries": 1,
@@ -95,6 +96,11 @@ class RayExecutor(Executor):
                                 f"which timing needs once per node: start each node with "
                                 f"ray start --resources='{{\"{TIMING_RESOURCE}\": 1}}'")
             options["resources"] = {TIMING_RESOURCE: 1}
+        if here:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)
         remote = ray.remote(_run_chunk).options(**options)
         boxed, token = [ray.put(payload)], uuid.uuid4().hex
         parts = chunk_indices(len(items), self.workers)

@@ -90,6 +90,7 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         [n.op for n in a.graph.nodes if getattr(rule_for(n), "opaque", True)])
     if options.verify:
         report.check = _verify(a, built, options, checked_on, progress)
+    if options.verify and options.fidelity:
         with task(progress, "comparing the pruned model with the dense one"):
             report.fidelity = measure_fidelity(a.model if dense is None else dense,
                                                built.pruned, options, scoring,

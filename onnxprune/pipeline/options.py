@@ -163,6 +163,8 @@ class PruneOptions:
     (check inputs, random calibration inputs, the random criterion). ``verify`` with
     ``tolerance``: the checks every pruned model must pass; ``check_data``: an ``.npz`` with
     one array per model input, fed whole to the check (instead of generated inputs).
+    ``fidelity``: after the check, compare the pruned model with the dense one (the report's
+    fidelity section; a sweep turns it off, as it compares every copy on its own data).
     ``recover``: train the pruned model to reproduce the dense one on the ``calib`` inputs
     afterwards (see ``recovery``). ``executor``: where the one-per-component measurements of
     the distortion criterion and adaptive allocation run (``onnxprune.parallel``; None:
@@ -190,6 +192,7 @@ class PruneOptions:
     seed: int = 0
     tolerance: float = DEFAULT_TOLERANCE
     verify: bool = True
+    fidelity: bool = True
     check_data: str | None = None
     recover: RecoverOptions | None = None
     executor: object = field(default=None, hash=False, compare=False)
