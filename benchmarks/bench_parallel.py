@@ -1,7 +1,7 @@
 """Scale-out on one machine (issue 18): the ``distortion`` criterion on ResNet-18 and a 200-row
-sweep of it (64×64), in this process (one worker) against two local worker processes and a local Ray
-instance with two workers. Every configuration must give the same scores (the sweep: the same
-rows but latency); the wall times are compared.
+sweep of it (64×64), in this process (one worker) against two local worker processes and a
+local Ray instance with two workers. Every configuration must give the same scores (the
+sweep: the same rows but latency); the wall times are compared.
 
 The in-process run is timed twice: with ONNX Runtime on every core (what one worker does by
 default) and on one thread (a worker's share when two run): the second is the baseline the

@@ -5,12 +5,12 @@ Picking a ratio (and a criterion) is a trade between measured speed and fidelity
 linear in the ratio (``round_to`` steps, blocked kernels, layers that suddenly lose their last
 channels), so it has to be measured across the range rather than guessed from one point. Every
 ratio is pruned and verified as ``prune`` does (its copy then waits in a file); each model and
-all its pruned copies are then timed in ONE interleaved ``benchmark`` (drift on a busy machine falls on all of them alike, and
-every speedup is against the same dense timing), and compared with the dense model on the same
-inputs (``compare``'s measures, the dense outputs computed once). A deployment team's whole zoo
-goes in one command: models one after the other (each reaches a worker once), each one's
-criteria and ratios side by side on the executor. A ratio that fails is a row with its error,
-not the end of the sweep.
+all its pruned copies are then timed in ONE interleaved ``benchmark`` (drift on a busy machine
+falls on all of them alike, and every speedup is against the same dense timing), and compared
+with the dense model on the same inputs (``compare``'s measures, the dense outputs computed
+once). A deployment team's whole zoo goes in one command: models one after the other (each
+reaches a worker once), each one's criteria and ratios side by side on the executor. A ratio
+that fails is a row with its error, not the end of the sweep.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def prune_in_steps(model, options: PruneOptions, progress=None
                                        report.check.ok if report.check else None))
             step()
     report.steps, report.ratio = summary, options.ratio
-    if options.verify and options.fidelity:      # the chain's cost, against the model the first step started from
+    if options.verify and options.fidelity:  # the chain's cost, against the first step's model
         last = report.fidelity.warning if report.fidelity else None
         report.fidelity = measure_fidelity(dense_model, current, options)
         report.warnings = [w for w in report.warnings if w != last]
