@@ -329,3 +329,21 @@ def test_an_over_fitting_update_is_damped_or_declined_on_held_out_batches():
         notes += report["strategy"]["notes"]
     assert any("held-out calibration batches" in n for n in notes), notes
     assert errors["obs"] <= errors["none"] * 1.05
+
+
+def test_cholesky_solves_agree_with_the_general_inverse():
+    """OBS's saliency and update solve H by its Cholesky factor; on a damped Gram matrix they
+    give numpy's general inverse and solve, and a matrix that is not positive-definite falls
+    back to them rather than failing."""
+    from onnxprune.calibration.hessian import damped, inverse_diagonal, solve_damped
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 40))
+    x[:, 5] = x[:, 4]                                   # a rank-deficient Gram matrix
+    h = damped(x.T @ x / len(x), 0.01)
+    b = rng.standard_normal((40, 7))
+    np.testing.assert_allclose(inverse_diagonal(h), np.diag(np.linalg.inv(h)),
+                               rtol=1e-10)
+    np.testing.assert_allclose(solve_damped(h, b), np.linalg.solve(h, b), rtol=1e-8)
+    indefinite = np.diag([2.0, -1.0, 3.0])
+    np.testing.assert_allclose(inverse_diagonal(indefinite), [0.5, -1.0, 1 / 3])
+    np.testing.assert_allclose(solve_damped(indefinite, np.ones(3)), [0.5, -1.0, 1 / 3])

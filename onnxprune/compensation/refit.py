@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..calibration.hessian import DAMPING, damped, input_gram
+from ..calibration.hessian import DAMPING, damped, input_gram, solve_damped
 from ..graph import ModelGraph
 from ..groups import Analysis, Consumer, find_consumers
 
@@ -245,6 +245,6 @@ def _obs_block(weight: np.ndarray, removed: np.ndarray, channel_mean: np.ndarray
     # quarter of the work on a 1B decoder's 8192-wide MLP.
     delta = np.zeros_like(w)
     delta[:, m] = -w[:, m]
-    delta[:, kept] = np.linalg.solve(h[np.ix_(kept, kept)], (w[:, m] @ h[np.ix_(m, kept)]).T).T
+    delta[:, kept] = solve_damped(h[np.ix_(kept, kept)], (w[:, m] @ h[np.ix_(m, kept)]).T).T
     return (delta[:, :size].reshape(weight.shape),
             delta[:, size] if bias else np.zeros(out))

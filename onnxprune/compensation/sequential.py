@@ -31,7 +31,8 @@ import numpy as np
 import onnx
 
 from ..calibration.capture import channels_last, unfold
-from ..calibration.hessian import DAMPING, MAX_OBS_FEATURES, MAX_PATCH_FEATURES
+from ..calibration.hessian import (DAMPING, MAX_OBS_FEATURES, MAX_PATCH_FEATURES,
+                                   solve_damped)
 from ..graph import ModelGraph
 from ..groups import Analysis, Consumer, find_consumers
 from ..progress import task
@@ -292,7 +293,7 @@ def _scale(gram: np.ndarray, level: float) -> float:
 def _fit(gram: np.ndarray, cross: np.ndarray, prior: np.ndarray, level: float) -> np.ndarray:
     """argmin_W ‖Y − W x̃‖² + λ‖W − W₀‖², λ relative to mean(diag x̃x̃ᵀ)."""
     s = _scale(gram, level)
-    return np.linalg.solve(gram + s * np.eye(len(gram)), (cross + s * prior).T).T
+    return solve_damped(gram + s * np.eye(len(gram)), (cross + s * prior).T).T
 
 
 def _cross_validated(grams, crosses, prior, levels) -> list[float] | None:

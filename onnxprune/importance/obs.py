@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..calibration.hessian import DAMPING, damped, input_gram
+from ..calibration.hessian import DAMPING, damped, input_gram, inverse_diagonal
 from ..groups import Consumer, find_consumers
 from .base import MemberScores, ScoringContext, criterion
 from .magnitude import l2
@@ -52,7 +52,7 @@ def _consumer_saliency(c: Consumer, moments, gram) -> np.ndarray:
     for g, (rows, channels) in enumerate(c.blocks()):
         if gram is not None:
             h = damped(gram[0][g] / max(gram[1], 1), DAMPING, floor=1e-12)
-            inv_diag = np.diag(np.linalg.inv(h)).reshape(per_group, k)
+            inv_diag = inverse_diagonal(h).reshape(per_group, k)
         else:
             second = moments.sum_sq / moments.count
             level = DAMPING * float(np.mean(second))
