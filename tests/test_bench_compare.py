@@ -100,6 +100,26 @@ def test_interleaved_rounds_share_the_runs():
     assert calls.index("b") < len(calls) - calls[::-1].index("a") - 1   # b ran before a ended
 
 
+def test_models_timed_a_group_at_a_time_beside_the_first(monkeypatch, pruned):
+    """``at_once``: a group of copies is loaded and timed with the first model, then dropped
+    (a sweep's 200 copies opened at once took 9.6 GiB); rows keep the order given, and each
+    copy's speedup is against the first model's timing in its own group."""
+    bench = sys.modules["onnxprune.evaluate.bench"]
+    real, loads = bench._load, []
+    monkeypatch.setattr(bench, "_load", lambda m, i, fp16: loads.append(i) or real(m, i, fp16))
+    models = [DEMO, pruned, DEMO, pruned, DEMO]
+    result = bench.benchmark(models, (1, 2), BenchOptions(runs=3), at_once=2)
+    assert loads == [0, 1, 2, 0, 3, 4]
+    assert [(r["batch"], r["model"]) for r in result["rows"]] == \
+        [(b, m) for b in (1, 2) for m in models]
+    assert result["settings"]["at_once"] == 2 and len(result["models"]) == 5
+    for row in result["rows"]:
+        assert row["speedup"] > 0 and len(row["samples_s"]) == 3
+    assert result["rows"][0]["speedup"] == result["rows"][5]["speedup"] == 1.0  # the first's
+    whole = bench.benchmark(models, (1,), BenchOptions(runs=3))
+    assert "at_once" not in whole["settings"] and len(whole["rows"]) == 5
+
+
 def test_bench_fp16_copy(capsys):
     pytest.importorskip("onnxconverter_common")
     info = run_json(capsys, ["bench", DEMO, "--fp16", "--runs", "5"])

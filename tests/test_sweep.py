@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxprune import pipeline
+from onnxprune.runtime import count_cost
 from onnxprune.cli import main
 from onnxprune.errors import UserError, VerificationError
 from onnxprune.calibration import DAMPING
@@ -226,6 +227,24 @@ def test_pruned_copies_wait_for_their_timing_in_files_not_in_memory(monkeypatch,
     result = sweep_models(DEMO, (0.3, 0.6), bench=BenchOptions(runs=3))
     assert len(timed) == 3 and all(r["path"] is None for r in result["rows"][1:])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_copies_are_timed_a_group_at_a_time_in_order_of_ratio(monkeypatch, tmp_path):
+    """The criteria's copies at one ratio share a timing group, each group beside the dense
+    model, and every row gets its own model's numbers back."""
+    bench = sys.modules["onnxprune.evaluate.bench"]
+    sweep_module = sys.modules["onnxprune.evaluate.sweep"]
+    real, loads = bench._load, []
+    monkeypatch.setattr(bench, "_load", lambda m, i, fp16: loads.append(
+        os.path.basename(str(m))) or real(m, i, fp16))
+    monkeypatch.setattr(sweep_module, "TIMED_AT_ONCE", 2)
+    result = sweep_models(DEMO, (0.3, 0.6), bench=BenchOptions(runs=3), out_dir=tmp_path,
+                          criteria=["l2", "fpgm"])
+    assert loads == ["demo_digits.onnx", "demo_digits.l2.r0.3.onnx", "demo_digits.fpgm.r0.3.onnx",
+                     "demo_digits.onnx", "demo_digits.l2.r0.6.onnx", "demo_digits.fpgm.r0.6.onnx"]
+    assert result["settings"]["at_once"] == 2
+    for row in result["rows"][1:]:
+        assert row["macs"] == count_cost(onnx.load(row["path"])).macs
 
 
 def test_the_fidelity_comparison_can_be_left_out_and_the_check_stays():

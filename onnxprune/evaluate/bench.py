@@ -334,13 +334,17 @@ def interleaved(calls: Sequence[Callable[[], None]], runs: Sequence[int],
 # --- the benchmark --------------------------------------------------------------------------
 
 def benchmark(models: Sequence, batches: Sequence[int] = (1,), options: BenchOptions | None = None,
-              input_shapes=None, progress=None) -> dict:
+              input_shapes=None, progress=None, at_once: int | None = None) -> dict:
     """Time every model at every batch size and compare each with the first model.
 
     ``models``: paths or ModelProtos. ``input_shapes``: NAME → dims for dynamic dims (axis 0 is
     replaced by each batch size). ``progress``: see :mod:`onnxprune.progress` (one part per
-    model warmed up and per batch timed). Returns a JSON-ready dict: ``machine``, ``settings``, ``models`` and ``rows`` (one per batch
-    and model, with the raw times in ``samples_s``)."""
+    model warmed up and per batch timed). ``at_once``: at most this many models beside the
+    first are loaded and timed together; each such group is its own interleaved benchmark
+    with the first model timed again, and its speedups are against that timing (a sweep's
+    200 ResNet-18 copies opened at once took 9.6 GiB; the first model's row is its first
+    group's). Returns a JSON-ready dict: ``machine``, ``settings``, ``models`` and ``rows``
+    (one per batch and model, in the order given, with the raw times in ``samples_s``)."""
     options = options or BenchOptions()
     options.check()
     if not models:
@@ -352,18 +356,33 @@ def benchmark(models: Sequence, batches: Sequence[int] = (1,), options: BenchOpt
         reason = cuda_unavailable_reason()
         if reason:
             raise UserError(f"the CUDA execution provider is not available here ({reason})")
-    loaded = [_load(m, i, options.fp16) for i, m in enumerate(models)]
-    _check_overrides(loaded, input_shapes)
-    sessions = [_session(m, options) for m in loaded]
-    rows = []
-    with task(progress, "warming up and timing", len(batches) * (len(loaded) + 1)) as step:
-        for batch in batches:
-            rows += _measure_batch(loaded, sessions, batch, options, input_shapes, step)
-    compare_with_first(rows)
-    return {"machine": machine_info(options, sessions[0]),
-            "settings": bench_settings(options, batches),
-            "models": [{"model": m.label, "file_bytes": m.file_bytes} for m in loaded],
-            "rows": rows}
+    rest = list(range(1, len(models)))
+    size = len(rest) if not at_once or at_once >= len(rest) else at_once
+    groups = [[0] + rest[i:i + size] for i in range(0, len(rest), size)] if rest else [[0]]
+    rows: dict[tuple[int, int], dict] = {}
+    infos: dict[int, dict] = {}
+    machine = None
+    with task(progress, "warming up and timing",
+              sum(len(batches) * (len(g) + 1) for g in groups)) as step:
+        for group in groups:
+            loaded = [_load(models[i], i, options.fp16) for i in group]
+            _check_overrides(loaded, input_shapes)
+            sessions = [_session(m, options) for m in loaded]
+            machine = machine or machine_info(options, sessions[0])
+            for batch in batches:
+                timed = _measure_batch(loaded, sessions, batch, options, input_shapes, step)
+                compare_with_first(timed)
+                for i, row in zip(group, timed):
+                    rows.setdefault((batch, i), row)
+            for i, m in zip(group, loaded):
+                infos.setdefault(i, {"model": m.label, "file_bytes": m.file_bytes})
+            del loaded, sessions            # the next group's models replace them
+    settings = bench_settings(options, batches)
+    if len(groups) > 1:
+        settings["at_once"] = size
+    return {"machine": machine, "settings": settings,
+            "models": [infos[i] for i in range(len(models))],
+            "rows": [rows[batch, i] for batch in batches for i in range(len(models))]}
 
 
 def _check_overrides(loaded: list[_Model], overrides) -> None:

@@ -5,8 +5,9 @@ Picking a ratio (and a criterion) is a trade between measured speed and fidelity
 linear in the ratio (``round_to`` steps, blocked kernels, layers that suddenly lose their last
 channels), so it has to be measured across the range rather than guessed from one point. Every
 ratio is pruned and verified as ``prune`` does (its copy then waits in a file); each model and
-all its pruned copies are then timed in ONE interleaved ``benchmark`` (drift on a busy machine
-falls on all of them alike, and every speedup is against the same dense timing), and compared
+its pruned copies are then timed in interleaved ``benchmark``s of ``TIMED_AT_ONCE`` copies
+beside the dense model (drift on a busy machine falls on all of them alike, every speedup is
+against the dense timing of its own group, and memory holds one group), and compared
 with the dense model on the same inputs (``compare``'s measures, the dense outputs computed
 once). A deployment team's whole zoo goes in one command: models one after the other (each
 reaches a worker once), each one's criteria and ratios side by side on the executor. A ratio
@@ -40,6 +41,7 @@ from .compare import compare_with_reference, reference_run
 from .sweep_files import CSV_COLUMNS, check_out_dir
 
 MAX_RATIOS = 100   # a typo like 0:0.9:0.001 should be an error, not a day of pruning
+TIMED_AT_ONCE = 16  # copies timed together, beside the dense model: 200 at once took 9.6 GiB
 NOT_SWEPT = ("ratio", "target_macs", "target_params", "target_latency", "steps", "verify",
              "blocks")
 
@@ -94,8 +96,10 @@ def sweep(models, ratios: Sequence[float], options: PruneOptions | None = None, 
     ``labels``).
 
     Each model is scored once per criterion, its ratios run on ``options.executor`` (the
-    model reaches each worker once), and it is timed in one interleaved benchmark with all its
-    pruned copies (every criterion's), so the criteria are compared on the same timing. Its
+    model reaches each worker once), and its pruned copies are timed ``TIMED_AT_ONCE`` at a
+    time beside it, in order of ratio with every criterion's copies at a ratio side by side
+    (so the criteria are compared on the same timing; each speedup is against the dense timing
+    of its group). Its
     dense row (ratio 0, no criterion) comes first. With ``out_dir`` each pruned model is
     saved there as ``STEM.rRATIO.onnx`` (``STEM.CRITERION.rRATIO.onnx`` for several
     criteria). A ratio, a criterion or (among several) a model that fails is a row with its
@@ -226,7 +230,7 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
                  bench: BenchOptions, compare_on: tuple, out_dir, executor, progress,
                  name: str) -> tuple[dict, list[dict], dict]:
     """One model: its reference run, one scoring per criterion, its ratios on the executor,
-    one interleaved timing of it and all its pruned copies. Returns (its section, its rows,
+    the timing of its pruned copies beside it, a group at a time. Returns (its section, its rows,
     the benchmark's report)."""
     data, labels, preprocess = compare_on
     base = variants[0][1]
@@ -271,6 +275,7 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
                     pruned = _save(pruned, folder, label, _tag(jobs[k][0], ratio,
                                                                len(variants) > 1))
                 done.append((row, compared, pruned))
+        done = _timing_order(done)
         timed = [what for _, _, what in done]
         if executor.kind == "ray":      # on a node that times nothing else meanwhile
             times = executor.map((timed, batch, bench, shapes), _time_all, [None], timing=True,
@@ -279,7 +284,8 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
                 raise UserError(f"timing {label} and its pruned copies failed twice: "
                                 f"{times.error}")
         else:
-            times = benchmark(timed, (batch,), bench, shapes, progress=progress)
+            times = benchmark(timed, (batch,), bench, shapes, progress=progress,
+                              at_once=TIMED_AT_ONCE)
     _merge(done, times["rows"])
     section = {"model": label, "error": None,
                "fidelity": {"data": reference.data, "samples": reference.samples,
@@ -336,9 +342,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _time_all(shared, _):
-    """Every model of the sweep in one interleaved benchmark (on one node, alone there)."""
+    """Every model of the sweep, ``TIMED_AT_ONCE`` copies at a time beside the dense model (on
+    one node, alone there)."""
     timed, batch, bench, shapes = shared
-    return benchmark(timed, (batch,), bench, shapes)
+    return benchmark(timed, (batch,), bench, shapes, at_once=TIMED_AT_ONCE)
+
+
+def _timing_order(done: list) -> list:
+    """The dense model first, then its copies by ratio, the criteria side by side: the copies
+    are timed ``TIMED_AT_ONCE`` at a time, so those compared most often (the criteria at one
+    ratio, neighbouring ratios) share a timing."""
+    return done[:1] + sorted(done[1:], key=lambda item: item[0]["ratio"])
 
 
 def _ratios_with_dense(ratios: Sequence[float]) -> list[float]:
