@@ -72,6 +72,8 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
         with task(progress, f"searching the ratio for --target-{kind}"):
             ratio, planned = ratio_for_target(search, kind, fraction)
         target = TargetSection(kind, fraction, ratio, planned)
+        if kind == "latency":
+            target.table_reaches = search.table_reaches is not False
     with task(progress, "planning, compensating and rewriting"):
         built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
                       scoring.scored, options.seed, progress, search.latency)

@@ -64,12 +64,15 @@ class TargetSection:
     table_reused: int | None = None     # layer timings read from --latency-table
     table_timed: int | None = None      # ... and timed in this run
     device: str | None = None           # predicted from this device's table, not timed here
+    table_reaches: bool | None = None   # False: the table saw no plan meeting the target, so
+    #                                     the timed search started from the MACs' ratio
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         if self.kind != "latency":
             for key in ("measured", "met", "corrections", "dense_seconds", "pruned_seconds",
-                        "threads", "table_reused", "table_timed", "device"):
+                        "threads", "table_reused", "table_timed", "device",
+                        "table_reaches"):
                 del out[key]
         return out
 
