@@ -65,7 +65,7 @@ class TargetSection:
     table_timed: int | None = None      # ... and timed in this run
     device: str | None = None           # predicted from this device's table, not timed here
     table_reaches: bool | None = None   # False: the table saw no plan meeting the target, so
-    #                                     the timed search started from the MACs' ratio
+    #                                     the timed search started without it
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
