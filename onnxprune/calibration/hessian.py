@@ -75,10 +75,10 @@ def inverse_diagonal(h: np.ndarray) -> np.ndarray:
     not positive-definite."""
     try:
         factor = scipy.linalg.cholesky(h, lower=True, check_finite=False)
+        trtri, = scipy.linalg.get_lapack_funcs(("trtri",), (factor,))
+        inverse, info = trtri(factor, lower=1, overwrite_c=1)
     except np.linalg.LinAlgError:
-        return np.diag(np.linalg.inv(h)).copy()
-    trtri, = scipy.linalg.get_lapack_funcs(("trtri",), (factor,))
-    inverse, info = trtri(factor, lower=1, overwrite_c=1)
+        info = -1
     if info != 0:
         return np.diag(np.linalg.inv(h)).copy()
     return np.einsum("ij,ij->j", inverse, inverse)

@@ -95,13 +95,12 @@ def sweep(models, ratios: Sequence[float], options: PruneOptions | None = None, 
     ``batch`` and compare each with it on ``data`` (as ``compare`` reads it, with
     ``labels``).
 
-    Each model is scored once per criterion, its ratios run on ``options.executor`` (the
-    model reaches each worker once), and its pruned copies are timed ``TIMED_AT_ONCE`` at a
-    time beside it, in order of ratio with every criterion's copies at a ratio side by side
-    (so the criteria are compared on the same timing; each speedup is against the dense timing
-    of its group). Its
-    dense row (ratio 0, no criterion) comes first. With ``out_dir`` each pruned model is
-    saved there as ``STEM.rRATIO.onnx`` (``STEM.CRITERION.rRATIO.onnx`` for several
+    Each model is scored once per criterion, its ratios run on ``options.executor`` (the model
+    reaches each worker once), and its pruned copies are timed ``TIMED_AT_ONCE`` at a time
+    beside it, in order of ratio with every criterion's copies at a ratio side by side (so the
+    criteria are compared on the same timing; each speedup is against the dense timing of its
+    group). Its dense row (ratio 0, no criterion) comes first. With ``out_dir`` each pruned
+    model is saved there as ``STEM.rRATIO.onnx`` (``STEM.CRITERION.rRATIO.onnx`` for several
     criteria). A ratio, a criterion or (among several) a model that fails is a row with its
     error, and the sweep goes on. ``given``: the options the user set (the CLI knows; see
     ``PruneOptions.check``). ``progress``: see :mod:`onnxprune.progress`.
@@ -230,8 +229,8 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
                  bench: BenchOptions, compare_on: tuple, out_dir, executor, progress,
                  name: str) -> tuple[dict, list[dict], dict]:
     """One model: its reference run, one scoring per criterion, its ratios on the executor,
-    the timing of its pruned copies beside it, a group at a time. Returns (its section, its rows,
-    the benchmark's report)."""
+    the timing of its pruned copies beside it, a group at a time. Returns (its section, its
+    rows, the benchmark's report)."""
     data, labels, preprocess = compare_on
     base = variants[0][1]
     shapes = base.input_shapes

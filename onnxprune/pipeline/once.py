@@ -73,7 +73,7 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
             ratio, planned = ratio_for_target(search, kind, fraction)
         target = TargetSection(kind, fraction, ratio, planned)
         if kind == "latency":
-            target.table_reaches = search.table_reaches is not False
+            target.table_reaches = search.table_reaches
     with task(progress, "planning, compensating and rewriting"):
         built = build(a, ratio, options.round_to, options.by_kind, strategy, scoring.stats,
                       scoring.scored, options.seed, progress, search.latency)

@@ -35,7 +35,7 @@ class TargetSearch:
     seed: int = 0
     priced: object = None       # a PlanLatency: a plan's predicted latency (latency targets)
     latency: object = None      # the same, when the allocation is latency-aware
-    table_reaches: bool | None = None   # False: the table saw no plan that meets the target
+    table_reaches: bool = True  # False: the table saw no plan that meets the target
 
     @property
     def timed_here(self) -> bool:
