@@ -5,23 +5,26 @@ Ray's backend is tested in ``test_parallel_ray.py``."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
-import multiprocessing
+import sys
 import threading
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxprune import pipeline
 from onnxprune.cli import main
 from onnxprune.errors import UserError
 from onnxprune.evaluate import BenchOptions, sweep
-from onnxprune.parallel import Failed, InProcess, make_executor
+from onnxprune.parallel import Failed, InProcess, Then, make_executor
 from onnxprune.parallel.base import chunk_indices
+from onnxprune.runtime import count_cost
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 CALIB = "random"
@@ -56,6 +59,45 @@ def slow(state, item):
     return item
 
 
+def stamped(state, item):
+    """An item that takes a while: its value and when it ran (this machine's clock)."""
+    start = time.time()
+    time.sleep(state["pause"])
+    if item == state.get("bad"):
+        raise ValueError(f"item {item} is bad")
+    return item, start, time.time()
+
+
+def timed_group(state, prepared):
+    """A 'timing' of a group: what it was given and when it ran."""
+    start = time.time()
+    time.sleep(state["pause"])
+    return prepared, start, time.time()
+
+
+def group_prepare(group, results):
+    return [r if isinstance(r, Failed) else r[0] for r in results]
+
+
+def check_timed_groups(executor, overlap: bool) -> tuple[list, list]:
+    """``map_then`` of 12 items in groups of 3: each group timed once, with its own items'
+    results, one group at a time; returns (items' results, groups' results)."""
+    items = list(range(12))
+    groups = [items[i:i + 3] for i in range(0, 12, 3)] + [[]]
+    then = Then({"pause": 0.3}, timed_group, groups, group_prepare)
+    results, timed = executor.map_then({"pause": 0.3, "bad": 4}, stamped, items, then,
+                                       overlap=overlap)
+    assert [r if isinstance(r, Failed) else r[0] for r in results] == \
+        [0, 1, 2, 3, Failed("ValueError: item 4 is bad"), *range(5, 12)]
+    assert [t[0] for t in timed] == [group_prepare(g, [results[i] for i in group])
+                                     for g, group in enumerate(groups)]
+    spans = sorted(t[1:] for t in timed)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))   # never two at once
+    for t, group in zip(timed, groups):                          # after its own items
+        assert all(t[1] >= results[i][2] for i in group if not isinstance(results[i], Failed))
+    return results, timed
+
+
 def _interrupt():
     """Ctrl-C: SIGINT to this process."""
     os.kill(os.getpid(), signal.SIGINT)
@@ -85,6 +127,22 @@ def test_a_dead_worker_is_replaced_and_its_chunk_run_again(tmp_path):
     assert (tmp_path / "m").exists()
     assert executor.map({}, flaky, [1, 2]) == [10, 20]     # the pool works on
     executor.close()
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_groups_are_timed_after_their_items_one_at_a_time(overlap):
+    """``map_then``: after all the items by default; with ``overlap`` on two local workers
+    each group as soon as its items are done, while the other worker goes on with items."""
+    executor = make_executor("local", 2)
+    try:
+        results, timed = check_timed_groups(executor, overlap)
+    finally:
+        executor.close()
+    last_item = max(r[2] for r in results if not isinstance(r, Failed))
+    first_timing = min(t[1] for t in timed)
+    assert (first_timing < last_item) == overlap
+    results, timed = check_timed_groups(InProcess(), overlap)   # one worker: no overlap
+    assert min(t[1] for t in timed) >= max(r[2] for r in results if not isinstance(r, Failed))
 
 
 def test_ctrl_c_stops_the_local_workers(ctrl_c):
@@ -155,6 +213,38 @@ def test_a_sweep_in_two_workers_writes_the_same_models(tmp_path):
             name = f"demo_digits.{criterion}.r{ratio:g}.onnx"
             assert (tmp_path / "here" / name).read_bytes() == \
                 (tmp_path / "there" / name).read_bytes()
+
+
+def test_a_sweep_timed_beside_its_prunes_gives_the_same_rows(tmp_path, capsys):
+    """``--overlap-timing``: each group of copies timed as soon as it is made, in turn with
+    the prunes; every row but the latency is the same as in this process, each copy is timed
+    (its own MACs), and the report says how it was timed."""
+    keep = ("criterion", "ratio", "params", "macs", "cosine_mean", "max_abs_error", "error")
+    sweep_module = sys.modules["onnxprune.evaluate.sweep"]
+    rows = {}
+    for name, executor, overlap in (("here", None, False),
+                                    ("there", make_executor("local", 2), True)):
+        options = pipeline.PruneOptions(executor=executor)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sweep_module, "TIMED_AT_ONCE", 2)
+            result = sweep(DEMO, (0.2, 0.4, 0.6), options, bench=BenchOptions(runs=3),
+                           out_dir=tmp_path / name, criteria=("l2", "fpgm"),
+                           overlap_timing=overlap)
+        rows[name] = result["rows"]
+        assert result["settings"]["timing_beside_pruning"] is overlap
+        assert result["settings"]["at_once"] == 2
+        for row in result["rows"]:
+            assert row["speedup"] > 0 and row["macs"] == count_cost(
+                onnx.load(row["path"] or DEMO)).macs
+    assert [{k: r[k] for k in keep} for r in rows["here"]] == \
+        [{k: r[k] for k in keep} for r in rows["there"]]
+    args = ["sweep", DEMO, "--ratios", "0.5", "--runs", "3", "--overlap-timing"]
+    assert main(args) == 2
+    assert "needs --workers 2 or more" in _one_line_error(capsys)
+    assert main(args + ["--workers", "2", "--threads", "2"]) == 2
+    assert "needs --threads 1" in _one_line_error(capsys)
+    assert main(args + ["--workers", "2"]) == 0
+    assert "timed beside the workers' pruning" in capsys.readouterr().out
 
 
 def test_in_process_is_the_one_worker_default():

@@ -19,7 +19,8 @@ from onnxprune.errors import UserError  # noqa: E402
 from onnxprune.evaluate import BenchOptions, sweep  # noqa: E402
 from onnxprune.parallel import TIMING_RESOURCE, Failed, make_executor  # noqa: E402
 
-from .test_parallel import _interrupt, broken, flaky, slow  # noqa: E402
+from .test_parallel import (_interrupt, broken, check_timed_groups, flaky,  # noqa: E402
+                            slow)
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 
@@ -67,6 +68,13 @@ def sweep_writes_as_here(executor, tmp_path) -> dict:
         assert (tmp_path / "here" / name).read_bytes() == \
             (tmp_path / "there" / name).read_bytes()
     return result
+
+
+def test_groups_are_timed_on_this_node_as_their_items_finish(cluster):
+    """``map_then(..., overlap=True)`` on Ray: each group timed once, after its own items and
+    before the last item is done, one group at a time."""
+    results, timed = check_timed_groups(cluster, overlap=True)
+    assert min(t[1] for t in timed) < max(r[2] for r in results if not isinstance(r, Failed))
 
 
 def test_timing_needs_the_timing_resource(cluster, monkeypatch):

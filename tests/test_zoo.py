@@ -62,8 +62,24 @@ def _available(entry) -> bool:
     return all(importlib.util.find_spec(n) is not None for n in need)
 
 
+# The heaviest cases, over 30 s each on two cores (``pytest --durations``): the slow tier
+# (``pytest -m slow``, which ``.ci/run`` runs after the default tier). Every architecture they
+# stand for has lighter cases in the default tier (the other exporter, or MiniLM and the
+# Llama for BERT and GPT-2, AlexNet for VGG and ZFNet).
+SLOW_CASES = {("light_vgg19", "file"), ("vgg11_bn", "dynamo"), ("vgg11_bn", "torchscript"),
+              ("gpt2", "dynamo"), ("gpt2", "torchscript"), ("light_zfnet512", "file"),
+              ("bert_base", "torchscript"), ("bert_base", "dynamo"),
+              ("vit_b_16", "torchscript"), ("swin_t", "torchscript")}
+
+
+def _cases() -> list:
+    return [pytest.param(n, x, id=f"{n}-{x}",
+                         marks=[pytest.mark.slow] if (n, x) in SLOW_CASES else [])
+            for n, x in zoo.cases()]
+
+
 @pytest.mark.zoo
-@pytest.mark.parametrize("name,exporter", zoo.cases(), ids=[f"{n}-{x}" for n, x in zoo.cases()])
+@pytest.mark.parametrize("name,exporter", _cases())
 def test_zoo_model_prunes_correctly(name, exporter):
     entry = zoo.entry(name)
     if not _available(entry):

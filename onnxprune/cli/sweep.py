@@ -26,8 +26,8 @@ from .params import RatiosType, image_folder, preprocess_option, prune_options_f
                    "in [0, 1). The dense model is always the first row (ratio 0).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Write each pruned model here, as NAME.rRATIO.onnx (NAME: the model's; "
-                   "NAME.CRITERION.rRATIO.onnx for several criteria); else they stay in "
-                   "memory.")
+                   "NAME.CRITERION.rRATIO.onnx for several criteria); else they wait for "
+                   "their timing in a temporary folder, removed afterwards.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
               help="Write one row per model, criterion and ratio as CSV.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
@@ -46,11 +46,17 @@ from .params import RatiosType, image_folder, preprocess_option, prune_options_f
 @threads_option
 @runs_option
 @budget_option
+@click.option("--overlap-timing", is_flag=True,
+              help="With --workers 2 or more: time each group of pruned copies as soon as it "
+                   "is made, on one worker while the others go on pruning, instead of all "
+                   "of them after the last prune. Faster on a few cores; the timings then "
+                   "share the machine with pruning work (each group's speedups are against "
+                   "the dense model timed in the same group).")
 @pruning_options(sweep=True)
 @click.option("--json", "as_json", is_flag=True,
               help="Everything as one JSON document on stdout (rows, settings, machine).")
 def sweep(models, ratios, out_dir, csv_path, plot, data, preprocess, labels, batch, threads, runs,
-          budget, calib, as_json, **params):
+          budget, overlap_timing, calib, as_json, **params):
     """Prune each MODEL at a range of ratios (with each --criterion) and measure every pruned
     copy against its dense model: latency, speedup against the MAC ratio, params and MACs
     kept, and fidelity (cosine, top-1 agreement, accuracy with labels). A ratio, criterion or
@@ -66,7 +72,7 @@ def sweep(models, ratios, out_dir, csv_path, plot, data, preprocess, labels, bat
                                         _sources(calib, preprocess, data))
     result = run_sweep(list(models), ratios, options, batch, bench, data, labels,
                        preprocess if image_folder(data) else None, out_dir,
-                       progress_for(as_json), criteria, given)
+                       progress_for(as_json), criteria, given, overlap_timing)
     if csv_path:
         write_csv(result, csv_path)
     if plot:
@@ -100,7 +106,9 @@ def print_sweep(result: dict) -> None:
     how = f"{s['runs']} timed runs" if s["runs"] else f"{s['budget_s']:g} s of timed runs"
     echo(f"latency at batch {s['batch']}: onnxruntime {m['onnxruntime']}, {m['provider']}, "
          f"{m['threads']} thread(s), graph optimizations {s['graph_optimization']}, {how} per "
-         f"model after {s['warmup']} warm-up runs; {m['cpu']} ({m['cores']} cores)")
+         f"model after {s['warmup']} warm-up runs; {m['cpu']} ({m['cores']} cores)"
+         + ("; each group timed beside the workers' pruning" if s["timing_beside_pruning"]
+            else ""))
     for section in result["sweeps"]:
         _print_model(result, section, several_models, several)
     failed = [r for r in result["rows"] if r["error"]]

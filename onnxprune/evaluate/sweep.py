@@ -7,9 +7,10 @@ channels), so it has to be measured across the range rather than guessed from on
 ratio is pruned and verified as ``prune`` does (its copy then waits in a file); each model and
 its pruned copies are then timed in interleaved ``benchmark``s of ``TIMED_AT_ONCE`` copies
 beside the dense model (drift on a busy machine falls on all of them alike, every speedup is
-against the dense timing of its own group, and memory holds one group), and compared
-with the dense model on the same inputs (``compare``'s measures, the dense outputs computed
-once). A deployment team's whole zoo goes in one command: models one after the other (each
+against the dense timing of its own group, and memory holds one group; after the last prune,
+or with ``overlap_timing`` each group as soon as it is made, in turn with the prunes), and
+compared with the dense model on the same inputs (``compare``'s measures, the dense outputs
+computed once). A deployment team's whole zoo goes in one command: models one after the other (each
 reaches a worker once), each one's criteria and ratios side by side on the executor. A ratio
 that fails is a row with its error, not the end of the sweep.
 """
@@ -31,7 +32,7 @@ from ..errors import UserError, VerificationError
 from ..importance import CRITERIA
 from ..io import load_model, save_model
 from ..io.weights import discard_written
-from ..parallel import Failed, InProcess
+from ..parallel import Failed, InProcess, Then
 from ..pipeline import PruneOptions, Strategy, analyze_model, prune, score_model
 from ..pipeline.options import STRATEGY_FIELDS
 from ..progress import task
@@ -87,7 +88,8 @@ def _number(part: str, text: str) -> float:
 def sweep(models, ratios: Sequence[float], options: PruneOptions | None = None, batch: int = 1,
           bench: BenchOptions | None = None, data: str = "random", labels=None,
           preprocess: str | None = None, out_dir=None, progress=None,
-          criteria: Sequence[str] | None = None, given: set[str] | None = None) -> dict:
+          criteria: Sequence[str] | None = None, given: set[str] | None = None,
+          overlap_timing: bool = False) -> dict:
     """Prune every model of ``models`` (one path or ModelProto, or a list of them: a team's
     zoo) with every criterion of ``criteria`` (default: ``options``' own) at every ratio,
     with ``options`` for everything else (allocation, calibration, round_to, heads, mlp,
@@ -112,16 +114,16 @@ def sweep(models, ratios: Sequence[float], options: PruneOptions | None = None, 
     ratios, bench = _ratios_with_dense(ratios), bench or BenchOptions()
     options = options or PruneOptions()
     variants = criterion_options(options, criteria, given)
-    _check_inputs(options, bench, batch, out_dir)
-    labels_of = _model_labels(models, out_dir)
     executor = options.executor or InProcess()
+    _check_inputs(options, bench, batch, out_dir, executor, overlap_timing)
+    labels_of = _model_labels(models, out_dir)
     rows, sections, machine, timing = [], [], None, None
     for index, (model, label) in enumerate(zip(models, labels_of)):
         name = label if len(models) == 1 else f"{label} ({index + 1} of {len(models)})"
         try:
             section, model_rows, times = _sweep_model(
                 model, label, ratios, variants, batch, bench, (data, labels, preprocess),
-                out_dir, executor, progress, name)
+                out_dir, executor, progress, name, overlap_timing)
         except (UserError, VerificationError) as exc:
             if len(models) == 1:
                 raise
@@ -133,7 +135,7 @@ def sweep(models, ratios: Sequence[float], options: PruneOptions | None = None, 
             machine, timing = times["machine"], times["settings"]
     settings = {**(timing or bench_settings(bench, (batch,))), "batch": batch,
                 "ratios": list(ratios), "prune": _describe(options, [c for c, _ in variants]),
-                **executor.describe()}
+                "timing_beside_pruning": overlap_timing, **executor.describe()}
     result = {"models": labels_of, "criteria": [c for c, _ in variants], "settings": settings,
               "machine": machine or machine_info(bench), "sweeps": sections, "rows": rows}
     if len(models) == 1:
@@ -227,10 +229,11 @@ def _model_labels(models: list, out_dir) -> list[str]:
 
 def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
                  bench: BenchOptions, compare_on: tuple, out_dir, executor, progress,
-                 name: str) -> tuple[dict, list[dict], dict]:
+                 name: str, overlap_timing: bool = False) -> tuple[dict, list[dict], dict]:
     """One model: its reference run, one scoring per criterion, its ratios on the executor,
-    the timing of its pruned copies beside it, a group at a time. Returns (its section, its
-    rows, the benchmark's report)."""
+    the timing of its pruned copies beside it, a group at a time (``overlap_timing``: each
+    group as soon as its copies are made, while the workers go on pruning). Returns (its
+    section, its rows, the first group's benchmark report)."""
     data, labels, preprocess = compare_on
     base = variants[0][1]
     shapes = base.input_shapes
@@ -241,8 +244,7 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
                                   preprocess)     # a path: errors name the file
     analyzed = analyze_model(dense, base.exclude)
     rows = [_empty_row(label, None, 0.0, label if _is_path(model) else None)]
-    done = [(rows[0], compare_with_reference(reference, dense),
-             model if _is_path(model) else dense)]   # a path: its file size, external data too
+    compared_dense = compare_with_reference(reference, dense)
     jobs = []
     for criterion, options in variants:
         try:
@@ -255,37 +257,33 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
             rows.append({**_empty_row(label, criterion, None), "error": _first_line(exc)})
             continue
         jobs.append((criterion, options.replace(executor=None), scoring))
-    items = [(k, ratio) for k in range(len(jobs)) for ratio in ratios[1:]]
+    items = [(k, ratio) for ratio in ratios[1:] for k in range(len(jobs))]  # timing order
     with _copies_folder(out_dir) as (folder, temporary):
         on_nodes = executor.kind == "ray" and temporary    # their disks are not this one's
         shared = (analyzed, jobs, reference, None if on_nodes else folder, not temporary,
                   label, len(variants) > 1)
-        results = executor.map(shared, _ratio_row, items, progress=progress,
-                               description=f"{name}: pruning and comparing each ratio")
-        for index, ((k, ratio), result) in enumerate(zip(items, results)):
-            results[index] = None
-            if isinstance(result, Failed):
-                result = ({**_empty_row(label, jobs[k][0], ratio), "error": result.error},
-                          None, None)
-            row, compared, pruned = result
-            rows.append(row)
-            if compared is not None:
-                if isinstance(pruned, onnx.ModelProto):     # sent back by a cluster node
-                    pruned = _save(pruned, folder, label, _tag(jobs[k][0], ratio,
-                                                               len(variants) > 1))
-                done.append((row, compared, pruned))
-        done = _timing_order(done)
-        timed = [what for _, _, what in done]
-        if executor.kind == "ray":      # on a node that times nothing else meanwhile
-            times = executor.map((timed, batch, bench, shapes), _time_all, [None], timing=True,
-                                 here=temporary)[0]
-            if isinstance(times, Failed):
-                raise UserError(f"timing {label} and its pruned copies failed twice: "
-                                f"{times.error}")
-        else:
-            times = benchmark(timed, (batch,), bench, shapes, progress=progress,
-                              at_once=TIMED_AT_ONCE)
-    _merge(done, times["rows"])
+        copies = _Copies(items, jobs, model if _is_path(model) else dense, folder, label,
+                         len(variants) > 1)   # a path: its file size, external data too
+        then = Then((batch, bench, shapes), _time_group, copies.groups, copies.prepare,
+                    f"{name}: timing the dense model and its pruned copies")
+        results, times = executor.map_then(
+            shared, _ratio_row, items, then, progress=progress, here=temporary,
+            description=f"{name}: pruning and comparing each ratio", overlap=overlap_timing)
+        timed = copies.timing_rows(times, label)
+        done = [(rows[0], compared_dense, timed[None])]
+        order = {item: index for index, item in enumerate(items)}
+        for k in range(len(jobs)):              # rows: each criterion's ratios in order
+            for ratio in ratios[1:]:
+                index = order[k, ratio]
+                result, results[index] = results[index], None
+                if isinstance(result, Failed):
+                    result = ({**_empty_row(label, jobs[k][0], ratio), "error": result.error},
+                              None)
+                rows.append(result[0])
+                if result[1] is not None:
+                    done.append((result[0], result[1], timed[index]))
+    _merge(done, timed[None])
+    times = timed["report"]
     section = {"model": label, "error": None,
                "fidelity": {"data": reference.data, "samples": reference.samples,
                             "labels": reference.label_source}}
@@ -340,18 +338,58 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _time_all(shared, _):
-    """Every model of the sweep, ``TIMED_AT_ONCE`` copies at a time beside the dense model (on
-    one node, alone there)."""
-    timed, batch, bench, shapes = shared
-    return benchmark(timed, (batch,), bench, shapes, at_once=TIMED_AT_ONCE)
+def _time_group(shared, models: list) -> dict:
+    """One group's interleaved benchmark: the dense model and the copies beside it."""
+    batch, bench, shapes = shared
+    return benchmark(models, (batch,), bench, shapes)
 
 
-def _timing_order(done: list) -> list:
-    """The dense model first, then its copies by ratio, the criteria side by side: the copies
-    are timed ``TIMED_AT_ONCE`` at a time, so those compared most often (the criteria at one
-    ratio, neighbouring ratios) share a timing."""
-    return done[:1] + sorted(done[1:], key=lambda item: item[0]["ratio"])
+class _Copies:
+    """The pruned copies of one model on their way to their timing: the items cut into groups
+    of ``TIMED_AT_ONCE`` in timing order (by ratio, the criteria at a ratio side by side, so
+    that those compared most often share a timing), each group timed with the dense model
+    first; and, from the groups' reports, each copy's timing row."""
+
+    def __init__(self, items: list, jobs: list, dense, folder: Path, label: str,
+                 name_criterion: bool):
+        self.items, self.jobs, self.dense = items, jobs, dense
+        self.folder, self.label, self.name_criterion = folder, label, name_criterion
+        self.groups = [list(range(i, min(i + TIMED_AT_ONCE, len(items))))
+                       for i in range(0, len(items), TIMED_AT_ONCE)] or [[]]
+        self.timed: dict[int, list[int]] = {}   # group → the items it times, in order
+
+    def prepare(self, group: int, results: list) -> list:
+        """The models a group times: the dense model, then each copy that was made (one sent
+        back by a cluster node is written to the folder first)."""
+        models, timed = [self.dense], []
+        for index, result in zip(self.groups[group], results):
+            if isinstance(result, Failed) or result[1] is None:
+                continue
+            pruned = result[2]
+            if isinstance(pruned, onnx.ModelProto):
+                k, ratio = self.items[index]
+                pruned = _save(pruned, self.folder, self.label,
+                               _tag(self.jobs[k][0], ratio, self.name_criterion))
+            models.append(pruned)
+            timed.append(index)
+        self.timed[group] = timed
+        return models
+
+    def timing_rows(self, reports: list, label: str) -> dict:
+        """Item index → its timing row; None → the dense model's (its first group's); "report"
+        → the first group's report, its settings saying how many were timed at once."""
+        rows = {}
+        for group, report in enumerate(reports):
+            if isinstance(report, Failed) or report is None:
+                why = report.error if report is not None else "not run"
+                raise UserError(f"timing {label} and its pruned copies failed twice: {why}")
+            rows.setdefault(None, report["rows"][0])
+            rows.update(zip(self.timed[group], report["rows"][1:]))
+        first = reports[0]
+        if len(reports) > 1:
+            first = {**first, "settings": {**first["settings"], "at_once": TIMED_AT_ONCE}}
+        rows["report"] = first
+        return rows
 
 
 def _ratios_with_dense(ratios: Sequence[float]) -> list[float]:
@@ -365,8 +403,15 @@ def _ratios_with_dense(ratios: Sequence[float]) -> list[float]:
     return values
 
 
-def _check_inputs(options: PruneOptions, bench: BenchOptions, batch: int, out_dir) -> None:
+def _check_inputs(options: PruneOptions, bench: BenchOptions, batch: int, out_dir,
+                  executor, overlap_timing: bool) -> None:
     """Everything that would fail at every ratio fails once, before any pruning."""
+    if overlap_timing and executor.workers < 2:
+        raise UserError("--overlap-timing times on one worker while the others prune: it "
+                        "needs --workers 2 or more")
+    if overlap_timing and bench.threads > 1:
+        raise UserError(f"--overlap-timing times on one worker's core, beside the others: "
+                        f"it needs --threads 1, got {bench.threads}")
     fixed = sorted(name for name in options.given() if name in NOT_SWEPT)
     if fixed:
         raise UserError(f"a sweep sets the ratio itself and prunes in one verified step: it "
@@ -399,11 +444,10 @@ def _stem(label: str) -> str:
         "model" + label[len("<ModelProto"):-1].replace(" ", "")
 
 
-def _merge(done: list[tuple[dict, dict, object]], timed: list[dict]) -> None:
-    """Fill the rows that were pruned (in the order they were timed, the dense row first)
-    from the bench rows and their comparisons."""
-    dense = timed[0]
-    for (row, compared, _), t in zip(done, timed):
+def _merge(done: list[tuple[dict, dict, dict]], dense: dict) -> None:
+    """Fill the rows that were pruned from their comparisons and timing rows (each
+    ``(row, comparison, timing row)``; ``dense``: the dense model's timing row)."""
+    for row, compared, t in done:
         row.update(params=t["params"], macs=t["macs"], size_bytes=t["file_bytes"],
                    params_kept=_share(t["params"], dense["params"]),
                    macs_kept=_share(t["macs"], dense["macs"]),

@@ -8,7 +8,9 @@ state once per job, then runs chunk after chunk. A task whose worker dies is ret
 Ray, an item that raises once by the chunk runner. Timing tasks ask for one unit of the
 ``onnxprune_timing`` resource, which every node must offer exactly once
 (``ray start --resources='{"onnxprune_timing": 1}'``): no two time on one node at once. Work
-that reads files this process wrote runs on this process's node.
+that reads files this process wrote runs on this process's node. With ``map_then(...,
+overlap=True)`` a sweep's groups are timed on this node as soon as their prunes are done, in
+turn with the prunes (at most ``workers`` tasks at once, a ready group first).
 Ctrl-C cancels the job's tasks on the cluster.
 """
 
@@ -19,9 +21,11 @@ import uuid
 
 from ..errors import UserError
 from ..progress import task
-from .base import TIMING_RESOURCE, Executor, Failed, chunk_indices, run_chunk, worker_threads
+from .base import (TIMING_RESOURCE, Executor, Failed, Then, Turns, chunk_indices, run_chunk,
+                   take_turns, worker_threads)
 
 _STATES: dict[str, object] = {}     # job token → state, in each worker process
+KEPT_STATES = 2                     # a sweep's prunes and its timing take turns in a worker
 
 
 def _ray():
@@ -39,9 +43,14 @@ def _run_chunk(token: str, boxed: list, setup, work, items, threads: int):
         import ray
 
         payload = ray.get(boxed[0])
-        _STATES.clear()                 # one job's state per worker at a time
+        while len(_STATES) >= KEPT_STATES:  # the oldest other job's state goes first
+            del _STATES[next(iter(_STATES))]
         _STATES[token] = setup(payload) if setup else payload
     return run_chunk(_STATES[token], work, items)
+
+
+def _run_one(token: str, boxed: list, work, item, threads: int):
+    return _run_chunk(token, boxed, None, work, [item], threads)[0]
 
 
 def _blas_threads() -> dict[str, str]:
@@ -84,11 +93,11 @@ class RayExecutor(Executor):
                 "timing": f"one '{TIMING_RESOURCE}' unit per node: timing tasks never "
                           f"share a node"}
 
-    def map(self, payload, work, items, setup=None, progress=None, description="",
-            timing=False, here=False) -> list:
+    def _options(self, timing: bool = False, here: bool = False) -> dict:
+        """The task options: a worker's threads, one retry, this process's BLAS threads;
+        timing tasks ask for the timing unit, ``here`` pins a task to this node."""
         ray = _ray()
-        threads = worker_threads()
-        options = {"num_cpus": threads, "max_retries": 1,
+        options = {"num_cpus": worker_threads(), "max_retries": 1,
                    "runtime_env": {"env_vars": _blas_threads()}}
         if timing:
             if ray.cluster_resources().get(TIMING_RESOURCE, 0) < 1:
@@ -101,6 +110,13 @@ class RayExecutor(Executor):
 
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 ray.get_runtime_context().get_node_id(), soft=False)
+        return options
+
+    def map(self, payload, work, items, setup=None, progress=None, description="",
+            timing=False, here=False) -> list:
+        ray = _ray()
+        threads = worker_threads()
+        options = self._options(timing, here)
         remote = ray.remote(_run_chunk).options(**options)
         boxed, token = [ray.put(payload)], uuid.uuid4().hex
         parts = chunk_indices(len(items), self.workers)
@@ -128,6 +144,38 @@ class RayExecutor(Executor):
                 ray.cancel(ref, force=True)
             raise
         return results
+
+    def map_then(self, payload, work, items, then: Then, progress=None, description="",
+                 here=False, overlap=False) -> tuple[list, list]:
+        if not overlap or len(items) < 2:
+            return super().map_then(payload, work, items, then, progress, description, here)
+        ray = _ray()
+        threads = worker_threads()
+        prune = ray.remote(_run_chunk).options(**self._options())
+        timer = ray.remote(_run_one).options(**self._options(timing=True, here=True))
+        job, timing = ([ray.put(payload)], uuid.uuid4().hex), ([ray.put(then.payload)],
+                                                                uuid.uuid4().hex)
+        turns = Turns(items, then, self.workers)
+        refs = []
+
+        def submit(turn):
+            kind, what = turn
+            if kind == "items":
+                ref = prune.remote(job[1], job[0], None, work, [items[i] for i in what], threads)
+            else:
+                ref = timer.remote(timing[1], timing[0], then.work, turns.prepared[what],
+                                   threads)
+            refs.append(ref)
+            return ref.future()
+        try:
+            with task(progress, description, len(items)) as step:
+                take_turns(turns, submit, self.workers, step)
+        except BaseException:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in set(refs) - set(ready):  # Ctrl-C: stop the cluster's tasks too
+                ray.cancel(ref, force=True)
+            raise
+        return turns.results, turns.timed
 
     def close(self) -> None:
         if self.started:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .attention import activation_matmul
 from .base import LinearView, Rule, elements, known, register
 
