@@ -41,11 +41,15 @@ class Plan:
         return np.isin(roots, np.fromiter(self.removed_roots, dtype=np.int64))
 
 
-def kept_count(size: int, width: int, ratio: float, round_to: int) -> int:
-    """Components to keep so that kept channels are a multiple of ``round_to`` where possible."""
+def kept_count(size: int, width: int, ratio: float, round_to: int,
+               offset: float | None = None) -> int:
+    """Components to keep so that kept channels are a multiple of ``round_to`` where possible:
+    the nearest multiple, or with ``offset`` (in [0, 1)) ``floor(steps + offset)`` steps, so
+    that groups given different offsets lose their steps at different ratios."""
     target = size * (1.0 - ratio)
     step = component_step(size, width, round_to)
-    keep = int(round(target / step)) * step
+    steps = target / step
+    keep = (int(round(steps)) if offset is None else int(np.floor(steps + offset))) * step
     return int(min(size, max(step, keep, 1)))
 
 
@@ -57,7 +61,7 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
              allocation: str = "uniform", max_ratio: float = 0.9,
              ranking: np.ndarray | None = None,
              weights: dict[int, float] | None = None, latency=None,
-             relax_to: float | None = None) -> Plan:
+             relax_to: float | None = None, offsets: dict[int, float] | None = None) -> Plan:
     """``by_kind`` overrides ``ratio`` for groups of a kind ("heads", "mlp", "channels");
     "hidden" groups are pruned only at their own ratio in ``by_kind``.
 
@@ -70,7 +74,9 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
     capped at ``max_ratio``. ``latency``: ``ratio`` is the share of the predicted latency to
     remove, spent where it loses the least ``ranking`` per second saved (``latency_aware``;
     ``latency`` prices a removal; where ``max_ratio`` leaves the target out of reach, groups
-    may go on to ``relax_to``). Within a group the lowest ``scores`` go.
+    may go on to ``relax_to``). Within a group the lowest ``scores`` go. ``offsets``: each
+    group's rounding offset (``kept_count``; a latency target's search spreads them), else
+    the nearest multiple.
     """
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r} (one of {ALLOCATIONS})")
@@ -99,7 +105,8 @@ def allocate(analysis: Analysis, groups: list[Group], roots: np.ndarray, scores:
         elif allocation == "latency":     # the greedy's own steps, already rounded
             keep = len(comps) - int(round(group_ratio * len(comps)))
         else:
-            keep = kept_count(len(comps), group.width, group_ratio, round_to)
+            keep = kept_count(len(comps), group.width, group_ratio, round_to,
+                              None if offsets is None else offsets.get(group.id))
         order = np.argsort(-scores[comps], kind="stable")
         kept = np.sort(order[:keep])
         removed = np.sort(order[keep:])

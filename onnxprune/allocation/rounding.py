@@ -15,3 +15,13 @@ def component_step(size: int, width: int, round_to: int) -> int:
         round_to //= 2
         step = max(1, round_to // gcd(round_to, width))
     return step
+
+
+GOLDEN = 0.6180339887498949   # 1/φ: consecutive multiples fill [0, 1) evenly
+
+
+def spread_offset(index: int) -> float:
+    """A rounding offset in [0, 1) for group ``index``: consecutive groups get offsets spread
+    evenly over the interval (the golden-ratio sequence), so that with them as offsets,
+    groups of one size lose their next step at different ratios instead of all at once."""
+    return ((index + 1) * GOLDEN) % 1.0

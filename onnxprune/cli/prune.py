@@ -204,6 +204,9 @@ def _print_extras(report: dict) -> None:
                  f"{target['pruned_seconds'] * 1e3:.2f} ms ({target['measured']:.1%}, table "
                  f"predicted {target['planned']:.1%}; "
                  f"{'met' if target['met'] else 'MISSED'}{fixes})")
+            if target.get("spread_rounding"):
+                echo("  groups of one size lose their --round-to steps at different ratios "
+                     "(spread rounding), so the ratio can land near the target")
             if target.get("table_reaches") is False:
                 echo("  the layer table saw no plan that meets the target (timings of "
                      "microsecond layers are mostly noise); the timed search started without it")

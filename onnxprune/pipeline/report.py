@@ -66,13 +66,15 @@ class TargetSection:
     device: str | None = None           # predicted from this device's table, not timed here
     table_reaches: bool | None = None   # False: the table saw no plan meeting the target, so
     #                                     the timed search started without it
+    spread_rounding: bool | None = None  # True: groups of one size lose their round_to steps
+    #                                      at different ratios (see ``spread_offset``)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         if self.kind != "latency":
             for key in ("measured", "met", "corrections", "dense_seconds", "pruned_seconds",
                         "threads", "table_reused", "table_timed", "device",
-                        "table_reaches"):
+                        "table_reaches", "spread_rounding"):
                 del out[key]
         return out
 

@@ -24,13 +24,15 @@ from .sensitivity import adaptive_weights
 @dataclass
 class GroupScores:
     """One score per component (indexed by root atom), the ranking a global allocation uses
-    (scores made comparable across groups), notes for the report, and the per-group ratio
-    multipliers of adaptive allocation (None otherwise)."""
+    (scores made comparable across groups), notes for the report, the per-group ratio
+    multipliers of adaptive allocation (None otherwise) and the per-group rounding offsets
+    of a latency target's search (None: the nearest multiple of round_to)."""
 
     scores: np.ndarray
     ranking: np.ndarray
     notes: list[str]
     weights: dict[int, float] | None = None
+    offsets: dict[int, float] | None = None
 
 
 @dataclass(frozen=True)
