@@ -145,13 +145,19 @@ def test_groups_are_timed_after_their_items_one_at_a_time(overlap):
     assert min(t[1] for t in timed) >= max(r[2] for r in results if not isinstance(r, Failed))
 
 
-def test_ctrl_c_stops_the_local_workers(ctrl_c):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_ctrl_c_stops_the_local_workers(ctrl_c, overlap):
+    """Ctrl-C stops the pool's workers, in ``map`` and in ``map_then`` taking turns."""
     before = set(multiprocessing.active_children())
     executor = make_executor("local", 2)
     threading.Timer(8.0, _interrupt).start()   # after the workers started
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        executor.map({}, slow, list(range(8)))
+        if overlap:
+            executor.map_then({}, slow, list(range(8)),
+                              Then({}, slow, [[0, 1]], group_prepare), overlap=True)
+        else:
+            executor.map({}, slow, list(range(8)))
     assert time.perf_counter() - start < 25
     deadline = time.perf_counter() + 10
     while set(multiprocessing.active_children()) - before and time.perf_counter() < deadline:

@@ -171,7 +171,7 @@ class RayExecutor(Executor):
             with task(progress, description, len(items)) as step:
                 take_turns(turns, submit, self.workers, step)
         except BaseException:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            ready = ray.wait(refs, num_returns=len(refs), timeout=0)[0] if refs else []
             for ref in set(refs) - set(ready):  # Ctrl-C: stop the cluster's tasks too
                 ray.cancel(ref, force=True)
             raise
