@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..calibration.hessian import DAMPING, damped, input_gram, solve_damped
+from ..calibration.hessian import DAMPING, input_gram, solve_damped
 from ..graph import ModelGraph
 from ..groups import Analysis, Consumer, find_consumers
 
@@ -140,21 +140,21 @@ def _validated_damping(c: Consumer, removed: np.ndarray, moments, gram, damping:
     if c.groups != 1 or not c.pointwise or not moments.held_count or fit_count <= 0:
         return damping, None
     held = moments.held_gram        # read once, and only where it is used
-    fit = gram[0][0] - held
-    held = held / moments.held_count
     mean, bias = moments.mean(), c.bias is not None
     # Outputs are alike to this test: a sample of ``VALIDATED_ROWS`` of them decides (an
     # 8192 × 2048 layer is then checked in a few seconds rather than refitted in full).
     w = c.weight[::max(1, c.view.shape[0] // VALIDATED_ROWS)]
     plain = np.zeros(w.shape[:2])
     plain[:, removed] = -w[:, removed, 0]
-    baseline = _held_out_error(plain, np.zeros(len(w)), held, mean, bias)
+    baseline = _held_out_error(plain, np.zeros(len(w)), held, moments.held_count, mean, bias)
     if baseline <= 0.0:     # the removed inputs are 0 on the held-out batches: nothing to fit
         return damping, None
+    blocks = ObsBlocks(removed, mean, gram[0][0] - held, fit_count, 1, bias)
     tried = []
     for level in (damping, damping * HARDER):
-        delta_w, delta_b = _obs_block(w, removed, mean, fit, fit_count, level, bias)
-        error = _held_out_error(delta_w[:, :, 0], delta_b, held, mean, bias)
+        delta_w, delta_b = blocks.update(w, level)
+        error = _held_out_error(delta_w[:, :, 0], delta_b, held, moments.held_count, mean,
+                                bias)
         tried.append(f"λ={level:g}: {error / baseline:.2f}")
         if error < baseline:
             note = None if level == damping else (
@@ -167,12 +167,12 @@ def _validated_damping(c: Consumer, removed: np.ndarray, moments, gram, damping:
                   f"error; more calibration samples per input feature would help)")
 
 
-def _held_out_error(delta_w: np.ndarray, delta_b: np.ndarray, held: np.ndarray,
+def _held_out_error(delta_w: np.ndarray, delta_b: np.ndarray, held: np.ndarray, count: int,
                     mean: np.ndarray, bias: bool) -> float:
-    """E‖ΔW·x + Δb‖² over the held-out positions (``held``: their E[x xᵀ]; the bias term
-    with the mean of all calibration): how far the re-fitted layer's outputs are from the
-    dense layer's, its removed inputs' weights being −W in ``delta_w``."""
-    error = float(np.einsum("ij,ij->", delta_w @ held, delta_w))
+    """E‖ΔW·x + Δb‖² over the ``count`` held-out positions (``held``: their Σ x xᵀ; the bias
+    term with the mean of all calibration): how far the re-fitted layer's outputs are from
+    the dense layer's, its removed inputs' weights being −W in ``delta_w``."""
+    error = float(np.einsum("ij,ij->", delta_w @ held, delta_w)) / count
     if bias:
         error += 2.0 * float(delta_b @ (delta_w @ mean)) + float(delta_b @ delta_b)
     return error
@@ -180,12 +180,14 @@ def _held_out_error(delta_w: np.ndarray, delta_b: np.ndarray, held: np.ndarray,
 
 def _bounded_obs(c: Consumer, removed: np.ndarray, moments, gram, damping: float):
     """The OBS update, damped further (λ × 10 at a time, up to ``MAX_DAMPING``) while it is
-    more than ``MAX_UPDATE`` times the weights it changes: statistics from few samples, or from noise,
-    make H nearly singular, and an update that large turns float32 rounding into errors the
-    check can see. Returns (ΔW, Δb, a note when it had to be damped)."""
+    more than ``MAX_UPDATE`` times the weights it changes: statistics from few samples, or
+    from noise, make H nearly singular, and an update that large turns float32 rounding into
+    errors the check can see. H's blocks are built once for every damping tried. Returns
+    (ΔW, Δb, a note when it had to be damped)."""
+    blocks = _group_blocks(c, removed, moments, *gram)
     level, first = damping, None
     while True:
-        delta_w, delta_b = _obs(c, removed, moments, *gram, damping=level)
+        delta_w, delta_b = _updates(c, blocks, level)
         size = _relative_size(c, removed, delta_w)
         if size <= MAX_UPDATE or level >= MAX_DAMPING:
             break
@@ -211,40 +213,60 @@ def _obs(c: Consumer, removed: np.ndarray, moments, gram: np.ndarray, count: int
          damping: float = DAMPING) -> tuple[np.ndarray, np.ndarray]:
     """ΔW and Δb for removing the ``removed`` input channels (each spans k features), one
     least-squares re-fit per group of channels."""
-    delta_w, delta_b = np.zeros_like(c.weight), np.zeros(c.view.shape[0])
+    return _updates(c, _group_blocks(c, removed, moments, gram, count), damping)
+
+
+def _group_blocks(c: Consumer, removed: np.ndarray, moments, gram: np.ndarray,
+                  count: int) -> list:
+    """Per group of channels: its rows, and the :class:`ObsBlocks` of its own H."""
     mean = moments.mean()
-    for g, (rows, channels) in enumerate(c.blocks()):
-        delta_w[rows], delta_b[rows] = _obs_block(
-            c.weight[rows], removed[channels], mean[channels], gram[g], count, damping,
-            c.bias is not None)
+    return [(rows, ObsBlocks(removed[channels], mean[channels], gram[g], count,
+                             c.view.shape[2], c.bias is not None))
+            for g, (rows, channels) in enumerate(c.blocks())]
+
+
+def _updates(c: Consumer, blocks: list, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    delta_w, delta_b = np.zeros_like(c.weight), np.zeros(c.view.shape[0])
+    for rows, group in blocks:
+        delta_w[rows], delta_b[rows] = group.update(c.weight[rows], damping)
     return delta_w, delta_b
 
 
-def _obs_block(weight: np.ndarray, removed: np.ndarray, channel_mean: np.ndarray,
-               gram: np.ndarray, count: int, damping: float, bias: bool = True
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """ΔW and Δb of one group (Δb 0 where the layer has no ``bias`` to re-fit: then H has
-    no constant feature)."""
-    out, channels, k = weight.shape
-    size = channels * k
-    n = max(count, 1)
-    extra = 1 if bias else 0
-    h = np.empty((size + extra, size + extra))
-    np.divide(gram, n, out=h[:size, :size])
-    if bias:
-        mean = np.repeat(channel_mean, k)        # a patch feature's mean is its channel's
-        h[:size, size] = h[size, :size] = mean
-        h[size, size] = 1.0
-    damped(h, damping)
-    gone = np.repeat(removed, k)
-    m, kept = np.flatnonzero(gone), np.flatnonzero(np.append(~gone, [True] * extra))
-    w = np.concatenate([weight.reshape(out, size), np.zeros((out, extra))], axis=1)
-    # OBS's ΔW = −W_M [H⁻¹]_MM⁻¹ [H⁻¹]_M: is, by the block inverse, the removed weights'
-    # share re-fitted onto the kept features (the bias feature among them): ΔW_K =
-    # W_M H_MK H_KK⁻¹, ΔW_M = −W_M. One solve with H_KK rather than inverting all of H: a
-    # quarter of the work on a 1B decoder's 8192-wide MLP.
-    delta = np.zeros_like(w)
-    delta[:, m] = -w[:, m]
-    delta[:, kept] = solve_damped(h[np.ix_(kept, kept)], (w[:, m] @ h[np.ix_(m, kept)]).T).T
-    return (delta[:, :size].reshape(weight.shape),
-            delta[:, size] if bias else np.zeros(out))
+class ObsBlocks:
+    """The two blocks of H = E[x xᵀ] (the constant 1 among the features where a ``bias`` is
+    re-fitted) that OBS's update reads: kept × kept and removed × kept, built once for any
+    number of dampings and weights, never all of H. OBS's ΔW = −W_M [H⁻¹]_MM⁻¹ [H⁻¹]_M: is,
+    by the block inverse, the removed weights' share re-fitted onto the kept features: ΔW_K
+    = W_M H_MK H_KK⁻¹, ΔW_M = −W_M. One solve with H_KK rather than inverting all of H: a
+    quarter of the work on a 1B decoder's 8192-wide MLP; and no 8193² copy of H."""
+
+    def __init__(self, removed: np.ndarray, channel_mean: np.ndarray, gram: np.ndarray,
+                 count: int, k: int, bias: bool):
+        n = max(count, 1)
+        gone = np.repeat(removed, k)
+        self.size, self.bias = gone.size, bias
+        self.m, kept = np.flatnonzero(gone), np.flatnonzero(~gone)
+        self.h_kk, self.h_mk = gram[np.ix_(kept, kept)], gram[np.ix_(self.m, kept)]
+        self.h_kk /= n
+        self.h_mk /= n
+        diagonal = np.diag(gram) / n
+        if bias:        # the constant feature, kept: its column is each feature's mean
+            mean = np.repeat(channel_mean, k)        # a patch feature's mean is its channel's
+            self.h_kk = np.block([[self.h_kk, mean[kept, None]], [mean[None, kept], 1.0]])
+            self.h_mk = np.concatenate([self.h_mk, mean[self.m, None]], axis=1)
+            kept = np.append(kept, self.size)
+            diagonal = np.append(diagonal, 1.0)
+        self.kept = kept
+        self.unit = float(np.mean(diagonal))       # damping λ adds λ·mean(diag H)
+
+    def update(self, weight: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
+        """(ΔW, Δb) of ``weight`` [out, channels, k] with H_KK damped by ``damping``."""
+        out, size = weight.shape[0], self.size
+        w = np.concatenate([weight.reshape(out, size), np.zeros((out, int(self.bias)))], axis=1)
+        h = self.h_kk.copy()
+        h[np.diag_indices_from(h)] += damping * self.unit
+        delta = np.zeros_like(w)
+        delta[:, self.m] = -w[:, self.m]
+        delta[:, self.kept] = solve_damped(h, (w[:, self.m] @ self.h_mk).T).T
+        return (delta[:, :size].reshape(weight.shape),
+                delta[:, size] if self.bias else np.zeros(out))
