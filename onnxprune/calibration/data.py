@@ -81,7 +81,7 @@ def _random_samples(model, names, shapes, fixed, samples: int, seed: int, axes
     rng = np.random.default_rng(seed)
     made = []
     for k in range(samples):
-        feeds = make_inputs(model, one, seed + k)
+        feeds = make_inputs(model, one, seed + k, compared)   # the graph searched once
         for n, value in feeds.items():
             if np.issubdtype(value.dtype, np.integer) and n not in compared:
                 # ids into a table, else flags; a value the graph tests for stays

@@ -175,15 +175,16 @@ def _arithmetic(node) -> int:
 
 
 def make_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
-                seed: int = 0) -> dict[str, np.ndarray]:
+                seed: int = 0, compared: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Deterministic random inputs of the right dtype for every graph input. Integers are 0
     or 1 (masks, ids), except a Loop's trip count, which is 2 (a check must run the body),
     and an integer the graph tests for equality with a constant (a sample rate that selects
-    a branch: ``If(Equal(sr, 16000))``), which is that constant."""
+    a branch: ``If(Equal(sr, 16000))``), which is that constant (``compared``: the model's
+    :func:`compared_constants`, when a caller making many samples found them once)."""
     rng = np.random.default_rng(seed)
     concrete = input_shapes(model, shapes)
     trip_counts = {n.input[0] for n in model.graph.node if n.op_type == "Loop" and n.input}
-    compared = compared_constants(model)
+    compared = compared_constants(model) if compared is None else compared
     feeds = {}
     for inp in model.graph.input:
         if inp.name not in concrete:
