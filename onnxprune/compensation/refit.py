@@ -235,10 +235,10 @@ def _updates(c: Consumer, blocks: list, damping: float) -> tuple[np.ndarray, np.
 class ObsBlocks:
     """The two blocks of H = E[x xᵀ] (the constant 1 among the features where a ``bias`` is
     re-fitted) that OBS's update reads: kept × kept and removed × kept, built once for any
-    number of dampings and weights, never all of H. OBS's ΔW = −W_M [H⁻¹]_MM⁻¹ [H⁻¹]_M: is,
+    number of dampings and weights, never all of H. OBS's update (the module's formula) is,
     by the block inverse, the removed weights' share re-fitted onto the kept features: ΔW_K
     = W_M H_MK H_KK⁻¹, ΔW_M = −W_M. One solve with H_KK rather than inverting all of H: a
-    quarter of the work on a 1B decoder's 8192-wide MLP; and no 8193² copy of H."""
+    quarter of the work on a 1B decoder's 8192-wide MLP; and no 8193² copy of H per try."""
 
     def __init__(self, removed: np.ndarray, channel_mean: np.ndarray, gram: np.ndarray,
                  count: int, k: int, bias: bool):

@@ -99,8 +99,9 @@ def per_atom(use: ParamUse, values: np.ndarray, elementwise=None) -> np.ndarray:
     return np.broadcast_to(arranged, use.labels.shape)
 
 
-_SLAB = 1 << 20    # bytes of a weight transformed at a time: its float64 copy stays in
-# cache (a 1.1B decoder's L2 scores took 8.8 s in 64 MiB slabs on two AVX2 cores, half that)
+# Bytes of a weight transformed at a time, small enough that its float64 copy stays in cache:
+# a 1.1B decoder's L2 scores took 8.8 s in 64 MiB slabs on two AVX2 cores, half that in these.
+_SLAB = 1 << 20
 
 
 def _slab_sums(values: np.ndarray, other: tuple[int, ...], elementwise) -> np.ndarray:
