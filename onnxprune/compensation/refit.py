@@ -226,6 +226,7 @@ def _group_blocks(c: Consumer, removed: np.ndarray, moments, gram: np.ndarray,
 
 
 def _updates(c: Consumer, blocks: list, damping: float) -> tuple[np.ndarray, np.ndarray]:
+    """ΔW and Δb of the whole layer at ``damping``, from :func:`_group_blocks`."""
     delta_w, delta_b = np.zeros_like(c.weight), np.zeros(c.view.shape[0])
     for rows, group in blocks:
         delta_w[rows], delta_b[rows] = group.update(c.weight[rows], damping)
