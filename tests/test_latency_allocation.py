@@ -95,6 +95,26 @@ def test_a_group_too_small_for_the_multiple_steps_by_half_of_it():
     assert taken == {0: 4}              # 24 channels of 48 go (a multiple of 8, not of 16)
 
 
+def test_a_group_of_one_block_is_not_cut_below_the_block():
+    """A conv reading fewer channels than ONNX Runtime's NCHWc block runs a slow direct
+    kernel: a group of exactly ``round_to`` channels stays whole, wider groups keep at least
+    one block, narrower ones (and RegNet's grouped convs) step by half the multiple as
+    before."""
+    from onnxprune.allocation.ratio import kept_count
+    from onnxprune.allocation.rounding import least_kept
+
+    assert least_kept(16, 1, 16) == 16 and kept_count(16, 1, 0.5, 16) == 16
+    assert least_kept(48, 1, 16) == 16 and kept_count(48, 1, 0.9, 16) == 16
+    assert least_kept(8, 6, 16) == 4 and kept_count(8, 6, 0.5, 16) == 4
+    assert least_kept(8, 1, 16) == 4 and kept_count(8, 1, 0.5, 16) == 4
+    assert least_kept(20, 1, 1) == 1
+    block, wide = group(0, 0, 16), group(1, 16, 48)
+    cost = Additive([block, wide], {0: 0.02, 1: 0.01})
+    taken = latency_allocation([block, wide], np.ones(64), 0.5, 16, {0: 0.9, 1: 0.9}, 0.9,
+                               cost)
+    assert taken.get(0, 0) == 0 and taken[1] == 32
+
+
 def test_frozen_or_unasked_groups_stay_whole():
     groups = [group(0, 0, 32), group(1, 32, 32)]
     cost = Additive(groups, {0: 0.01, 1: 0.01})

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from ..groups import Group
-from .rounding import component_step
+from .rounding import component_step, least_kept
 
 MAX_STEPS = 16      # a group is priced in at most this many steps (a finer grid costs timings)
 
@@ -61,7 +61,7 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
             continue
         unit = component_step(g.size, g.width, round_to)
         step = unit * max(1, ceil(g.size / MAX_STEPS / unit))
-        caps = [min(int(np.floor(r * g.size)), g.size - unit)
+        caps = [min(int(np.floor(r * g.size)), g.size - least_kept(g.size, g.width, round_to))
                 for r in (max_ratio, max(max_ratio, relax_to or 0.0))]
         if caps[1] >= step:
             steps[g.id] = _Step(step, caps[0], relaxed=caps[1])

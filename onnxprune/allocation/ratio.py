@@ -15,7 +15,7 @@ import numpy as np
 
 from ..groups import Analysis, Group
 from .latency_aware import latency_allocation
-from .rounding import component_step
+from .rounding import component_step, least_kept
 
 # Kinds pruned only when asked for by name: removing hidden-size channels changes the
 # statistics of every normalization that reads them, so the model computes something else.
@@ -50,7 +50,7 @@ def kept_count(size: int, width: int, ratio: float, round_to: int,
     step = component_step(size, width, round_to)
     steps = target / step
     keep = (int(round(steps)) if offset is None else int(np.floor(steps + offset))) * step
-    return int(min(size, max(step, keep, 1)))
+    return int(min(size, max(least_kept(size, width, round_to), keep, 1)))
 
 
 ALLOCATIONS = ("uniform", "global", "adaptive", "latency")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from math import gcd
+from math import ceil, gcd
 
 
 def component_step(size: int, width: int, round_to: int) -> int:
@@ -15,6 +15,19 @@ def component_step(size: int, width: int, round_to: int) -> int:
         round_to //= 2
         step = max(1, round_to // gcd(round_to, width))
     return step
+
+
+def least_kept(size: int, width: int, round_to: int) -> int:
+    """Fewest components a group may keep: a group of at least ``round_to`` channels keeps at
+    least that many. ``round_to`` is the runtime's block (ONNX Runtime's NCHWc layout on x86:
+    16 channels with AVX-512, 8 with AVX2), and a conv reading fewer channels than a block
+    leaves the blocked kernels for a slow direct one behind a reorder: MobileNetV2's second
+    expand conv at 224, 16 input channels cut to 8, ran in 615 µs against 708 µs dense for a
+    quarter of the MACs. Smaller groups keep one step, as before."""
+    step = component_step(size, width, round_to)
+    if size * width < round_to:
+        return min(size, step)
+    return min(size, ceil(ceil(round_to / width) / step) * step)
 
 
 GOLDEN = 0.6180339887498949   # 1/φ: consecutive multiples fill [0, 1) evenly
