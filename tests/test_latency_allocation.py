@@ -115,6 +115,20 @@ def test_a_group_of_one_block_is_not_cut_below_the_block():
     assert taken.get(0, 0) == 0 and taken[1] == 32
 
 
+def test_a_group_off_the_multiple_is_offered_only_widths_on_it():
+    """40 channels with --round-to 16: a first step of 8 (to 32), then 16 (to 16); never 24
+    or 8, which ONNX Runtime's blocked convs (16 on AVX-512) cannot take."""
+    from onnxprune.allocation.latency_aware import _Step
+
+    s = _Step(16, 24, 24, first=8)
+    assert [s.after(k) for k in s.moves(24)] == [8, 24]
+    odd = group(0, 0, 40)
+    for ratio, lost in ((0.1, 8), (0.35, 24)):
+        cost = Additive([odd], {0: 0.0125})          # the whole group: half the latency
+        assert latency_allocation([odd], np.ones(40), ratio, 16, {0: 0.9}, 0.9, cost) == \
+            {0: lost}
+
+
 def test_frozen_or_unasked_groups_stay_whole():
     groups = [group(0, 0, 32), group(1, 32, 32)]
     cost = Additive(groups, {0: 0.01, 1: 0.01})

@@ -41,7 +41,24 @@ class _Step:
     step: int           # components per step
     cap: int            # most components it may lose
     relaxed: int        # ... where the budget cannot be met under ``cap``
+    first: int = 0      # a shorter first step, down to a multiple of the rounding
     taken: int = 0
+
+    def after(self, moves: int) -> int:
+        """Components lost after ``moves`` more steps. The first step of a group whose size
+        is not a multiple of the rounding (24 or 40 channels with 16) is its remainder, so
+        that every width it is offered is a multiple: 32 and 16 of 40, never 24 or 8."""
+        taken = self.taken
+        if moves > 0 and taken < self.first:
+            taken, moves = self.first, moves - 1
+        return taken + moves * self.step
+
+    def moves(self, cap: int) -> range:
+        """The numbers of further steps that stay within ``cap``."""
+        count = 0
+        while self.after(count + 1) <= cap:
+            count += 1
+        return range(1, count + 1)
 
 
 def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, round_to: int,
@@ -63,8 +80,9 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
         step = unit * max(1, ceil(g.size / MAX_STEPS / unit))
         caps = [min(int(np.floor(r * g.size)), g.size - least_kept(g.size, g.width, round_to))
                 for r in (max_ratio, max(max_ratio, relax_to or 0.0))]
-        if caps[1] >= step:
-            steps[g.id] = _Step(step, caps[0], relaxed=caps[1])
+        entry = _Step(step, caps[0], relaxed=caps[1], first=g.size % unit)
+        if entry.after(1) <= caps[1]:
+            steps[g.id] = entry
     removed: set[int] = set()
     current = cost.settle(removed)
     prices: dict[int, tuple[float, float] | None] = {}
@@ -74,8 +92,8 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
         lost per second saved (latency is not monotone in width: a width off the hardware's
         block can be slower, so one step may save nothing where two save much)."""
         s, best = steps[gid], None
-        for k in range(1, (s.cap - s.taken) // s.step + 1):
-            nxt = order[gid][s.taken:s.taken + k * s.step]
+        for k in s.moves(s.cap):
+            nxt = order[gid][s.taken:s.after(k)]
             saved = current - cost.fraction(removed | set(nxt.tolist()))
             if saved > 0:
                 move = (float(ranking[nxt].sum()), saved, k)
@@ -101,12 +119,12 @@ def latency_allocation(groups: list[Group], ranking: np.ndarray, ratio: float, r
             break                       # nothing left that saves time
         s, k = steps[best], prices[best][2]
         for fewer in range(1, k):       # no further than the budget needs
-            part = set(order[best][s.taken:s.taken + fewer * s.step].tolist())
+            part = set(order[best][s.taken:s.after(fewer)].tolist())
             if cost.fraction(removed | part) <= 1.0 - ratio:
                 k = fewer
                 break
-        removed |= set(order[best][s.taken:s.taken + k * s.step].tolist())
-        s.taken += k * s.step
+        removed |= set(order[best][s.taken:s.after(k)].tolist())
+        s.taken = s.after(k)
         current = cost.settle(removed)
         stale = {best} | (cost.neighbours(best) & set(steps))
     return {gid: s.taken for gid, s in steps.items()}
