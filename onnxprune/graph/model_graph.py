@@ -254,14 +254,15 @@ class ModelGraph:
             value = self.const(name)
             fill = np.zeros((), dtype=value.dtype) if zero is None else zero
             return self.set_const(ref, input_index,
-                                  np.where(keep, value, fill).astype(value.dtype))
+                                  np.where(keep, value, fill).astype(value.dtype, copy=False))
         stored = self.const(source.input(0))
         zero = self.const(source.input(2)) if source.input(2) else np.zeros((), stored.dtype)
         if zero.size > 1:
             shape = [1] * stored.ndim
             shape[_dequantize_axis(source, stored.ndim)] = zero.size
             zero = zero.reshape(shape)
-        self.set_const(source, 0, np.where(keep, stored, zero).astype(stored.dtype))
+        self.set_const(source, 0,
+                       np.where(keep, stored, zero).astype(stored.dtype, copy=False))
         self._const_cache.pop(name, None)
 
     def set_const(self, ref: NodeRef, input_index: int, value: np.ndarray) -> None:
