@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import pickle
 from importlib import resources
 from pathlib import Path
@@ -74,6 +75,50 @@ def test_external_weights_stay_in_files_from_load_to_save(tmp_path):
     feeds = {"input": np.random.default_rng(0).standard_normal((2, 1, 8, 8), np.float32)}
     np.testing.assert_array_equal(_outputs(out, feeds)[0], _outputs(in_memory, feeds)[0])
     assert _digest(tmp_path / "in") == before       # the input is untouched
+
+
+def test_a_save_that_hands_over_moves_the_pruned_weights_rather_than_copy_them(tmp_path):
+    """The CLI's save: the rewrite's pack (its new weights, in one file) becomes the output's
+    data file and leaves the store; the output is the same model a copying save writes."""
+    pruned, report = pipeline.prune(load_model(_external_demo(tmp_path / "in")), ratio=0.5,
+                                    round_to=1)
+    assert report["check"]["ok"]
+    store = WeightStore.of(pruned)
+    packs = {p.name for p in store.folder.iterdir() if p.name.startswith("wp")}
+    assert len(packs) == 1
+    pack = store.folder / packs.pop()
+    pack_bytes = pack.read_bytes()
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "moved").mkdir()
+    copied = save_model(pruned, tmp_path / "copied" / "pruned.onnx")
+    assert pack.stat().st_nlink == 1        # a plain save copies
+    moved = save_model(pruned, tmp_path / "moved" / "pruned.onnx", hand_over=True)
+    data = tmp_path / "moved" / "pruned.onnx.data"
+    assert not pack.exists() and data.stat().st_nlink == 1
+    assert data.read_bytes()[:len(pack_bytes)] == pack_bytes    # the pack, the rest after it
+    onnx.checker.check_model(str(moved), full_check=True)
+    feeds = {"input": np.random.default_rng(0).standard_normal((2, 1, 8, 8), np.float32)}
+    np.testing.assert_array_equal(_outputs(moved, feeds)[0], _outputs(copied, feeds)[0])
+
+
+def test_a_pack_a_save_links_is_never_written_again(tmp_path):
+    """While a saved data file and the store's pack are one file, new weights go to a new
+    pack: the saved file never changes."""
+    from onnxprune.io.weights import Pack
+
+    store = WeightStore()
+    pack = Pack(store)
+    first = store.write("a", np.ones(2048, np.float32), pack)
+    location = first.external_data[0].value
+    saved = tmp_path / "saved.data"
+    os.link(store.folder / location, saved)
+    before = saved.read_bytes()
+    second = store.write("b", np.zeros(2048, np.float32), pack)
+    assert second.external_data[0].value != location and saved.read_bytes() == before
+    offsets = [int(e.value) for t in (first, second) for e in t.external_data
+               if e.key == "offset"]
+    assert all(o % 4096 == 0 for o in offsets)
+    store.close()
 
 
 def _over_2gb(folder):

@@ -94,7 +94,7 @@ def run_prune(model, output, options: pipeline.PruneOptions, report_path=None,
     if config is not None and in_place:
         raise UserError(f"--in-place would leave {pipeline.deployed.GENAI_CONFIG} describing "
                         "the dense model; write the pruned model to another folder with -o")
-    save_model(pruned, output)
+    save_model(pruned, output, hand_over=True)     # its last use
     print_summary(report)
     if config is not None:
         written = pipeline.write_genai_folder(model, output, config)

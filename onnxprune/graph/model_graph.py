@@ -74,6 +74,8 @@ class ModelGraph:
     def __init__(self, model: onnx.ModelProto, infer_shapes: bool = True):
         self.model = model
         self.store = WeightStore.of(model)   # where external weights live, if anywhere
+        # the weights this graph writes go to one file, which a save can take whole
+        self.pack = self.store.new_pack() if self.store is not None else None
         graph = model.graph
         self.opset = _default_opset(model)
         self.nodes = [NodeRef(i, n) for i, n in enumerate(graph.node)]
@@ -316,7 +318,7 @@ class ModelGraph:
             return
         if name in self.initializers:
             tensor = self.initializers[name]
-            tensor.CopyFrom(new_tensor(name, value, self.store))
+            tensor.CopyFrom(new_tensor(name, value, self.store, self.pack))
             stored = tensor.data_location == onnx.TensorProto.EXTERNAL
         else:
             node = self.constant_nodes[name]
@@ -362,7 +364,7 @@ class ModelGraph:
         """Append an initializer and index the stored message (``append`` would copy it); a
         big one joins the model's weight files when it has them."""
         tensor = self.model.graph.initializer.add()
-        tensor.CopyFrom(new_tensor(name, value, self.store))
+        tensor.CopyFrom(new_tensor(name, value, self.store, self.pack))
         self.initializers[name] = tensor
         return tensor
 

@@ -21,10 +21,10 @@ from ..errors import UserError
 from .external import check_external_locations, external_tensors
 from .normalize import (inline_constant_ifs, sort_topologically, true_constant_shapes,
                         unique_node_names)
-from .weights import WeightStore, detach
+from .weights import ALIGN, WeightStore, detach
 
 _TWO_GB = 2**31 - 1
-_ALIGN = 4096           # data offsets that ONNX Runtime can memory-map
+_PACK_LIVE = 0.9        # share of a pack the saved model must read for it to be taken whole
 _CHUNK = 4 << 20        # bytes copied at a time when saving
 
 
@@ -83,14 +83,17 @@ def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike,
+               hand_over: bool = False) -> Path:
     """Write ``model`` to ``path`` atomically. A model whose weights are in files (it was
     loaded with external data) gets its own data file, ``<name>.data`` beside it, streamed
-    from those files; any other model over 2 GB gets one too."""
+    from those files; any other model over 2 GB gets one too. ``hand_over``: the last use of
+    ``model`` (the CLI's); its rewrite's pack may move to the output rather than be copied,
+    and then ``model`` no longer reads those weights."""
     target = Path(path)
     store = WeightStore.of(model)
     if store is not None:
-        return _save_stored(model, target, store)
+        return _save_stored(model, target, store, hand_over)
     size = in_memory_bytes(model)
     large = size is None or size > _TWO_GB
     data_name = f"{target.name}.data"
@@ -105,9 +108,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return write_atomically(target, write)
 
 
-def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore) -> Path:
+def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore,
+                 hand_over: bool) -> Path:
     """The data file first (each tensor copied in chunks from its store file, at an offset
-    that ONNX Runtime can map), then the model that points at it; a failure removes both."""
+    that ONNX Runtime can map; handed over, the pack that holds most of them becomes the
+    file, the rest appended), then the model that points at it; a failure removes both. A
+    pack handed over leaves the store, so the output's data file has one link (``onnx``
+    refuses a data file with more)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     detach(out)
@@ -116,18 +123,26 @@ def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore) -> Pa
         return write_atomically(target, lambda tmp: onnx.save_model(out, tmp))
     data_name = f"{target.name}.data"
     data = _output_target(target).parent / data_name
+    pack = _pack_to_take(tensors, store) if hand_over else None
+    linked = []
 
     def write_data(tmp_name: str) -> None:
-        with open(tmp_name, "wb") as sink:
+        taken = pack is not None and _link(store.folder / pack, tmp_name)
+        linked[:] = [taken]
+        with open(tmp_name, "r+b") as sink:
+            sink.seek(0, os.SEEK_END)
             for tensor in tensors:
                 info = ExternalDataInfo(tensor)
                 length = (int(info.length) if info.length is not None
                           else store.path(tensor).stat().st_size - int(info.offset or 0))
-                sink.write(b"\0" * (-sink.tell() % _ALIGN))
-                offset = sink.tell()
-                with open(store.path(tensor), "rb") as source:
-                    source.seek(int(info.offset or 0))
-                    _copy(source, sink, length)
+                if taken and info.location == pack:     # already there, at its offset
+                    offset = int(info.offset or 0)
+                else:
+                    sink.write(b"\0" * (-sink.tell() % ALIGN))
+                    offset = sink.tell()
+                    with open(store.path(tensor), "rb") as source:
+                        source.seek(int(info.offset or 0))
+                        _copy(source, sink, length)
                 del tensor.external_data[:]
                 for key, value in (("location", data_name), ("offset", str(offset)),
                                    ("length", str(length))):
@@ -135,10 +150,41 @@ def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore) -> Pa
 
     write_atomically(data, write_data)
     try:
-        return write_atomically(target, lambda tmp: onnx.save_model(out, tmp))
+        saved = write_atomically(target, lambda tmp: onnx.save_model(out, tmp))
     except BaseException:
         data.unlink(missing_ok=True)
         raise
+    if any(linked):
+        (store.folder / pack).unlink()
+    return saved
+
+
+def _pack_to_take(tensors, store: WeightStore) -> str | None:
+    """The store's pack (``weights.Pack``) that can become the output's data file: the one
+    holding most of the model's bytes, if they fill at least ``_PACK_LIVE`` of it (a pack
+    also holds weights that a later step replaced) and no other file links it yet."""
+    live: dict[str, int] = {}
+    for tensor in tensors:
+        info = ExternalDataInfo(tensor)
+        if info.location.startswith("wp") and info.length is not None:
+            live[info.location] = live.get(info.location, 0) + int(info.length)
+    for location in sorted(live, key=live.get, reverse=True)[:1]:
+        stat = (store.folder / location).stat()
+        if stat.st_nlink == 1 and live[location] >= _PACK_LIVE * stat.st_size:
+            return location
+    return None
+
+
+def _link(source: Path, tmp_name: str) -> bool:
+    """Make ``tmp_name`` (an empty file) a hard link to ``source``; False, with ``tmp_name``
+    empty again, where the file system refuses (another one, or no links)."""
+    try:
+        os.unlink(tmp_name)
+        os.link(source, tmp_name)
+        return True
+    except OSError:
+        open(tmp_name, "wb").close()
+        return False
 
 
 def _copy(source, sink, length: int) -> None:

@@ -6,8 +6,8 @@ A model loaded from a path with external data gets a :class:`WeightStore`: a pri
 temporary folder that holds each of the model's data files (after ``io.external`` checked
 it) as a hard link, or as a copy where the two folders are on different file systems, and into
 which every big tensor the pruner computes (a sliced, masked or
-compensated weight) is written as a file of its own. The model's tensors keep pointing at
-files, relative to that folder:
+compensated weight) is written: as a file of its own, or appended to one *pack* file per
+rewrite (``Pack``). The model's tensors keep pointing at files, relative to that folder:
 
 * reads are memory maps, so a weight is paged in while it is used and costs nothing after;
 * ONNX Runtime sessions are told the folder and map the same files themselves (it refuses a
@@ -15,7 +15,8 @@ files, relative to that folder:
   hard link is also a snapshot, should the input be replaced);
 * the checker reads no weight data, but wants every data file to be a regular file with a
   single link: it checks the model beside stand-ins of the same sizes (``checkable``).
-* saving streams the bytes into the output's own data file (``io.model_io``).
+* saving streams the bytes into the output's own data file (``io.model_io``), or hands it a
+  pack that holds most of them, by a hard link, rather than write those bytes a second time.
 
 The folder is named in the model's metadata (``STORE_KEY``) so that a model handed from one
 stage to the next finds its weights. Only folders this process made are honoured, the key
@@ -44,6 +45,7 @@ from .external import declared_bytes, external_tensors
 STORE_KEY = "onnxprune.weights"
 MIN_BYTES = 1 << 12   # smaller new tensors (shapes, scales) stay inside the model
 _STORES: dict[str, WeightStore] = {}
+ALIGN = 4096          # data offsets that ONNX Runtime can memory-map
 # element kinds a file maps to directly; ml_dtypes ones (4-bit, float8, bfloat16: kind "V")
 # are read whole
 _MAPPABLE = set("biuf")
@@ -106,19 +108,28 @@ class WeightStore:
         return np.memmap(self.folder / info.location, dtype=dtype.newbyteorder("<"), mode="r",
                          offset=int(info.offset or 0), shape=shape)
 
-    def write(self, name: str, value: np.ndarray) -> onnx.TensorProto:
-        """A tensor named ``name`` whose data is ``value``, written to a new file here."""
-        location = f"w{next(self._numbers)}.bin"
+    def write(self, name: str, value: np.ndarray, pack: Pack | None = None
+              ) -> onnx.TensorProto:
+        """A tensor named ``name`` whose data is ``value``, written to a new file here, or
+        appended to ``pack``."""
         value = np.ascontiguousarray(value)
-        with open(self.folder / location, "wb") as f:
-            value.astype(value.dtype.newbyteorder("<"), copy=False).tofile(f)
+        data = value.astype(value.dtype.newbyteorder("<"), copy=False)
+        if pack is None:
+            location, offset = f"w{next(self._numbers)}.bin", 0
+            with open(self.folder / location, "wb") as f:
+                data.tofile(f)
+        else:
+            location, offset = pack.append(data)
         tensor = onnx.TensorProto(name=name, dims=value.shape,
                                   data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
                                   data_location=onnx.TensorProto.EXTERNAL)
-        for key, entry in (("location", location), ("offset", "0"),
+        for key, entry in (("location", location), ("offset", str(offset)),
                            ("length", str(value.nbytes))):
             tensor.external_data.add(key=key, value=entry)
         return tensor
+
+    def new_pack(self) -> Pack:
+        return Pack(self)
 
     def close(self) -> None:
         """Delete the folder; models that name it no longer find a store."""
@@ -156,6 +167,30 @@ class WeightStore:
             yield folder / "model.onnx"
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class Pack:
+    """One file of a store that a rewrite appends its new weights to, each at an offset ONNX
+    Runtime can map, so that saving the pruned model can make this file its data file (a
+    hard link) instead of copying 3 GiB of a 1B decoder's weights a second time. A file that
+    a save has linked is never written again: the next weight starts a new one."""
+
+    def __init__(self, store: WeightStore):
+        self.store = store
+        self.location: str | None = None
+
+    def append(self, data: np.ndarray) -> tuple[str, int]:
+        path = self.store.folder / self.location if self.location else None
+        if path is None or not path.exists() or path.stat().st_nlink > 1:
+            self.location = f"wp{next(self.store._numbers)}.bin"
+            path = self.store.folder / self.location
+            path.touch()
+        with open(path, "r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            offset = end + (-end % ALIGN)
+            f.seek(offset)
+            f.write(data.reshape(-1).view(np.uint8).data)
+        return self.location, offset
 
 
 def release_weights(model: onnx.ModelProto) -> None:
@@ -204,11 +239,13 @@ def tensor_value(tensor: onnx.TensorProto, store: WeightStore | None) -> np.ndar
     return numpy_helper.to_array(tensor)
 
 
-def new_tensor(name: str, value: np.ndarray, store: WeightStore | None) -> onnx.TensorProto:
-    """A tensor holding ``value``: in a store file when the model has a store and the value
-    is big, else inside the message."""
+def new_tensor(name: str, value: np.ndarray, store: WeightStore | None,
+               pack: Pack | None = None) -> onnx.TensorProto:
+    """A tensor holding ``value``: in a store file (or ``pack``, one of the store's) when the
+    model has a store and the value is big, else inside the message."""
     if store is not None and value.nbytes >= MIN_BYTES:
-        return store.write(name, value)
+        return store.write(name, value, pack if pack is not None and pack.store is store
+                           else None)
     return numpy_helper.from_array(np.ascontiguousarray(value), name)
 
 
