@@ -33,6 +33,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ STORE_KEY = "onnxprune.weights"
 MIN_BYTES = 1 << 12   # smaller new tensors (shapes, scales) stay inside the model
 _STORES: dict[str, WeightStore] = {}
 ALIGN = 4096          # data offsets that ONNX Runtime can memory-map
+_APPENDING = threading.Lock()   # two writers must not take one pack's same offset
 # element kinds a file maps to directly; ml_dtypes ones (4-bit, float8, bfloat16: kind "V")
 # are read whole
 _MAPPABLE = set("biuf")
@@ -180,6 +182,10 @@ class Pack:
         self.location: str | None = None
 
     def append(self, data: np.ndarray) -> tuple[str, int]:
+        with _APPENDING:
+            return self._append(data)
+
+    def _append(self, data: np.ndarray) -> tuple[str, int]:
         path = self.store.folder / self.location if self.location else None
         if path is None or not path.exists() or path.stat().st_nlink > 1:
             self.location = f"wp{next(self.store._numbers)}.bin"
