@@ -168,11 +168,13 @@ def _pack_to_take(tensors, store: WeightStore) -> str | None:
         info = ExternalDataInfo(tensor)
         if info.location.startswith("wp") and info.length is not None:
             live[info.location] = live.get(info.location, 0) + int(info.length)
-    for location in sorted(live, key=live.get, reverse=True)[:1]:
-        stat = (store.folder / location).stat()
-        if stat.st_nlink == 1 and live[location] >= _PACK_LIVE * stat.st_size:
-            return location
-    return None
+    location = max(live, key=live.get, default=None)
+    if location is None:
+        return None
+    stat = (store.folder / location).stat()
+    if stat.st_nlink > 1 or live[location] < _PACK_LIVE * stat.st_size:
+        return None
+    return location
 
 
 def _link(source: Path, tmp_name: str) -> bool:

@@ -250,8 +250,7 @@ def new_tensor(name: str, value: np.ndarray, store: WeightStore | None,
     """A tensor holding ``value``: in a store file (or ``pack``, one of the store's) when the
     model has a store and the value is big, else inside the message."""
     if store is not None and value.nbytes >= MIN_BYTES:
-        return store.write(name, value, pack if pack is not None and pack.store is store
-                           else None)
+        return store.write(name, value, pack)
     return numpy_helper.from_array(np.ascontiguousarray(value), name)
 
 
