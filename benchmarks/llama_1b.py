@@ -14,6 +14,7 @@ weights with onnxruntime-genai's model builder (GroupQueryAttention, KV cache) a
 folder (random calibration: its inputs include the cache), checking that onnxruntime-genai
 generates from the result. Each prune runs in a child process (its own ``ru_maxrss``, from
 ``wait4``: memory-mapped weight pages count too); its report gives the time of each stage.
+The disk is synced before each prune starts, so that none waits on what an earlier one wrote.
 Run from the repository root (needs the dev extras; the export takes about a minute and 6 GB
 of memory, once)::
 
@@ -165,6 +166,7 @@ def run_prune(path: Path, out: Path, args: list[str]) -> tuple[int, float, float
     """Exit code, wall seconds, peak resident bytes of this child alone (``wait4``), the
     report, and the last line it printed."""
     report = out.with_suffix(".json")
+    os.sync()     # no prune waits on what an earlier one (or the export) left to write back
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         child = subprocess.Popen([sys.executable, "-m", "onnxprune.cli", "prune", str(path),

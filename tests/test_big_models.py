@@ -25,6 +25,7 @@ from onnxprune.errors import UserError
 from onnxprune.graph import ModelGraph
 from onnxprune.io import load_model, save_model
 from onnxprune.io.weights import MIN_BYTES, STORE_KEY, WeightStore, is_mapped
+from onnxprune.runtime.session import session as pipeline_session
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 
@@ -75,6 +76,29 @@ def test_external_weights_stay_in_files_from_load_to_save(tmp_path):
     feeds = {"input": np.random.default_rng(0).standard_normal((2, 1, 8, 8), np.float32)}
     np.testing.assert_array_equal(_outputs(out, feeds)[0], _outputs(in_memory, feeds)[0])
     assert _digest(tmp_path / "in") == before       # the input is untouched
+
+
+def test_the_masked_original_of_a_stored_model_reads_its_weights_where_they_are(
+        tmp_path, monkeypatch):
+    """Its big weights are read through Where(kept, weight, 0) from the input's own file, none
+    written zeroed; it computes what the in-memory masked original (zeroed weights) does."""
+    from onnxprune.rewrite import apply
+
+    monkeypatch.setattr(apply, "IN_PLACE_BYTES", 1)   # the demo's weights are all small
+    stored = load_model(_external_demo(tmp_path / "in"))
+    masked = pipeline.masked_original(stored, ratio=0.5, round_to=1)[1]
+    in_memory = pipeline.masked_original(onnx.load(DEMO), ratio=0.5, round_to=1)[1]
+    weights = {t.name for t in onnx.load(DEMO).graph.initializer}
+    wheres = [n for n in masked.graph.node if n.op_type == "Where"]
+    assert len(wheres) >= 4 and all(n.input[1] in weights for n in wheres)
+    assert {e.value for t in masked.graph.initializer for e in t.external_data
+            if e.key == "location"} == {"input0.data"}       # the input's file, nothing new
+    feeds = {"input": np.random.default_rng(0).standard_normal((4, 1, 8, 8), np.float32)}
+    session = pipeline_session(masked)
+    np.testing.assert_allclose(session.run(None, feeds)[0], _outputs(in_memory, feeds)[0],
+                               rtol=1e-5, atol=1e-6)
+    report = pipeline.prune(stored, ratio=0.5, round_to=1)[1]
+    assert report["check"]["ok"] and report["check"]["max_rel_error"] < 1e-5
 
 
 def test_a_save_that_hands_over_moves_the_pruned_weights_rather_than_copy_them(tmp_path):

@@ -165,6 +165,12 @@ class ModelGraph:
         self._remember(name, value)
         return value
 
+    def in_weight_file(self, name: str) -> bool:
+        """Is ``name`` an initializer whose data stays in one of the store's files?"""
+        tensor = self.initializers.get(name)
+        return (self.store is not None and tensor is not None
+                and tensor.data_location == onnx.TensorProto.EXTERNAL)
+
     def _remember(self, name: str, value: np.ndarray | None) -> None:
         """Cache a value, unless it maps a file: mapping it again is free, and a cached map
         would keep its pages in memory (a model over 2 GB is read this way)."""

@@ -36,7 +36,20 @@ def masked_value(value, uses, removed_atom):
 def kept_mask(value, uses, removed_atom) -> np.ndarray | None:
     """Where ``value`` stays in the masked original: False on the slices that consuming
     ``uses`` read from removed atoms; None when nothing is masked."""
+    pieces = kept_pieces(value, uses, removed_atom)
+    if pieces is None:
+        return None
     mask = np.ones(value.shape, dtype=bool)
+    for piece in pieces:
+        mask &= piece
+    return mask
+
+
+def kept_pieces(value, uses, removed_atom) -> list[np.ndarray] | None:
+    """``kept_mask`` as the small boolean arrays whose broadcast AND it is (one per consuming
+    use, sized only along that use's axes, so a weight masked on both axes costs two vectors,
+    not a copy of its shape); None when nothing is masked."""
+    pieces = []
     for use in uses:
         if not use.consume:
             continue
@@ -49,5 +62,6 @@ def kept_mask(value, uses, removed_atom) -> np.ndarray | None:
             label_axes = [k - sum(1 for u in unmapped if u < k) for k in label_axes]
         keep = np.transpose(keep, np.argsort(np.argsort(label_axes)))
         shape = [value.shape[a] if a in use.axes else 1 for a in range(value.ndim)]
-        mask &= np.broadcast_to(keep.reshape(shape), value.shape)
-    return None if mask.all() else mask
+        if not keep.all():
+            pieces.append(keep.reshape(shape))
+    return pieces or None

@@ -143,7 +143,7 @@ class WeightStore:
 
     def discard(self, model: onnx.ModelProto, keep: list[onnx.ModelProto]) -> None:
         """Delete the files this store wrote for ``model`` that no model in ``keep`` reads (the
-        masked original's weights, once verification is over)."""
+        masked original's small weights, once verification is over)."""
         kept = {ExternalDataInfo(t).location for m in keep for t in external_tensors(m)}
         for tensor in external_tensors(model):
             location = ExternalDataInfo(tensor).location

@@ -265,7 +265,8 @@ def _verify(a: Analyzed, built: Built, options: PruneOptions, checked_on: tuple[
 
 def _how_checked(pruned: onnx.ModelProto) -> str:
     """How the check ran the two models: from files when the weights stay there (a model
-    too large to hold twice: the masked original's weights are written as they are made)."""
+    too large to hold twice: the masked original reads its big weights from the input's own
+    files, through ``Where`` nodes, and writes only the small ones)."""
     return CHECKED_FROM_FILES if WeightStore.of(pruned) is not None else CHECKED_IN_MEMORY
 
 

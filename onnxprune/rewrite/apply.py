@@ -17,9 +17,14 @@ import onnx
 
 from ..graph import ModelGraph
 from ..groups import Analysis, ParamUse
-from ..groups.masks import RewriteError, kept_mask, project
+from ..groups.masks import RewriteError, kept_pieces, project
 from ..rules import rule_for
 from ..io.orphans import drop_orphaned_constants, read_names
+
+
+# a masked weight from this size on, held in a weight file, is read through a Where node
+# rather than written zeroed (``_mask_in_place``)
+IN_PLACE_BYTES = 1 << 20
 
 
 class RewriteContext:
@@ -109,10 +114,18 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
             if keep is not None:
                 ctx.graph.slice_const(node, input_index, keep)
         else:
-            keep = kept_mask(value, group, removed_atom)
-            if keep is not None:
-                ctx.graph.mask_const(node, input_index, keep,
-                                     _zero_point(ctx.graph, node, input_index, group))
+            pieces = kept_pieces(value, group, removed_atom)
+            if pieces is None:
+                continue
+            zero = _zero_point(ctx.graph, node, input_index, group)
+            if (zero is None and value.nbytes >= IN_PLACE_BYTES
+                    and ctx.graph.in_weight_file(node.input(input_index))):
+                _mask_in_place(ctx, node, input_index, value.dtype, pieces)
+            else:
+                keep = np.ones(value.shape, dtype=bool)
+                for piece in pieces:
+                    keep &= piece
+                ctx.graph.mask_const(node, input_index, keep, zero)
     if mode == "prune":
         for index in analysis.notes:
             node = ctx.graph.nodes[index]
@@ -131,6 +144,22 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
                 hook(node, ctx)
         ctx.finish()
     return out
+
+
+def _mask_in_place(ctx: RewriteContext, node, input_index: int, dtype, pieces) -> None:
+    """The node reads the weight through ``Where(kept, weight, 0)``: the masked original of a
+    model whose weights stay in files computes the same, from the original's own files, and
+    none of its weights is written (for a 1B decoder, gigabytes the disk need not take).
+    ``kept`` is the AND of the small per-use pieces, so nothing of the weight's size is
+    stored."""
+    kept = ctx.add_const(pieces[0], f"{node.label}_kept")
+    for piece in pieces[1:]:
+        kept = ctx.add_node(node, "And", [kept, ctx.add_const(piece, f"{node.label}_kept")],
+                            f"{node.label}_kept")
+    zero = ctx.add_const(np.zeros((), dtype=dtype), f"{node.label}_zero")
+    name = node.input(input_index)
+    node.proto.input[input_index] = ctx.add_node(node, "Where", [kept, name, zero],
+                                                 f"{name}_masked")
 
 
 def _zero_point(graph: ModelGraph, node, input_index: int, uses) -> np.ndarray | None:
