@@ -29,6 +29,7 @@ from benchmarks.common import executor_runs, machine
 from models import zoo
 from onnxprune import pipeline
 from onnxprune.evaluate import BenchOptions, sweep
+from onnxprune.heap import keep_freed_memory
 from onnxprune.parallel import make_executor
 
 NOT_COMPARED = {"latency_median_ms", "latency_p90_ms", "latency_min_ms", "speedup",
@@ -83,6 +84,7 @@ def speedup_gap(speedups, base) -> float:
 
 
 def main(argv=None) -> None:
+    keep_freed_memory()     # as the onnxprune command does, whose work the in-process runs are
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=8,
                         help="calibration samples of the distortion runs (one batch)")

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+from ..heap import keep_freed_memory
 from ..progress import task
 from .base import (Executor, Failed, InProcess, Then, Turns, chunk_indices, run_chunk,
                    run_item, take_turns, worker_threads)
@@ -33,6 +34,7 @@ KEPT_STATES = 2                     # a sweep's prunes and its timing take turns
 
 def _start_worker(threads: int) -> None:
     os.environ["ONNXPRUNE_THREADS"] = str(threads)
+    keep_freed_memory()
 
 
 def _state(token: str, path: str, setup):

@@ -20,6 +20,7 @@ import os
 import uuid
 
 from ..errors import UserError
+from ..heap import keep_freed_memory
 from ..progress import task
 from .base import (TIMING_RESOURCE, Executor, Failed, Then, Turns, chunk_indices, run_chunk,
                    take_turns, worker_threads)
@@ -39,6 +40,7 @@ def _ray():
 
 def _run_chunk(token: str, boxed: list, setup, work, items, threads: int):
     os.environ["ONNXPRUNE_THREADS"] = str(threads)
+    keep_freed_memory()
     if token not in _STATES:
         import ray
 
