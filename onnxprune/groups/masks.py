@@ -37,9 +37,12 @@ def kept_mask(value, uses, removed_atom) -> np.ndarray | None:
     """Where ``value`` stays in the masked original: False on the slices that consuming
     ``uses`` read from removed atoms; None when nothing is masked."""
     pieces = kept_pieces(value, uses, removed_atom)
-    if pieces is None:
-        return None
-    mask = np.ones(value.shape, dtype=bool)
+    return None if pieces is None else all_of(pieces, value.shape)
+
+
+def all_of(pieces: list[np.ndarray], shape) -> np.ndarray:
+    """The AND of broadcastable boolean ``pieces``, as one array of ``shape``."""
+    mask = np.ones(shape, dtype=bool)
     for piece in pieces:
         mask &= piece
     return mask

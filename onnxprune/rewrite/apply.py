@@ -17,7 +17,7 @@ import onnx
 
 from ..graph import ModelGraph
 from ..groups import Analysis, ParamUse
-from ..groups.masks import RewriteError, kept_pieces, project
+from ..groups.masks import RewriteError, all_of, kept_pieces, project
 from ..rules import rule_for
 from ..io.orphans import drop_orphaned_constants, read_names
 
@@ -103,6 +103,8 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
     out = onnx.ModelProto()
     out.CopyFrom(model)
     ctx = RewriteContext(out, analysis, removed_atom, mode)
+    where_allowed = any(o.domain in ("", "ai.onnx") and o.version >= 9   # Where is opset 9
+                        for o in model.opset_import)
     uses: dict[tuple[int, int], list[ParamUse]] = defaultdict(list)
     for use in analysis.params:
         uses[(use.node, use.input_index)].append(use)
@@ -118,14 +120,11 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
             if pieces is None:
                 continue
             zero = _zero_point(ctx.graph, node, input_index, group)
-            if (zero is None and value.nbytes >= IN_PLACE_BYTES
+            if (zero is None and value.nbytes >= IN_PLACE_BYTES and where_allowed
                     and ctx.graph.in_weight_file(node.input(input_index))):
                 _mask_in_place(ctx, node, input_index, value.dtype, pieces)
             else:
-                keep = np.ones(value.shape, dtype=bool)
-                for piece in pieces:
-                    keep &= piece
-                ctx.graph.mask_const(node, input_index, keep, zero)
+                ctx.graph.mask_const(node, input_index, all_of(pieces, value.shape), zero)
     if mode == "prune":
         for index in analysis.notes:
             node = ctx.graph.nodes[index]
