@@ -19,7 +19,8 @@ PACKAGE = Path(onnxprune.__file__).parent
 # Bottom to top; layers on one line share a rank (base modules every layer may use).
 LAYERS = [("errors", "progress", "heap"), ("parallel",), ("io",), ("graph",), ("rules",),
           ("groups",), ("runtime",), ("calibration",), ("importance",), ("allocation",),
-          ("compensation",), ("rewrite",), ("verify",), ("recovery",), ("pipeline",), ("evaluate",), ("cli",)]
+          ("compensation",), ("rewrite",), ("verify",), ("recovery",), ("pipeline",),
+          ("evaluate",), ("cli",)]
 RANK = {layer: rank for rank, names in enumerate(LAYERS) for layer in names}
 
 
