@@ -25,7 +25,7 @@ from onnxprune.errors import UserError
 from onnxprune.graph import ModelGraph
 from onnxprune.io import load_model, save_model
 from onnxprune.io.weights import MIN_BYTES, STORE_KEY, WeightStore, is_mapped
-from onnxprune.runtime.session import session as pipeline_session
+from onnxprune.runtime import session
 
 DEMO = str(resources.files("onnxprune").joinpath("data/demo_digits.onnx"))
 
@@ -94,9 +94,8 @@ def test_the_masked_original_of_a_stored_model_reads_its_weights_where_they_are(
     assert {e.value for t in masked.graph.initializer for e in t.external_data
             if e.key == "location"} == {"input0.data"}       # the input's file, nothing new
     feeds = {"input": np.random.default_rng(0).standard_normal((4, 1, 8, 8), np.float32)}
-    session = pipeline_session(masked)
-    np.testing.assert_allclose(session.run(None, feeds)[0], _outputs(in_memory, feeds)[0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(session(masked).run(None, feeds)[0],
+                               _outputs(in_memory, feeds)[0], rtol=1e-5, atol=1e-6)
     report = pipeline.prune(stored, ratio=0.5, round_to=1)[1]
     assert report["check"]["ok"] and report["check"]["max_rel_error"] < 1e-5
 

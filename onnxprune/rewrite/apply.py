@@ -103,8 +103,7 @@ def apply_plan(model: onnx.ModelProto, analysis: Analysis, removed_atom: np.ndar
     out = onnx.ModelProto()
     out.CopyFrom(model)
     ctx = RewriteContext(out, analysis, removed_atom, mode)
-    where_allowed = any(o.domain in ("", "ai.onnx") and o.version >= 9   # Where is opset 9
-                        for o in model.opset_import)
+    where_allowed = ctx.graph.opset >= 9      # Where came with opset 9
     uses: dict[tuple[int, int], list[ParamUse]] = defaultdict(list)
     for use in analysis.params:
         uses[(use.node, use.input_index)].append(use)
