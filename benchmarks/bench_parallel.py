@@ -11,11 +11,12 @@ beside the other worker's prunes); how far each run's speedups are from the base
 what timing beside pruning costs in accuracy. Run from the repository root (needs the
 distributed extra; about 25 minutes on 2 cores; ``--sweep-only`` skips the distortion).
 ``--pairs N`` instead sweeps N times in turn in this process on one thread and with two
-local workers timing beside the prunes, for the ratio of each pair and their median (this
-machine's single-thread times move by up to 50 % from run to run)::
+local workers (``--ray``: a local Ray instance's two workers) timing beside the prunes, for
+the ratio of each pair and their median (this machine's single-thread times move by up to
+50 % from run to run)::
 
     python -m benchmarks.bench_parallel [--samples 8] [--ratios 100] [--sweep-only]
-    python -m benchmarks.bench_parallel --pairs 3
+    python -m benchmarks.bench_parallel --pairs 3 [--ray]
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=0,
                         help="only sweeps: one thread against two workers timing beside the "
                              "prunes, in turn, this many times")
+    parser.add_argument("--ray", action="store_true",
+                        help="with --pairs: the two workers are a local Ray instance's")
     args = parser.parse_args(argv)
     if args.pairs:
         return pairs(args)
@@ -137,9 +140,9 @@ def pairs(args) -> None:
     ``args.pairs`` times: each pair's times and ratio, and the median ratio."""
     print(machine())
     print(f"Command: `python -m benchmarks.bench_parallel --pairs {args.pairs} --ratios "
-          f"{args.ratios} --workers {args.workers}`")
+          f"{args.ratios} --workers {args.workers}{' --ray' * args.ray}`")
     path = str(zoo.ensure("resnet18", "torchscript"))
-    chosen = [configs(args.workers)[k] for k in (1, 4)]
+    chosen = [configs(args.workers)[k] for k in (1, 5 if args.ray else 4)]
     print(f"\n| pair | {chosen[0][0]} | {chosen[1][0]} | speedup |")
     print("|---|---|---|---|")
     ratios = []

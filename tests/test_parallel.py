@@ -81,12 +81,20 @@ def group_prepare(group, results):
 
 def check_timed_groups(executor, overlap: bool) -> tuple[list, list]:
     """``map_then`` of 12 items in groups of 3: each group timed once, with its own items'
-    results, one group at a time; returns (items' results, groups' results)."""
+    results, one group at a time, and told to this process once timed (taking turns: before
+    the next group's timing starts); returns (items' results, groups' results)."""
     items = list(range(12))
     groups = [items[i:i + 3] for i in range(0, 12, 3)] + [[]]
-    then = Then({"pause": 0.3}, timed_group, groups, group_prepare)
+    told: list[tuple[int, float]] = []
+    then = Then({"pause": 0.3}, timed_group, groups, group_prepare,
+                timed=lambda g: told.append((g, time.time())))
     results, timed = executor.map_then({"pause": 0.3, "bad": 4}, stamped, items, then,
                                        overlap=overlap)
+    assert sorted(g for g, _ in told) == list(range(len(groups)))
+    turns = overlap and executor.workers > 1
+    for g, when in told:
+        assert when >= timed[g][2]
+        assert not turns or all(when <= t[1] for t in timed if t[1] >= timed[g][2])
     assert [r if isinstance(r, Failed) else r[0] for r in results] == \
         [0, 1, 2, 3, Failed("ValueError: item 4 is bad"), *range(5, 12)]
     assert [t[0] for t in timed] == [group_prepare(g, [results[i] for i in group])
@@ -251,6 +259,24 @@ def test_a_sweep_timed_beside_its_prunes_gives_the_same_rows(tmp_path, capsys):
     assert "needs --threads 1" in _one_line_error(capsys)
     assert main(args + ["--workers", "2"]) == 0
     assert "timed beside the workers' pruning" in capsys.readouterr().out
+
+
+def test_a_sweeps_temporary_copies_go_as_soon_as_their_group_is_timed(monkeypatch):
+    """Without ``out_dir`` each group's copies (and only they) are removed once it is timed,
+    so a long sweep does not keep every copy on disk to the end."""
+    sweep_module = sys.modules["onnxprune.evaluate.sweep"]
+    monkeypatch.setattr(sweep_module, "TIMED_AT_ONCE", 2)
+    original, removed = sweep_module._Copies.remove, []
+
+    def remove(copies, group):
+        files = {g: list(paths) for g, paths in copies.files.items()}
+        original(copies, group)
+        assert files[group] and not any(path.exists() for path in files[group])
+        assert all(path.exists() for g in files if g != group for path in files[g])
+        removed.append(group)
+    monkeypatch.setattr(sweep_module._Copies, "remove", remove)
+    result = sweep(DEMO, (0.2, 0.4, 0.6), pipeline.PruneOptions(), bench=BenchOptions(runs=3))
+    assert sorted(removed) == [0, 1] and all(r["speedup"] > 0 for r in result["rows"])
 
 
 def test_in_process_is_the_one_worker_default():

@@ -43,6 +43,7 @@ def test_results_and_failures(cluster):
     got = cluster.map({}, broken, [1, 2, 3])
     assert got == [1, Failed("ValueError: item 2 is bad"), 3]
     assert cluster.describe()["nodes"] == 1
+    assert cluster.on_this_machine()          # a sweep's workers write its copies here
 
 
 def test_distortion_and_sweep_match_this_process(cluster, tmp_path):

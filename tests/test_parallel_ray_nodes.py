@@ -50,6 +50,7 @@ def where_and_when(state, item):
 
 def test_timing_jobs_use_both_nodes_and_never_share_one(two_nodes):
     assert two_nodes.describe()["nodes"] == 2
+    assert not two_nodes.on_this_machine()     # a sweep's copies come back by the store
     spans = defaultdict(list)
     for node, start, end in two_nodes.map({}, where_and_when, list(range(8)), timing=True):
         spans[node].append((start, end))

@@ -259,13 +259,14 @@ def _sweep_model(model, label: str, ratios: list[float], variants, batch: int,
         jobs.append((criterion, options.replace(executor=None), scoring))
     items = [(k, ratio) for ratio in ratios[1:] for k in range(len(jobs))]  # timing order
     with _copies_folder(out_dir) as (folder, temporary):
-        on_nodes = executor.kind == "ray" and temporary    # their disks are not this one's
+        on_nodes = temporary and not executor.on_this_machine()   # their disks are not ours
         shared = (analyzed, jobs, reference, None if on_nodes else folder, not temporary,
                   label, len(variants) > 1)
         copies = _Copies(items, jobs, model if _is_path(model) else dense, folder, label,
                          len(variants) > 1)   # a path: its file size, external data too
         then = Then((batch, bench, shapes), _time_group, copies.groups, copies.prepare,
-                    f"{name}: timing the dense model and its pruned copies")
+                    f"{name}: timing the dense model and its pruned copies",
+                    timed=copies.remove if temporary else None)
         results, times = executor.map_then(
             shared, _ratio_row, items, then, progress=progress, here=temporary,
             description=f"{name}: pruning and comparing each ratio", overlap=overlap_timing)
@@ -348,7 +349,11 @@ class _Copies:
     """The pruned copies of one model on their way to their timing: the items cut into groups
     of ``TIMED_AT_ONCE`` in timing order (by ratio, the criteria at a ratio side by side, so
     that those compared most often share a timing), each group timed with the dense model
-    first; and, from the groups' reports, each copy's timing row."""
+    first; and, from the groups' reports, each copy's timing row. Copies in a temporary folder
+    are removed as soon as their group is timed: a sweep timed beside its prunes then keeps a
+    group or two on disk, not all of them. Kept to the end, the 200 copies of a ResNet-18
+    sweep (about 3 GB) went through the disk's write-back, and two workers took 51–54 s
+    against 41–46 s with the folder in memory (RESULTS.md, issue 18)."""
 
     def __init__(self, items: list, jobs: list, dense, folder: Path, label: str,
                  name_criterion: bool):
@@ -357,6 +362,7 @@ class _Copies:
         self.groups = [list(range(i, min(i + TIMED_AT_ONCE, len(items))))
                        for i in range(0, len(items), TIMED_AT_ONCE)] or [[]]
         self.timed: dict[int, list[int]] = {}   # group → the items it times, in order
+        self.files: dict[int, list[Path]] = {}  # group → its copies' files
 
     def prepare(self, group: int, results: list) -> list:
         """The models a group times: the dense model, then each copy that was made (one sent
@@ -373,7 +379,15 @@ class _Copies:
             models.append(pruned)
             timed.append(index)
         self.timed[group] = timed
+        self.files[group] = [Path(m) for m in models[1:]]
         return models
+
+    def remove(self, group: int) -> None:
+        """The group's copies, once it is timed (only ever in a temporary folder), with any
+        data file beside them."""
+        for path in self.files.pop(group, []):
+            for file in (path, path.with_name(f"{path.name}.data")):
+                file.unlink(missing_ok=True)
 
     def timing_rows(self, reports: list, label: str) -> dict:
         """Item index → its timing row; None → the dense model's (its first group's); "report"

@@ -34,13 +34,15 @@ class Then:
     """Timing that follows groups of a job's items (a sweep times its pruned copies a group at
     a time): once every item of ``groups[g]`` is done, ``prepare(g, their results)`` (in this
     process) makes one item of them and ``work(payload, item)`` times it, under the timing
-    rule (no two at once on a node)."""
+    rule (no two at once on a node). ``timed(g)``, where given, is called in this process once
+    group ``g`` is timed (what was made for it can go)."""
 
     payload: Any
     work: Work
     groups: Sequence[Sequence[int]]
     prepare: Callable[[int, list], Any]
     description: str = "timing"
+    timed: Callable[[int], None] | None = None
 
 
 def _time_groups(shared, prepared: list) -> list:
@@ -120,6 +122,8 @@ class Turns:
             self.timing = False
             self.timed[what] = value
             self.prepared.pop(what, None)
+            if self.then.timed:
+                self.then.timed(what)
             return
         for i, result in zip(what, value):
             self.results[i] = result
@@ -219,11 +223,18 @@ class Executor(ABC):
                          here=here, progress=progress, description=then.description)[0]
         if isinstance(timed, Failed):
             timed = [timed] * len(prepared)
+        for g in range(len(prepared) if then.timed else 0):
+            then.timed(g)
         return results, timed
 
     def describe(self) -> dict:
         """What the report says about where the work ran."""
         return {"executor": self.kind, "workers": self.workers}
+
+    def on_this_machine(self) -> bool:
+        """Does all work run on this machine, so that a file this process can read is one a
+        worker can write (and the other way round)?"""
+        return True
 
     def close(self) -> None:
         return None

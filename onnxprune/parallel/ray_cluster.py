@@ -95,6 +95,13 @@ class RayExecutor(Executor):
                 "timing": f"one '{TIMING_RESOURCE}' unit per node: timing tasks never "
                           f"share a node"}
 
+    def on_this_machine(self) -> bool:
+        """Only where every live node of the cluster is this process's node (a local Ray
+        instance): a sweep's copies then go through this disk, not the object store."""
+        ray = _ray()
+        here = ray.get_runtime_context().get_node_id()
+        return all(node["NodeID"] == here for node in ray.nodes() if node.get("Alive"))
+
     def _options(self, timing: bool = False, here: bool = False) -> dict:
         """The task options: a worker's threads, one retry, this process's BLAS threads;
         timing tasks ask for the timing unit, ``here`` pins a task to this node."""
