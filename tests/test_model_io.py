@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 import onnxprune
-from onnxprune.io import load_model, load_with_size, model_io, save_model
+from onnxprune.io import load_model, load_with_size, model_io, remove_saved, save_model
 
 from .builder import GraphBuilder
 from .oracle import assert_oracle
@@ -85,6 +85,10 @@ def test_external_data_in_and_out(tmp_path):
     assert report["check"]["ok"]
     out = save_model(pruned, tmp_path / "out.onnx")
     onnx.checker.check_model(onnx.load(out), full_check=True)
+    copy = save_model(load_model(str(src)), tmp_path / "copy.onnx")   # weights in a file
+    assert (tmp_path / "copy.onnx.data").exists()
+    remove_saved(copy)
+    assert not copy.exists() and not (tmp_path / "copy.onnx.data").exists()
 
 
 def test_load_model_returns_a_private_copy():

@@ -30,7 +30,7 @@ import onnx
 
 from ..errors import UserError, VerificationError
 from ..importance import CRITERIA
-from ..io import load_model, save_model
+from ..io import load_model, remove_saved, save_model
 from ..io.weights import discard_written
 from ..parallel import Failed, InProcess, Then
 from ..pipeline import PruneOptions, Strategy, analyze_model, prune, score_model
@@ -383,11 +383,9 @@ class _Copies:
         return models
 
     def remove(self, group: int) -> None:
-        """The group's copies, once it is timed (only ever in a temporary folder), with any
-        data file beside them."""
+        """The group's copies, once it is timed (only ever in a temporary folder)."""
         for path in self.files.pop(group, []):
-            for file in (path, path.with_name(f"{path.name}.data")):
-                file.unlink(missing_ok=True)
+            remove_saved(path)
 
     def timing_rows(self, reports: list, label: str) -> dict:
         """Item index → its timing row; None → the dense model's (its first group's); "report"

@@ -83,6 +83,18 @@ def _normalized(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def data_file_name(path: str | os.PathLike) -> str:
+    """The name of the data file :func:`save_model` writes beside ``path`` when it needs one."""
+    return f"{Path(path).name}.data"
+
+
+def remove_saved(path: str | os.PathLike) -> None:
+    """Delete a model :func:`save_model` wrote, with its data file where it has one."""
+    target = Path(path)
+    for file in (target, target.with_name(data_file_name(target))):
+        file.unlink(missing_ok=True)
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike,
                hand_over: bool = False) -> Path:
     """Write ``model`` to ``path`` atomically. A model whose weights are in files (it was
@@ -96,7 +108,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike,
         return _save_stored(model, target, store, hand_over)
     size = in_memory_bytes(model)
     large = size is None or size > _TWO_GB
-    data_name = f"{target.name}.data"
+    data_name = data_file_name(target)
 
     def write(tmp_name: str) -> None:
         if large:
@@ -121,7 +133,7 @@ def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore,
     tensors = list(external_tensors(out))
     if not tensors:
         return write_atomically(target, lambda tmp: onnx.save_model(out, tmp))
-    data_name = f"{target.name}.data"
+    data_name = data_file_name(target)
     data = _output_target(target).parent / data_name
     pack = _pack_to_take(tensors, store) if hand_over else None
     linked = []

@@ -223,8 +223,9 @@ class Executor(ABC):
                          here=here, progress=progress, description=then.description)[0]
         if isinstance(timed, Failed):
             timed = [timed] * len(prepared)
-        for g in range(len(prepared) if then.timed else 0):
-            then.timed(g)
+        if then.timed:
+            for g in range(len(prepared)):
+                then.timed(g)
         return results, timed
 
     def describe(self) -> dict:
