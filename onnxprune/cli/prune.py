@@ -210,6 +210,12 @@ def _print_extras(report: dict) -> None:
             if target.get("table_reaches") is False:
                 echo("  the layer table saw no plan that meets the target (timings of "
                      "microsecond layers are mostly noise); the timed search started without it")
+            if target.get("table_stale"):
+                stale = target["table_stale"]
+                echo(f"  --latency-table's timings for this machine were taken elsewhere or "
+                     f"under load (an empty run: {stale['empty_run_stored_s'] * 1e6:.1f} us "
+                     f"there, {stale['empty_run_here_s'] * 1e6:.1f} us here): its "
+                     f"{stale['dropped']} timings were dropped and timed again")
             if target.get("table_reused"):
                 echo(f"  layer timings: {target['table_reused']} read from --latency-table, "
                      f"{target['table_timed']} timed now")

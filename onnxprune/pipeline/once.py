@@ -88,6 +88,7 @@ def prune_step(model, options: PruneOptions, scoring: Scoring | None = None,
             built = _timed_to_target(search, target, scoring.stats, built)
     if search.predictor is not None:
         target.table_reused, target.table_timed = search.predictor.save()
+        target.table_stale = search.predictor.stale
     report = _report(a, built, options, search.macs, scoring, target)
     report.warnings.extend(scoring.warnings)
     report.kept_channels = kept_channels(a, built.removed)

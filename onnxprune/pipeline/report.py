@@ -63,6 +63,8 @@ class TargetSection:
     threads: int | None = None
     table_reused: int | None = None     # layer timings read from --latency-table
     table_timed: int | None = None      # ... and timed in this run
+    table_stale: dict | None = None     # the table's timings for this machine were dropped:
+    #                                     an empty run's time there and here, and how many
     device: str | None = None           # predicted from this device's table, not timed here
     table_reaches: bool | None = None   # False: the table saw no plan meeting the target, so
     #                                     the timed search started without it
@@ -73,7 +75,7 @@ class TargetSection:
         out = dataclasses.asdict(self)
         if self.kind != "latency":
             for key in ("measured", "met", "corrections", "dense_seconds", "pruned_seconds",
-                        "threads", "table_reused", "table_timed", "device",
+                        "threads", "table_reused", "table_timed", "table_stale", "device",
                         "table_reaches", "spread_rounding"):
                 del out[key]
         return out

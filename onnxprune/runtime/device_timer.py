@@ -29,6 +29,8 @@ import time
 FORMAT = 1                  # of the bundle's manifest and of the table written
 MIN_RUNS, MAX_RUNS = 10, 1000
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+                "asimd", "asimdhp", "asimddp", "i8mm", "sve", "bf16")
 
 
 def cpu_model() -> str:
@@ -43,11 +45,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_flags() -> set[str]:
+    """The instruction-set flags the CPU reports (``flags`` on x86, ``Features`` on Arm;
+    empty where they cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip().lower() in ("flags", "features"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def vector_units() -> str:
+    """The vector extensions here that choose ONNX Runtime's CPU kernels (its blocked convs
+    work on 8 channels with AVX2, 16 with AVX-512). A VM's model name can hide them: two
+    machines both called "AMD EPYC", one with AVX-512 and one without, timed the same
+    layers differently, and their timings must not be mixed."""
+    flags = cpu_flags()
+    return " ".join(f for f in VECTOR_FLAGS if f in flags)
+
+
 def section(provider: str = "CPUExecutionProvider", threads: int = 1) -> str:
     """The name of the timings taken here with this provider and thread count."""
     import onnxruntime
 
-    return f"{cpu_model()} | onnxruntime {onnxruntime.__version__} | {provider} | {threads} threads"
+    units = vector_units()
+    cpu = f"{cpu_model()} ({units})" if units else cpu_model()
+    return f"{cpu} | onnxruntime {onnxruntime.__version__} | {provider} | {threads} threads"
 
 
 def timing_options(threads: int = 1):

@@ -11,21 +11,9 @@ from __future__ import annotations
 
 import platform
 
-from .device_timer import cpu_model
+from .device_timer import cpu_flags, cpu_model
 
 __all__ = ["cpu_flags", "cpu_model", "round_to_for"]
-
-
-def cpu_flags() -> set[str]:
-    """The instruction-set flags the CPU reports (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def round_to_for(provider: str = "cpu", flags: set[str] | None = None) -> int:

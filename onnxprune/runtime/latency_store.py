@@ -63,6 +63,15 @@ class LatencyStore:
                             f"{self.path} match (device sections: {known})")
         return found[0]
 
+    def forget(self) -> int:
+        """Drop this run's section (its timings no longer hold here, see
+        ``LayerLatencyTable``); it is written again, with what is timed now, on ``save``.
+        Returns how many timings were dropped."""
+        dropped = len(self.timings)
+        self.timings.clear()
+        self.added += 1
+        return dropped
+
     def get(self, signature: tuple) -> float | None:
         return self.timings.get(signature_key(signature))
 

@@ -27,6 +27,9 @@ from .latency_store import signature_key
 from .timing import measure_latency
 
 
+STALE_SHARE = 0.25      # an empty run this much slower or faster than the store's: re-time
+
+
 class LayerLatencyTable:
     """Latency of every layer whose rule can time it (Conv 2-D of any group, Gemm, MatMul with
     a constant weight), each measured alone in a one-node model with random weights at chosen
@@ -60,6 +63,32 @@ class LayerLatencyTable:
         self.reused = 0             # timings read from the store
         self.timed = 0              # ... and timed in this run
         self.untimed: dict[int, str] = {}   # stream nodes ONNX Runtime would not run alone
+        self.stale: dict | None = None      # the store's timings were dropped, and why
+        if store is not None and store.grids is None:
+            self._check_store()
+
+    def _check_store(self) -> None:
+        """Time an empty run afresh and compare it with the store's: further apart than
+        ``STALE_SHARE``, the stored timings were taken under other conditions (another
+        machine of the same name, a loaded one) and are dropped, not mixed with this run's.
+        On a model of microsecond layers a mixed table misleads: a file holding timings
+        from two machines, both "AMD EPYC", made latency-aware allocation cut the digits
+        CNN's residual stream from 32 channels to 8 (accuracy 0.99 -> 0.64) where a fresh
+        table kept it whole. An empty run's time is steady here (4.8-5.0 us in five
+        processes); the old timings' was 6.9 us."""
+        key, build = self.floor_entry(1)
+        stored = self.store.get(key)
+        if stored is None:
+            return
+        fresh = measure_latency(build(), threads=self.threads, warmup=self.warmup,
+                                budget_s=self.budget_s).median
+        if abs(fresh / stored - 1.0) > STALE_SHARE:
+            dropped = self.store.forget()
+            self.stale = {"empty_run_stored_s": stored, "empty_run_here_s": fresh,
+                          "dropped": dropped}
+            self.store.put(key, fresh)
+            self._cache[key] = fresh
+            self.timed += 1
 
     def layers(self) -> dict[int, tuple[int, int]]:
         """Node index → dense (c_in, c_out) for every node this table can time."""
