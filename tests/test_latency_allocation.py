@@ -178,7 +178,8 @@ def test_latency_allocation_spends_the_target_where_time_goes(monkeypatch):
     assert report["check"]["ok"] and report["target"]["met"]
     removed = [len(g["removed"]) for g in report["groups"]]
     assert removed[0] == 32 and removed[1] == 0     # the free group keeps all it has
-    _, uniform = onnxprune.prune(model, round_to=8, target_latency=0.5)
+    _, uniform = onnxprune.prune(model, round_to=8, target_latency=0.5,
+                                 strategy=onnxprune.Strategy("l2", allocation="uniform"))
     assert [len(g["removed"]) for g in uniform["groups"]][1] > 0
     assert report["macs"]["after"] > uniform["macs"]["after"]   # same time, more compute
 
@@ -189,6 +190,29 @@ def test_latency_allocation_on_real_timings_meets_the_target_and_the_oracle():
     pruned, report = onnxprune.prune(model, round_to=8, target_latency=0.6, strategy=strategy)
     assert report["check"]["ok"] and report["target"]["kind"] == "latency"
     assert report["target"]["measured"] < 1.0 and report["check"]["max_rel_error"] < 1e-4
+
+
+def test_a_latency_target_allocates_by_latency_unless_told_otherwise():
+    """``--allocation auto``, the default, is latency-aware under a latency target and
+    uniform otherwise; an allocation asked for is kept, and options checked before the prune
+    starts are checked as it will run (--max-ratio is no error under auto with a target)."""
+    from onnxprune.pipeline import PruneOptions
+
+    model = conv_stack()
+    _, latency = onnxprune.prune(model, round_to=8, target_latency=0.6)
+    assert latency["strategy"]["allocation"] == "latency" and latency["target"]["met"]
+    _, ratio = onnxprune.prune(model, round_to=8, ratio=0.5)
+    assert ratio["strategy"]["allocation"] == "uniform"
+    _, macs = onnxprune.prune(model, round_to=8, target_macs=0.5)
+    assert macs["strategy"]["allocation"] == "uniform"
+    asked = onnxprune.Strategy("l2", allocation="uniform")
+    _, uniform = onnxprune.prune(model, round_to=8, target_latency=0.6, strategy=asked)
+    assert uniform["strategy"]["allocation"] == "uniform"
+    capped = PruneOptions(target_latency=0.6, strategy=onnxprune.Strategy(max_ratio=0.4))
+    capped.check()
+    assert capped.resolved().strategy.allocation == "latency"
+    with pytest.raises(UserError, match="--max-ratio caps"):
+        PruneOptions(strategy=onnxprune.Strategy(max_ratio=0.4)).check()
 
 
 def test_latency_allocation_needs_a_latency_target():

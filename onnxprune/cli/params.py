@@ -10,7 +10,6 @@ import os
 import click
 from click.core import ParameterSource
 
-from ..allocation import ALLOCATIONS
 from ..calibration import DAMPING, parse_source
 from ..compensation import METHODS
 from ..errors import UserError
@@ -18,7 +17,7 @@ from ..evaluate.sweep import parse_ratios
 from ..importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from ..parallel import EXECUTORS, make_executor
 from ..pipeline import DEFAULT_ROUND_TO, PruneOptions, Strategy
-from ..pipeline.options import DEFAULT_TOLERANCE, RANKINGS
+from ..pipeline.options import DEFAULT_TOLERANCE, RANKINGS, STRATEGY_ALLOCATIONS
 
 
 class ShapeType(click.ParamType):
@@ -178,11 +177,12 @@ def _with_strategy_options(f, sweep: bool):
                      help="Make groups comparable for --allocation global (default: mean) "
                           "or latency (default: energy, the share of the reading layers' "
                           "output lost, where calibration statistics exist; else none)."),
-        click.option("--allocation", type=choice(ALLOCATIONS), default="uniform",
+        click.option("--allocation", type=choice(STRATEGY_ALLOCATIONS), default="auto",
                      show_default=True,
                      help="Spread the ratio over groups ('latency': spend --target-latency "
                           "where it loses the least importance per second saved, by the "
-                          "per-layer table)."),
+                          "per-layer table; 'auto': latency with --target-latency, else "
+                          "uniform)."),
         click.option("--rank-by", type=choice(RANKINGS), default="score", show_default=True,
                      help="Global allocation ranks components by their normalized 'score', "
                           "or by 'score-per-mac' (importance against the MACs each costs)."),

@@ -190,6 +190,8 @@ def _print_extras(report: dict) -> None:
     if target:
         how = (f"ratio {target['ratio']:.3f}" if target["ratio"] is not None
                else f"{len(report['steps'])} steps")
+        if report["strategy"]["allocation"] == "latency" and target["ratio"] is not None:
+            how = "latency-aware allocation"   # its "ratio" is the greedy's budget
         echo(f"target: keep {target['fraction']:.1%} of the {target['kind']} -> {how} "
              f"(keeps {target['planned']:.1%})")
         if target["kind"] == "latency" and target.get("device"):

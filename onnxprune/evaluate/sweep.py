@@ -493,7 +493,7 @@ def fidelity_summary(report: dict) -> dict:
 
 def _describe(options: PruneOptions, criteria: list[str]) -> dict:
     strategy, calib = options.strategy, options.calib
-    return {"criterion": ",".join(criteria), "allocation": strategy.allocation,
+    return {"criterion": ",".join(criteria), "allocation": strategy.allocates,
             "compensate": strategy.compensation, "round_to": options.round_to,
             "heads": options.heads, "mlp": options.mlp, "hidden": options.hidden,
             "calib": None if calib is None else [_source(c) for c in _as_list(calib)],

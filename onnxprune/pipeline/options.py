@@ -24,6 +24,7 @@ DEFAULT_ROUND_TO = 16  # measured: benchmarks/bench_round_to.py, RESULTS.md
 DEFAULT_TOLERANCE = 1e-4
 RANKINGS = ("score", "score-per-mac")
 TARGETS = ("macs", "params", "latency")
+STRATEGY_ALLOCATIONS = ("auto",) + ALLOCATIONS
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,35 @@ class Strategy:
     group may lose under global, adaptive or latency allocation (``max_ratio``; defaults that
     depend on the allocation: ``normalize_by``, ``group_cap``); ``rank_by=
     "score-per-mac"`` makes the global ranking weigh each component's normalized score against
-    the MACs it costs. All but the criterion are given by keyword."""
+    the MACs it costs. All but the criterion are given by keyword.
+
+    ``allocation`` "auto" (the default) is latency-aware under a latency target and uniform
+    otherwise (``under_target``): at equal measured latency, latency-aware allocation kept at
+    least as much task quality as the uniform ratio on every real-weight model of the
+    frontier, and landed every zoo target within 5 % (RESULTS.md issue 17)."""
 
     criterion: str = "l2"
     _: KW_ONLY
     reduction: str = "sum"
     normalization: str | None = None    # default: see ``normalize_by``
-    allocation: str = "uniform"
+    allocation: str = "auto"        # see under_target
     max_ratio: float | None = None      # default: see ``group_cap``
     compensate: str | None = None   # none, bias, obs, sequential; default: obs for obspa, else none
     damping: float = DAMPING        # λ of the OBS update, relative to mean(diag H)
     rank_by: str = "score"          # global ranking: "score", or "score-per-mac" (cost-aware)
+
+    @property
+    def allocates(self) -> str:
+        """The allocation a plan uses: "auto" is uniform where no latency target made it
+        latency-aware (``under_target``)."""
+        return "uniform" if self.allocation == "auto" else self.allocation
+
+    def under_target(self, kind: str | None) -> Strategy:
+        """This strategy for a prune with a ``kind`` target (None: a ratio): "auto" becomes
+        latency-aware allocation under a latency target."""
+        if self.allocation == "auto" and kind == "latency":
+            return dataclasses.replace(self, allocation="latency")
+        return self
 
     @property
     def normalize_by(self) -> str:
@@ -104,7 +123,8 @@ class Strategy:
         for name, value, allowed in (("criterion", self.criterion, tuple(CRITERIA)),
                                      ("group reduction", self.reduction, REDUCTIONS),
                                      ("normalization", self.normalize_by, NORMALIZATIONS),
-                                     ("allocation", self.allocation, ALLOCATIONS),
+                                     ("allocation", self.allocation,
+                                      STRATEGY_ALLOCATIONS),
                                      ("compensation", self.compensation, METHODS),
                                      ("ranking", self.rank_by, RANKINGS)):
             if value not in allowed:
@@ -131,7 +151,7 @@ class Strategy:
         if "rank_by" in given and self.allocation != "global":
             raise UserError("--rank-by ranks groups against each other: it needs "
                             "--allocation global")
-        if "max_ratio" in given and self.allocation == "uniform":
+        if "max_ratio" in given and self.allocates == "uniform":
             raise UserError("--max-ratio caps what one group loses under --allocation global, "
                             "adaptive or latency; with uniform every group loses the same ratio")
         if "damping" in given and self.compensation not in ("obs", "sequential"):
@@ -217,6 +237,13 @@ class PruneOptions:
         if self.round_to == "auto":     # the block this machine's CPU runs fastest on
             object.__setattr__(self, "round_to", round_to_for("cpu"))
 
+    def resolved(self) -> PruneOptions:
+        """These options with the strategy's "auto" allocation made what the target asks
+        for (``Strategy.under_target``). Done where a prune starts, not on construction: a
+        copy made with ``replace`` may still gain or lose its target."""
+        strategy = self.strategy.under_target(self.target[0] if self.target else None)
+        return self if strategy is self.strategy else self.replace(strategy=strategy)
+
     def given(self) -> set[str]:
         """The fields that differ from their defaults, the strategy's among them (not the
         executor: it changes where, not what; the CLI adds it when its flags were given)."""
@@ -227,6 +254,8 @@ class PruneOptions:
         """Every value in range, and no option given that the others make pointless: a
         one-line UserError otherwise. ``given``: the options the user set (the CLI knows);
         default: those that differ from their defaults."""
+        if self.resolved() is not self:     # checked as the prune will run it
+            return self.resolved().check(given)
         given = self.given() if given is None else given
         for name, value in [("ratio", self.ratio)] + list(self.by_kind.items()):
             if not 0.0 <= value < 1.0:

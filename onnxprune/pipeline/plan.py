@@ -32,7 +32,7 @@ def make_plan(a: Analyzed, ratio: float, round_to: int, by_kind: dict[str, float
     """Allocate ``ratio`` (``by_kind`` per group kind) over the groups by their scores
     (``latency``: a ``PlanLatency`` for latency-aware allocation)."""
     plan = allocate(a.analysis, a.groups, a.roots, scored.scores, ratio, round_to, by_kind,
-                    strategy.allocation, strategy.group_cap, scored.ranking, scored.weights,
+                    strategy.allocates, strategy.group_cap, scored.ranking, scored.weights,
                     latency, strategy.cap_relaxes_to, scored.offsets)
     return Planned(plan, plan.removed_atoms(a.roots), list(scored.notes))
 

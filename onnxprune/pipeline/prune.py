@@ -73,7 +73,7 @@ def prune(model, options: PruneOptions | None = None, *, scoring: Scoring | None
     if "blocks" in fields and not fields.keys() & {"ratio", "heads", "mlp", "hidden"} and \
             options is None:
         fields["ratio"] = 0.0           # depth alone, unless a width ratio is asked for too
-    options = options_of(options, fields)
+    options = options_of(options, fields).resolved()
     options.check()
     progress = StageClock(progress)
     kept, depth, dense = None, None, None
