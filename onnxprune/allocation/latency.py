@@ -34,7 +34,7 @@ class LatencyPredictor:
         self.device = store.section if device is not None else None
         self.table = LayerLatencyTable(model, input_shapes, threads, store=store,
                                        streams=streams)
-        self.stale = self.table.stale     # the table's timings were dropped, and why
+        self.stale = self.table.stale     # the table's timings were doubted, and how
         self.dense_layers = self.table.dense_total(progress)
         self.widths, self.streams = self.table.layers(), self.table.streams()  # timed ones
         self.dense = self.measure(model) if self.device is None else None

@@ -214,10 +214,13 @@ def _print_extras(report: dict) -> None:
                      "microsecond layers are mostly noise); the timed search started without it")
             if target.get("table_stale"):
                 stale = target["table_stale"]
-                echo(f"  --latency-table's timings for this machine were taken elsewhere or "
-                     f"under load (an empty run: {stale['empty_run_stored_s'] * 1e6:.1f} us "
-                     f"there, {stale['empty_run_here_s'] * 1e6:.1f} us here): its "
-                     f"{stale['dropped']} timings were dropped and timed again")
+                times = (f"an empty run: {stale['empty_run_stored_s'] * 1e6:.1f} us beside "
+                         f"the table, {stale['empty_run_here_s'] * 1e6:.1f} us now")
+                echo(f"  --latency-table's timings ran slower than this machine does now "
+                     f"({times}): its {stale['dropped']} timings were dropped and timed again"
+                     if stale["dropped"] else
+                     f"  this machine runs slower now than when --latency-table was timed "
+                     f"({times}; loaded?): its timings were read, this run's not added")
             if target.get("table_reused"):
                 echo(f"  layer timings: {target['table_reused']} read from --latency-table, "
                      f"{target['table_timed']} timed now")

@@ -63,8 +63,9 @@ class TargetSection:
     threads: int | None = None
     table_reused: int | None = None     # layer timings read from --latency-table
     table_timed: int | None = None      # ... and timed in this run
-    table_stale: dict | None = None     # the table's timings for this machine were dropped:
-    #                                     an empty run's time there and here, and how many
+    table_stale: dict | None = None     # an empty run's time beside the table and now,
+    #                                     far apart: the table's timings dropped (how many),
+    #                                     or (0 dropped) read but not added to
     device: str | None = None           # predicted from this device's table, not timed here
     table_reaches: bool | None = None   # False: the table saw no plan meeting the target, so
     #                                     the timed search started without it

@@ -27,7 +27,8 @@ from .latency_store import signature_key
 from .timing import measure_latency
 
 
-STALE_SHARE = 0.25      # an empty run this much slower or faster than the store's: re-time
+STALE_SHARE = 0.25      # an empty run this much faster or slower than beside the store's
+PROBE_WINDOWS, PROBE_WINDOW_S = 5, 0.01     # ... timed as the fastest of 5 medians of 10 ms
 
 
 class LayerLatencyTable:
@@ -63,32 +64,42 @@ class LayerLatencyTable:
         self.reused = 0             # timings read from the store
         self.timed = 0              # ... and timed in this run
         self.untimed: dict[int, str] = {}   # stream nodes ONNX Runtime would not run alone
-        self.stale: dict | None = None      # the store's timings were dropped, and why
+        self.stale: dict | None = None      # the store's timings were doubted, and how
         if store is not None and store.grids is None:
             self._check_store()
 
     def _check_store(self) -> None:
-        """Time an empty run afresh and compare it with the store's: further apart than
-        ``STALE_SHARE``, the stored timings were taken under other conditions (another
-        machine of the same name, a loaded one) and are dropped, not mixed with this run's.
-        On a model of microsecond layers a mixed table misleads: a file holding timings
-        from two machines, both "AMD EPYC", made latency-aware allocation cut the digits
-        CNN's residual stream from 32 channels to 8 (accuracy 0.99 -> 0.64) where a fresh
-        table kept it whole. An empty run's time is steady here (4.8-5.0 us in five
-        processes); the old timings' was 6.9 us."""
-        key, build = self.floor_entry(1)
-        stored = self.store.get(key)
+        """Compare an empty run's time here (``_probe``) with the one the store's section
+        was timed beside. Faster here by more than ``STALE_SHARE``: the stored timings were
+        taken slower (under load, or on another machine of this name) and are dropped, not
+        mixed with this run's. Slower here: this run is the loaded one, so the stored
+        timings are read and this run's are not added. On a model of microsecond layers a
+        mixed table misleads: one whose empty run read 6.9 us (this machine's 4.8 us, but
+        6.9 us while the other core multiplies matrices) made latency-aware allocation cut
+        the digits CNN's residual stream from 32 channels to 8 (accuracy 0.99 -> 0.64)
+        where a fresh table kept it whole."""
+        key = ("empty-run probe", 1)
+        stored, here = self.store.get(key), self._probe()
         if stored is None:
+            self.store.put(key, here)
             return
-        fresh = measure_latency(build(), threads=self.threads, warmup=self.warmup,
-                                budget_s=self.budget_s).median
-        if abs(fresh / stored - 1.0) > STALE_SHARE:
+        if here * (1.0 + STALE_SHARE) < stored:
             dropped = self.store.forget()
-            self.stale = {"empty_run_stored_s": stored, "empty_run_here_s": fresh,
+            self.store.put(key, here)
+            self.stale = {"empty_run_stored_s": stored, "empty_run_here_s": here,
                           "dropped": dropped}
-            self.store.put(key, fresh)
-            self._cache[key] = fresh
-            self.timed += 1
+        elif here > stored * (1.0 + STALE_SHARE):
+            self.store.read_only = True
+            self.stale = {"empty_run_stored_s": stored, "empty_run_here_s": here,
+                          "dropped": 0}
+
+    def _probe(self) -> float:
+        """The fastest of a few short medians of an empty run: load that comes in bursts
+        (a test beside it) lifts some of them, not all; steady load lifts every one."""
+        model = _empty_model(1)
+        return min(measure_latency(model, threads=self.threads, warmup=self.warmup,
+                                   budget_s=PROBE_WINDOW_S).median
+                   for _ in range(PROBE_WINDOWS))
 
     def layers(self) -> dict[int, tuple[int, int]]:
         """Node index → dense (c_in, c_out) for every node this table can time."""
