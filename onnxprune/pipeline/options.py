@@ -40,7 +40,8 @@ class Strategy:
     ``allocation`` "auto" (the default) is latency-aware under a latency target and uniform
     otherwise (``under_target``): at equal measured latency, latency-aware allocation kept at
     least as much task quality as the uniform ratio on every real-weight model of the
-    frontier, and landed every zoo target within 5 % (RESULTS.md issue 17)."""
+    frontier, and landed all 12 zoo targets within 5 % (RESULTS.md issue 17, eleventh
+    session)."""
 
     criterion: str = "l2"
     _: KW_ONLY

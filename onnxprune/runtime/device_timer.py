@@ -60,9 +60,9 @@ def cpu_flags() -> set[str]:
 
 def vector_units() -> str:
     """The vector extensions here that choose ONNX Runtime's CPU kernels (its blocked convs
-    work on 8 channels with AVX2, 16 with AVX-512). A VM's model name can hide them: two
-    machines both called "AMD EPYC", one with AVX-512 and one without, timed the same
-    layers differently, and their timings must not be mixed."""
+    work on 8 channels with AVX2, 16 with AVX-512). A VM's model name can hide them: this
+    project ran on an AVX2 and an AVX-512 machine both called "AMD EPYC", whose timings
+    must not be mixed."""
     flags = cpu_flags()
     return " ".join(f for f in VECTOR_FLAGS if f in flags)
 

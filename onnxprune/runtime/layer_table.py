@@ -75,7 +75,7 @@ class LayerLatencyTable:
         mixed with this run's. Slower here: this run is the loaded one, so the stored
         timings are read and this run's are not added. On a model of microsecond layers a
         mixed table misleads: one whose empty run read 6.9 us (this machine's 4.8 us, but
-        6.9 us while the other core multiplies matrices) made latency-aware allocation cut
+        6.9 us while a NumPy matrix product runs beside it) made latency-aware allocation cut
         the digits CNN's residual stream from 32 channels to 8 (accuracy 0.99 -> 0.64)
         where a fresh table kept it whole."""
         key = ("empty-run probe", 1)
