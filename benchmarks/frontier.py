@@ -58,8 +58,10 @@ FLOOR = ("resnet50", "mobilenet_v2", "densenet121", "vit_b_16")   # the issue's 
 TARGETS = (0.8, 0.6)
 TP_RATIOS = (0.1, 0.2, 0.3, 0.5, 0.7)
 UNIFORM_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)     # the uniform ratio's curve, for the floor
-PEERS = ("Torch-Pruning l2", "Torch-Pruning best")
-UNIFORM = ("onnxprune uniform", "onnxprune uniform ratio")
+UNIFORM_RATIO = "onnxprune uniform ratio"
+# curves a quality is read on at a latency: the methods whose rows lie on each
+PEERS = (("Torch-Pruning l2",), ("Torch-Pruning best",))
+UNIFORM_CURVE = ((UNIFORM_RATIO, "onnxprune uniform"),)     # its fixed ratios and its targets
 ALLOCATIONS = ("uniform", "global", "latency")
 TURNS, BUDGET_S = 5, 0.3    # 3 turns read MobileNetV2 at 0.94 and 0.86 in two runs
 TABLE = str(Path.home() / ".cache" / "onnxprune" / "latency_table.json")
@@ -117,7 +119,7 @@ def real_task(task, rows: list) -> None:
                 rows.append(_failed(task.name, key, exc))
             seconds[key] = time.perf_counter() - start
     for ratio in UNIFORM_RATIOS:
-        key = (UNIFORM[1], f"ratio {ratio}")
+        key = (UNIFORM_RATIO, f"ratio {ratio}")
         start = time.perf_counter()
         try:
             candidates[key] = ours(dense_path, shapes, calib, "uniform", None, 8, ratio=ratio)
@@ -177,17 +179,17 @@ def _failed(model, key, exc) -> dict:
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
 
 
-def curve_at(rows: list, model: str, latency: float, methods=PEERS
+def curve_at(rows: list, model: str, latency: float, curves=PEERS
              ) -> tuple[float | None, str]:
-    """The best quality at ``latency`` over ``methods`` (Torch-Pruning's two configurations
-    by default), each read on the line through its points and the dense model's, or its
-    fastest point's below them."""
+    """The best quality at ``latency`` over ``curves`` (Torch-Pruning's two configurations
+    by default; each curve: the methods whose rows lie on it), each read on the line through
+    its points and the dense model's, or its fastest point's below them."""
     best, how = None, ""
     dense = next(r["metric"] for r in rows if r["model"] == model and r["method"] == "dense")
-    for method in methods:
+    for curve in curves:
+        method = curve[0]
         points = sorted([(r["latency"], r["metric"]) for r in rows if r["model"] == model
-                         and r["method"] in (method,) + _with(method) and "error" not in r]
-                        + [(1.0, dense)])
+                         and r["method"] in curve and "error" not in r] + [(1.0, dense)])
         if len(points) < 2:
             continue
         if latency <= points[0][0]:
@@ -198,11 +200,6 @@ def curve_at(rows: list, model: str, latency: float, methods=PEERS
         if best is None or value > best:
             best, how = value, f"{method}, {note}"
     return best, how
-
-
-def _with(method: str) -> tuple:
-    """Rows that lie on ``method``'s curve besides its own: the uniform ratio's targets."""
-    return UNIFORM[:1] if method == UNIFORM[1] else ()
 
 
 def report(rows: list) -> None:
@@ -225,7 +222,7 @@ def report(rows: list) -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         if r["model"] in REAL and r["method"].startswith("onnxprune") and "error" not in r \
-                and r["method"] != UNIFORM[1]:    # the floor's reference curve, below
+                and r["method"] != UNIFORM_RATIO:    # the floor's reference curve, below
             value, how = curve_at(rows, r["model"], r["latency"])
             shown = "-" if value is None else f"{value:.3f}"
             print(f"| {r['model']} | {r['method'][10:]} {r['setting']} | {r['latency']:.1%} | "
@@ -238,7 +235,7 @@ def report(rows: list) -> None:
     for r in rows:
         if r["model"] in REAL and r["method"] in ("onnxprune global", "onnxprune latency") \
                 and "error" not in r:
-            value, _ = curve_at(rows, r["model"], r["latency"], UNIFORM[1:])
+            value, _ = curve_at(rows, r["model"], r["latency"], UNIFORM_CURVE)
             if value is not None:
                 print(f"| {r['model']} | {r['method'][10:]} {r['setting']} | "
                       f"{r['latency']:.1%} | {r['metric']:.3f} | {value:.3f} | "

@@ -255,8 +255,9 @@ class PruneOptions:
         """Every value in range, and no option given that the others make pointless: a
         one-line UserError otherwise. ``given``: the options the user set (the CLI knows);
         default: those that differ from their defaults."""
-        if self.resolved() is not self:     # checked as the prune will run it
-            return self.resolved().check(given)
+        resolved = self.resolved()
+        if resolved is not self:            # checked as the prune will run it
+            return resolved.check(given)
         given = self.given() if given is None else given
         for name, value in [("ratio", self.ratio)] + list(self.by_kind.items()):
             if not 0.0 <= value < 1.0:
