@@ -77,14 +77,18 @@ def torchvision_module(name: str):
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
-def torchvision_at(name: str, size: int, exporter: str = "torchscript") -> str:
+def torchvision_at(name: str, size: int, exporter: str = "torchscript",
+                   dynamic_batch: bool = False) -> str:
     """``torchvision_module(name)`` exported at batch 1, ``size``×``size``, into the zoo cache
     (the zoo's test models are tiny, 64×64: too small for latency to mean much). ``exporter``:
     ``torchscript`` (opset 17) or ``dynamo`` (its default opset; the graph differs, and ViT's
-    attention heads are prunable only there)."""
+    attention heads are prunable only there). ``dynamic_batch`` (TorchScript): the batch axis
+    of the input and output is symbolic, so the model runs at any batch."""
     from models import zoo
 
     tag = "torchscript" if exporter == "torchscript" else "dynamo"
+    if dynamic_batch:
+        tag += ".dynbatch"
     path = zoo.cache_dir() / f"{name}.{tag}.{size}px.onnx"
     if not path.exists():
         import warnings
@@ -97,6 +101,8 @@ def torchvision_at(name: str, size: int, exporter: str = "torchscript") -> str:
         tmp = path.with_suffix(".tmp")
         x = (torch.randn(1, 3, size, size),)
         names = dict(input_names=["input"], output_names=["output"])
+        if dynamic_batch:
+            names["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)   # as models.zoo: plain MHA exports
         try:

@@ -15,7 +15,6 @@ import io
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -34,6 +33,7 @@ from ..io.external import external_bytes
 from ..io.weights import WeightStore, configure_session, inline_weights
 from ..progress import task
 from ..runtime import count_cost, input_shapes, make_inputs
+from ..runtime.device_timer import bound_runner, gpu_model
 from ..runtime.hardware import cpu_model
 from ..runtime.timing import MAX_RUNS, MIN_RUNS, Timing, latency_session, timed_calls
 
@@ -187,10 +187,26 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 copy.CopyFrom(model)
                 inline_weights(copy)
                 model = copy
-            return float16.convert_float_to_float16(model, keep_io_types=True)
+            half = float16.convert_float_to_float16(model, keep_io_types=True)
         except Exception as exc:  # noqa: BLE001 - the converter's limits, said in one line
             raise UserError(f"cannot convert the model to float16: "
                             f"{_first_line(str(exc) or type(exc).__name__)}") from None
+    return _casts_to_half(half)
+
+
+def _casts_to_half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Cast nodes that make a float32 value the converter has already typed float16 now cast
+    to float16. onnxconverter-common 1.16 retypes every float value but leaves a Cast's
+    ``to``: ViT-B/16 exported with a symbolic batch computes its attention scale from a
+    shape cast to float, and its float16 copy was rejected by ONNX Runtime and the checker."""
+    half = {v.name for v in model.graph.value_info
+            if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output[0] in half:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                    attr.i = onnx.TensorProto.FLOAT16
+    return model
 
 
 def batch_shapes(model: onnx.ModelProto, batch: int, overrides=None, label: str = "model"
@@ -269,29 +285,6 @@ def _runner(sess: ort.InferenceSession, feeds: dict, options: BenchOptions) -> C
     if options.provider == "cpu":
         return lambda: sess.run(None, feeds)
     return bound_runner(sess, feeds, "cuda", options.device_id)
-
-
-def bound_runner(sess: ort.InferenceSession, feeds: dict, device: str = "cuda",
-                 device_id: int = 0) -> Callable[[], None]:
-    """A call that runs ``sess`` on inputs copied to ``device`` once and bound there, with its
-    outputs bound to device memory: on a GPU a call is then the graph and nothing else, no
-    host-to-device copy. ``run_with_iobinding`` returns after the EP synchronized its stream,
-    so the wall time covers the GPU work. (``device="cpu"`` exercises the same path on CPU.)"""
-    binding = sess.io_binding()
-    on_device = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device,
-                                                        device_id)
-                 for name, value in feeds.items()}
-    for name, value in on_device.items():
-        binding.bind_ortvalue_input(name, value)
-    for out in sess.get_outputs():
-        binding.bind_output(out.name, device, device_id)
-    binding.synchronize_inputs()
-
-    def call():
-        sess.run_with_iobinding(binding)
-    call.binding = binding        # the outputs of the last call: binding.copy_outputs_to_cpu()
-    call.keep_alive = on_device   # the device buffers must outlive the binding
-    return call
 
 
 def _warm_up(call, m: _Model, batch: int, shapes: dict, options: BenchOptions) -> float:
@@ -450,18 +443,9 @@ def machine_info(options: BenchOptions, sess: ort.InferenceSession | None = None
         used = (sess.get_provider_options().get(CUDA, {}) if sess is not None else {})
         asked = options.cuda_provider_options()
         value = {k: used.get(k, asked[k]) for k in asked}
-        info["cuda"] = {"gpu": _gpu_name(options.device_id), "tf32": value["use_tf32"] == "1",
+        info["cuda"] = {"gpu": gpu_model(options.device_id), "tf32": value["use_tf32"] == "1",
                         "prefer_nhwc": value["prefer_nhwc"] == "1",
                         "cudnn_conv_algo_search": value["cudnn_conv_algo_search"],
                         "device_id": int(value["device_id"]), "io_binding": True}
     return info
 
-
-def _gpu_name(device_id: int) -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-    return names[device_id] if device_id < len(names) else None

@@ -27,6 +27,17 @@ def external_tensors(model: onnx.ModelProto):
             yield tensor
 
 
+def point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make ``tensor`` read its ``length`` bytes from the file ``location`` at ``offset``,
+    its data in memory dropped."""
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+
+
 def check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
     """Raise UserError unless every external location is a safe, long-enough file in
     ``folder``; nothing is read before this passes."""

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo
 
 from ..errors import UserError
-from .external import check_external_locations, external_tensors
+from .external import check_external_locations, external_tensors, point_at
 from .normalize import (inline_constant_ifs, sort_topologically, true_constant_shapes,
                         unique_node_names)
 from .weights import ALIGN, WeightStore, detach
@@ -155,10 +155,7 @@ def _save_stored(model: onnx.ModelProto, target: Path, store: WeightStore,
                     with open(store.path(tensor), "rb") as source:
                         source.seek(int(info.offset or 0))
                         _copy(source, sink, length)
-                del tensor.external_data[:]
-                for key, value in (("location", data_name), ("offset", str(offset)),
-                                   ("length", str(length))):
-                    tensor.external_data.add(key=key, value=value)
+                point_at(tensor, data_name, offset, length)
 
     write_atomically(data, write_data)
     try:

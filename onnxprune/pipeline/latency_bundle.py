@@ -24,6 +24,7 @@ import onnx
 from onnx import helper
 
 from ..errors import UserError
+from ..io.external import point_at
 from ..progress import task
 from ..runtime import LayerLatencyTable
 from ..runtime import device_timer
@@ -150,10 +151,6 @@ def _external(model: onnx.ModelProto, need: dict[str, int]) -> onnx.ModelProto:
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
             file = f"weights_{dtype.name}.bin"
             length = len(tensor.raw_data)
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            for k, v in (("location", file), ("offset", "0"), ("length", str(length))):
-                tensor.external_data.add(key=k, value=v)
+            point_at(tensor, file, 0, length)
             need[file] = max(need.get(file, 0), length // dtype.itemsize)
     return model

@@ -67,13 +67,31 @@ def vector_units() -> str:
     return " ".join(f for f in VECTOR_FLAGS if f in flags)
 
 
+def gpu_model(device_id: int = 0) -> str | None:
+    """GPU ``device_id``'s name as ``nvidia-smi`` gives it (what CUDA timings are valid for);
+    None where it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    return names[device_id] if device_id < len(names) else None
+
+
 def section(provider: str = "CPUExecutionProvider", threads: int = 1) -> str:
-    """The name of the timings taken here with this provider and thread count."""
+    """The name of the timings taken here with this provider and thread count: the CPU and
+    its vector extensions, or under CUDA the GPU."""
     import onnxruntime
 
-    units = vector_units()
-    cpu = f"{cpu_model()} ({units})" if units else cpu_model()
-    return f"{cpu} | onnxruntime {onnxruntime.__version__} | {provider} | {threads} threads"
+    if provider == PROVIDERS["cuda"]:
+        where = gpu_model() or "unknown GPU"
+    else:
+        units = vector_units()
+        where = f"{cpu_model()} ({units})" if units else cpu_model()
+    return f"{where} | onnxruntime {onnxruntime.__version__} | {provider} | {threads} threads"
 
 
 def timing_options(threads: int = 1):
@@ -91,9 +109,44 @@ def timing_options(threads: int = 1):
     return opts
 
 
+def bound_runner(sess, feeds: dict, device: str = "cuda", device_id: int = 0):
+    """A call that runs ``sess`` on inputs copied to ``device`` once and bound there, with its
+    outputs bound to device memory: on a GPU a call is then the graph and nothing else, no
+    host-to-device copy. ``run_with_iobinding`` returns after the EP synchronized its stream,
+    so the wall time covers the GPU work. (``device="cpu"`` exercises the same path on CPU.)"""
+    import numpy as np
+    import onnxruntime as ort
+
+    binding = sess.io_binding()
+    on_device = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device,
+                                                        device_id)
+                 for name, value in feeds.items()}
+    for name, value in on_device.items():
+        binding.bind_ortvalue_input(name, value)
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, device, device_id)
+    binding.synchronize_inputs()
+
+    def call():
+        sess.run_with_iobinding(binding)
+    call.binding = binding        # the outputs of the last call: binding.copy_outputs_to_cpu()
+    call.keep_alive = on_device   # the device buffers must outlive the binding
+    return call
+
+
+def _call(sess, feeds: dict, provider: str):
+    """One timed run: host inputs on CPU, inputs and outputs bound on the GPU under CUDA (a
+    one-node model's host-to-device copy would otherwise be most of what is timed)."""
+    if provider == PROVIDERS["cuda"]:
+        return bound_runner(sess, feeds, "cuda", 0)
+    return lambda: sess.run(None, feeds)
+
+
 def time_bundle(folder: str, threads: int = 1, provider: str = "CPUExecutionProvider",
                 budget_s: float = 0.05, warmup: int = 3, log=print) -> str:
-    """Time every model of the bundle in ``folder``; write and return ``folder/table.json``."""
+    """Time every model of the bundle in ``folder``; write and return ``folder/table.json``.
+    A session that does not get ``provider`` stops the run: its timings would be another
+    provider's under this one's name."""
     import numpy as np
     import onnxruntime as ort
 
@@ -117,13 +170,16 @@ def time_bundle(folder: str, threads: int = 1, provider: str = "CPUExecutionProv
         except Exception as exc:  # noqa: BLE001 - an op this device cannot run alone
             log(f"  {entry['file']}: not timed ({str(exc).splitlines()[0][:120]})")
             continue
-        feeds = {i.name: _random(rng, i, np) for i in sess.get_inputs()}
+        if sess.get_providers()[0] != provider:
+            raise SystemExit(f"{provider} is not available here (a session got "
+                             f"{', '.join(sess.get_providers())})")
+        call = _call(sess, {i.name: _random(rng, i, np) for i in sess.get_inputs()}, provider)
         for _ in range(warmup):
-            sess.run(None, feeds)
+            call()
         samples, spent = [], 0.0
         while len(samples) < MAX_RUNS and (spent < budget_s or len(samples) < MIN_RUNS):
             t = time.perf_counter()
-            sess.run(None, feeds)
+            call()
             samples.append(time.perf_counter() - t)
             spent += samples[-1]
         timings[entry["key"]] = float(np.median(samples))

@@ -30,5 +30,20 @@ def session(model, threads: int = 0, level=None) -> ort.InferenceSession:
     if level is not None:
         opts.graph_optimization_level = level
     configure_session(opts, model)
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    if isinstance(model, onnx.ModelProto):
+        return ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=cpu_disabled_optimizers(model))
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def cpu_disabled_optimizers(model: onnx.ModelProto) -> list[str] | None:
+    """ORT CPU graph rewrites a model must be loaded without. One that computes in float16
+    goes without the NCHWc rewrite, which blocks float32 convs only: onnxruntime 1.31.1 crashed
+    (a segmentation fault, not an error) creating a session for ViT-B/16's float16 copy with
+    it on."""
+    half = onnx.TensorProto.FLOAT16
+    if any(t.data_type == half for t in model.graph.initializer) or any(
+            v.type.tensor_type.elem_type == half for v in model.graph.value_info):
+        return ["NchwcTransformer"]
+    return None

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from ..io.weights import configure_session
 from .device_timer import timing_options
 from .feeds import make_inputs
+from .session import cpu_disabled_optimizers
 
 MIN_RUNS, MAX_RUNS = 10, 1000   # bounds on the timed runs of a budgeted measurement
 
@@ -46,7 +47,8 @@ def latency_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSe
     opts = timing_options(threads)
     configure_session(opts, model, lean=False)
     return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+                                providers=["CPUExecutionProvider"],
+                                disabled_optimizers=cpu_disabled_optimizers(model))
 
 
 def measure_latency(model: onnx.ModelProto, feeds: dict | None = None, threads: int = 1,
