@@ -431,6 +431,11 @@ def export(gm, args, model: onnx.ModelProto) -> onnx.ModelProto:
                 if not d.HasField("dim_value")}
     dyn = {vi.name: axes(vi) for vi in ins + outs if axes(vi)}
     buf = io.BytesIO()
+    from torch.onnx import symbolic_helper
+
+    if not hasattr(symbolic_helper, "_export_onnx_opset_version"):
+        # onnx2torch 1.5.15's Shape module reads this while exporting; torch 2.14 dropped it
+        symbolic_helper._export_onnx_opset_version = 17
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(gm, args, buf, dynamo=False, opset_version=17,

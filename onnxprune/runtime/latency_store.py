@@ -3,9 +3,10 @@ sweep, another target, a CI job on the same machine) reuses what was timed, and 
 table timed on a deployment device (``device_timer``) can be predicted from elsewhere.
 
 A file holds one section per place the timings were taken on: machine (CPU model), ONNX
-Runtime version, execution provider and thread count. Within a section a timing is keyed by
-the timed layer's signature (op, attributes, input, weight and bias shapes, element type:
-batch and input size are in the shapes). A run reads and extends its own section only;
+Runtime version, execution provider, thread count and what a timing is (a window's fastest
+run; sections of window medians, from before, are not read). Within a section a timing is
+keyed by the timed layer's signature (op, attributes, input, weight and bias shapes, element
+type: batch and input size are in the shapes). A run reads and extends its own section only;
 sections measured elsewhere are kept as they are when the file is written again. A section a
 device timed from a bundle also has its grids (``devices``): for each layer at its dense
 shapes, the points timed (widths or sizes, and their keys), which a run reads between.

@@ -43,8 +43,10 @@ class LayerLatencyTable:
     median). Compare
     ``latency(i, c_in, c_out)`` with ``latency(i, *dense)`` to predict how a width change moves
     a layer's share; ``cost`` and ``stream_latency`` subtract what an empty run costs (a node
-    inside a model pays no ``session.run`` of its own). Measurements are cached by signature (op, attributes, input shape, weight
-    shape, bias shape), so repeated blocks are timed once; with a ``store``
+    inside a model pays no ``session.run`` of its own). Each measurement is the fastest run
+    of its window (``device_timer.TABLE_MEASURE``). Measurements are cached by signature (op,
+    attributes, input shape, weight shape, bias shape), so repeated blocks are timed once;
+    with a ``store``
     (``latency_store.LatencyStore``) they are kept on disk for the next run on this machine.
     """
 
@@ -144,8 +146,9 @@ class LayerLatencyTable:
         return self.stream_entry(node_index, self._streams[node_index].shapes)[0]
 
     def _timed(self, key: tuple, build, grid_point=None) -> float:
-        """The median seconds of the one-node model ``build()`` makes, cached under ``key``
-        (and kept in the store). From a device's table (``store.grids``) nothing is timed:
+        """The seconds of the one-node model ``build()`` makes (its fastest run of a short
+        window: ``device_timer.TABLE_MEASURE``), cached under ``key`` (and kept in the
+        store). From a device's table (``store.grids``) nothing is timed:
         a signature it lacks is read between the grid points of the node's dense signature
         (``grid_point``: node index and its coordinates there)."""
         if key not in self._cache:
@@ -160,9 +163,9 @@ class LayerLatencyTable:
             timing = measure_latency(build(), threads=self.threads, warmup=self.warmup,
                                      budget_s=self.budget_s)
             self.timed += 1
-            self._cache[key] = timing.median
+            self._cache[key] = timing.min
             if self.store is not None:
-                self.store.put(key, timing.median)
+                self.store.put(key, timing.min)
         return self._cache[key]
 
     def _between(self, key: tuple, grid_point) -> float:
