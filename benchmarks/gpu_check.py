@@ -54,6 +54,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.io.external import point_at
+from onnxprune.runtime.device_timer import PROVIDERS, section
 
 MODELS = ("resnet50", "mobilenet_v2", "vit_b_16")
 TABLE_MODEL = "mobilenet_v2"      # its latency bundle is timed on the device, then a target
@@ -163,7 +164,6 @@ def run(folder: str, out: str, provider: str = "cuda", budget: float = 1.0,
     """Fill, time and target every prepared model on ``provider``; results into ``out``.
     Returns the exit status (``EXIT_NO_PROVIDER`` when CUDA is not really there)."""
     from onnxprune.evaluate.bench import cuda_unavailable_reason
-    from onnxprune.runtime.device_timer import section
 
     results = Path(out)
     results.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def run(folder: str, out: str, provider: str = "cuda", budget: float = 1.0,
                 if status == 0:
                     say(_bench_line(entry["name"], precision, results / name))
         if manifest.get("table_model"):
-            _table_and_target(folder, manifest, work, results, provider, budget, section, say)
+            _table_and_target(folder, manifest, work, results, provider, budget, say)
     logfile.close()
     return 0
 
@@ -208,7 +208,7 @@ def _fill(path: Path, work: Path) -> str:
     return str(target)
 
 
-def _table_and_target(folder, manifest, work, results, provider, budget, section, say):
+def _table_and_target(folder, manifest, work, results, provider, budget, say):
     """Time the bundle on ``provider``, prune the table model to the target predicted from
     that table alone, and time the result against the dense model on ``provider``."""
     bundle = work / "bundle"
@@ -225,8 +225,7 @@ def _table_and_target(folder, manifest, work, results, provider, budget, section
     name = manifest["table_model"]
     dense = str(work / f"{name}.dense.fp32.onnx")
     pruned = str(work / f"{name}.target.onnx")
-    device = section({"cuda": "CUDAExecutionProvider",
-                      "cpu": "CPUExecutionProvider"}[provider])
+    device = section(PROVIDERS[provider])
     status = _onnxprune(["prune", dense, "-o", pruned, "--target-latency",
                          str(manifest["target"]), "--latency-table", str(bundle / "table.json"),
                          "--latency-device", device, "--round-to", str(manifest["round_to"]),
